@@ -1,0 +1,148 @@
+"""The Backend interface: what the shared numerics need from one framework.
+
+A backend is a small object per framework (numpy, jax, mlx, torch), created lazily the first time
+one of its arrays arrives. It gives the shared code an array-API namespace (``xp``) and the few
+things the array API lacks: bit views between codes and native low-precision dtypes, an exact power
+of two, host transfer, and a compiler. A backend may override ``encode``/``decode`` with a native
+cast only where ``tests/test_backends.py`` proves the bits identical to the shared code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import formats
+from ..errors import DTypeError
+from ..formats import ElementFormat
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+class Backend:
+    """Base class; subclasses fill in the framework-specific pieces."""
+
+    name: str = ""
+    extra: str = ""
+    #: True when the shared code must not branch on data (jit tracing, lazy compiled graphs).
+    always_traced: bool = False
+
+    def __init__(self) -> None:
+        self._constants: dict[tuple[str, Any], Any] = {}
+        self._compiled: dict[Any, Callable[..., Any]] = {}
+
+    # --- arrays and dtypes -------------------------------------------------------------------
+    @property
+    def xp(self) -> Any:
+        raise NotImplementedError
+
+    def is_array(self, x: Any) -> bool:
+        raise NotImplementedError
+
+    def dtype_name(self, x: Any) -> str:
+        """The array's dtype as a plain name: "float32", "bfloat16", "uint8", ..."""
+        raise NotImplementedError
+
+    def dtype(self, name: str) -> Any:
+        """The framework dtype called ``name``."""
+        raise NotImplementedError
+
+    def check_float_input(self, x: Any) -> str:
+        """The dtype name of a float input, or a DTypeError saying which dtypes work."""
+        name = self.dtype_name(x)
+        if name not in FLOAT_DTYPES:
+            raise DTypeError(
+                f"cannot quantize a {self.name} array of dtype {name}; cast it to one of "
+                f"{', '.join(FLOAT_DTYPES)} first"
+            )
+        return name
+
+    def storage_dtype(self, fmt: ElementFormat) -> str:
+        """Name of the dtype that holds ``fmt``'s codes in this framework."""
+        if fmt.packed:
+            return "uint8"
+        if fmt.kind == "int":
+            return "int8"
+        return self.native_float8(fmt) or "uint8"
+
+    def native_float8(self, fmt: ElementFormat) -> str | None:
+        """Name of the framework's own dtype for an 8-bit float format, if it has one."""
+        return {"E4M3": "float8_e4m3fn", "E5M2": "float8_e5m2", "E8M0": "float8_e8m0fnu"}.get(
+            fmt.name
+        )
+
+    def astype(self, x: Any, name: str) -> Any:
+        return self.xp.astype(x, self.dtype(name))
+
+    def bitcast(self, x: Any, name: str) -> Any:
+        """Reinterpret the bits of ``x`` as dtype ``name`` of the same width."""
+        raise NotImplementedError
+
+    def to_storage(self, codes: Any, fmt: ElementFormat) -> Any:
+        """uint8/int8 codes -> the array that holds them (a native fp8 view where one exists)."""
+        target = self.storage_dtype(fmt)
+        return codes if self.dtype_name(codes) == target else self.bitcast(codes, target)
+
+    def to_codes(self, data: Any, fmt: ElementFormat) -> Any:
+        """Inverse of :meth:`to_storage`: the raw codes (uint8; int8 for INT8)."""
+        target = "int8" if fmt.kind == "int" and not fmt.packed else "uint8"
+        return data if self.dtype_name(data) == target else self.bitcast(data, target)
+
+    # --- exact helpers the array API lacks -------------------------------------------------------
+    def pow2(self, e: Any) -> Any:
+        """Exact ``2**e`` (float32) for integer-valued float32 ``e`` in [-126, 127]."""
+        return self.xp.pow(2.0, e)
+
+    def divide(self, a: Any, b: Any) -> Any:
+        """IEEE ``a / b`` rounded once (either side may be a Python float)."""
+        return a / b
+
+    def multiply_add(self, a: Any, b: Any, c: Any) -> Any:
+        """``a * b + c`` with two roundings (no fused multiply-add), as MLX's dequantize computes it."""
+        return a * b + c
+
+    def constant(self, key: str, value: np.ndarray, like: Any) -> Any:
+        """A cached framework copy of a numpy constant, on the device of ``like``."""
+        device = self.device(like)
+        cached = self._constants.get((key, device))
+        if cached is None:
+            cached = self.from_numpy(value, device=device)
+            self._constants[(key, device)] = cached
+        return cached
+
+    def encode(self, x: Any, fmt: ElementFormat) -> Any:
+        """Codes of float32 ``x`` (no NaN) in ``fmt``; the shared array-API implementation."""
+        return formats.encode(self.xp, self.pow2, x, fmt)
+
+    def decode(self, codes: Any, fmt: ElementFormat) -> Any:
+        """float32 values of ``codes`` by the shared table lookup."""
+        table = self.constant(f"decode:{fmt.name}", formats.decode_table(fmt), codes)
+        return formats.decode(self.xp, codes, fmt, table)
+
+    # --- host, devices, compilation ----------------------------------------------------------------
+    def to_numpy(self, x: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
+        raise NotImplementedError
+
+    def device(self, x: Any) -> Any:
+        return None
+
+    def is_traced(self, x: Any) -> bool:
+        """Whether ``x`` is a placeholder of a trace (no data to branch on)."""
+        return self.always_traced
+
+    def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled by the framework's compiler (cached by ``key``); eager by default."""
+        return fn
+
+    def _cached_compile(
+        self, key: Any, fn: Callable[..., Any], compiler: Callable[[Callable[..., Any]], Any]
+    ) -> Callable[..., Any]:
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = compiler(fn)
+            self._compiled[key] = compiled
+        return compiled

@@ -1,0 +1,102 @@
+"""JAX backend: jax.numpy is an array-API namespace; whole casts are compiled with ``jax.jit``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..formats import ElementFormat
+from ._base import Backend
+
+_NATIVE_FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    extra = "jax"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from ..tensor import register_jax_pytrees
+
+        register_jax_pytrees()
+
+    @property
+    def xp(self) -> Any:
+        return jnp
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, jax.Array)
+
+    def dtype_name(self, x: Any) -> str:
+        return np.dtype(x.dtype).name
+
+    def dtype(self, name: str) -> Any:
+        return jnp.dtype(name)
+
+    def bitcast(self, x: Any, name: str) -> Any:
+        return jax.lax.bitcast_convert_type(x, self.dtype(name))
+
+    def pow2(self, e: Any) -> Any:
+        """Exact: the float32 whose exponent field is ``e + 127`` (XLA's exp2 is not exact)."""
+        bits = (e.astype(jnp.int32) + 127) << 23
+        return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+    def divide(self, a: Any, b: Any) -> Any:
+        """XLA rewrites ``a / broadcast(b)`` as ``a * (1 / b)`` (rounded twice). Giving the divisor the
+        result's full shape behind an optimization barrier keeps the division IEEE-exact."""
+        shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b))
+        divisor = jnp.broadcast_to(jnp.asarray(b, dtype=jnp.float32), shape)
+        return a / jax.lax.optimization_barrier(divisor)
+
+    def multiply_add(self, a: Any, b: Any, c: Any) -> Any:
+        """``a * b + c`` rounded twice, for integer ``a`` of at most 8 bits.
+
+        XLA contracts ``a * b + c`` into one FMA (one rounding), and no barrier stops it. So ``b`` is
+        split into ``b_hi`` (16 significant bits) and ``b_lo = b - b_hi`` (exact): both partial
+        products are exact, their sum is the correctly rounded ``a * b`` whether or not it is fused,
+        and a fused result cannot be contracted again with ``+ c``.
+        """
+        bits = jax.lax.bitcast_convert_type(b, jnp.uint32) & jnp.uint32(0xFFFFFF00)
+        b_hi = jax.lax.bitcast_convert_type(bits, jnp.float32)
+        return (a * b_hi + a * (b - b_hi)) + c
+
+    def encode(self, x: Any, fmt: ElementFormat) -> Any:
+        """XLA's RNE fp8 convert after clamping (proven equal to the shared code)."""
+        native = _NATIVE_FP8.get(fmt.name)
+        if native is None:
+            return super().encode(x, fmt)
+        clipped = jnp.clip(x, -fmt.max_value, fmt.max_value)
+        return jax.lax.bitcast_convert_type(clipped.astype(native), jnp.uint8)
+
+    def decode(self, codes: Any, fmt: ElementFormat) -> Any:
+        native = _NATIVE_FP8.get(fmt.name)
+        if native is not None:
+            return jax.lax.bitcast_convert_type(codes, native).astype(jnp.float32)
+        return super().decode(codes, fmt)
+
+    def constant(self, key: str, value: np.ndarray, like: Any) -> Any:
+        if self.is_traced(like):
+            return jnp.asarray(value)
+        return super().constant(key, value, like)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
+        return jax.device_put(a, device) if device is not None else jnp.asarray(a)
+
+    def device(self, x: Any) -> Any:
+        if self.is_traced(x):
+            return None
+        devices = x.devices()
+        return next(iter(devices)) if len(devices) == 1 else None
+
+    def is_traced(self, x: Any) -> bool:
+        return isinstance(x, jax.core.Tracer)
+
+    def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return self._cached_compile(key, fn, jax.jit)

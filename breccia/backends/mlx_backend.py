@@ -1,0 +1,63 @@
+"""MLX backend: a small array-API shim over ``mlx.core``; casts are compiled with ``mx.compile``.
+
+MLX has no fp8 dtype: E4M3/E5M2/E8M0 codes are held as uint8 bits (``mx.from_fp8`` reads E4M3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import mlx.core as mx
+import numpy as np
+
+from ..formats import ElementFormat
+from . import _mlx_namespace
+from ._base import Backend
+
+
+class MlxBackend(Backend):
+    name = "mlx"
+    extra = "mlx"
+    always_traced = True
+
+    @property
+    def xp(self) -> Any:
+        return _mlx_namespace
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, mx.array)
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype).rsplit(".", 1)[-1]
+
+    def dtype(self, name: str) -> Any:
+        return getattr(mx, "bool_" if name == "bool" else name)
+
+    def native_float8(self, fmt: ElementFormat) -> str | None:
+        return None
+
+    def bitcast(self, x: Any, name: str) -> Any:
+        return x.view(self.dtype(name))
+
+    def pow2(self, e: Any) -> Any:
+        return mx.power(2.0, e)
+
+    def decode(self, codes: Any, fmt: ElementFormat) -> Any:
+        if fmt.name == "E4M3":
+            return mx.from_fp8(codes, dtype=mx.float32)
+        return super().decode(codes, fmt)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if x.dtype == mx.bfloat16:
+            import ml_dtypes
+
+            return np.array(x.view(mx.uint16)).view(ml_dtypes.bfloat16)
+        return np.array(x)
+
+    def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
+        if np.dtype(a.dtype).name == "bfloat16":
+            return mx.array(np.ascontiguousarray(a).view(np.uint16)).view(mx.bfloat16)
+        return mx.array(a)
+
+    def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return self._cached_compile(key, fn, mx.compile)

@@ -1,0 +1,79 @@
+"""PyTorch backend: array-api-compat's torch namespace plus torch's native fp8 casts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from array_api_compat import torch as xp_torch
+
+from ..formats import ElementFormat
+from ._base import Backend
+
+_NATIVE_FP8 = {"E4M3": torch.float8_e4m3fn, "E5M2": torch.float8_e5m2}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    extra = "torch"
+
+    @property
+    def xp(self) -> Any:
+        return xp_torch
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor)
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype).removeprefix("torch.")
+
+    def dtype(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    def bitcast(self, x: Any, name: str) -> Any:
+        return x.view(self.dtype(name))
+
+    def pow2(self, e: Any) -> Any:
+        return torch.exp2(e)
+
+    def divide(self, a: Any, b: Any) -> Any:
+        """``scalar / tensor`` in torch is ``scalar * reciprocal(tensor)`` (rounded twice); this is not."""
+        if not isinstance(a, torch.Tensor):
+            a = torch.tensor(a, dtype=b.dtype, device=b.device)
+        return torch.div(a, b)
+
+    def encode(self, x: Any, fmt: ElementFormat) -> Any:
+        """torch's RNE fp8 cast after clamping (proven equal to the shared code)."""
+        native = _NATIVE_FP8.get(fmt.name)
+        if native is None:
+            return super().encode(x, fmt)
+        return x.clamp(-fmt.max_value, fmt.max_value).to(native).view(torch.uint8)
+
+    def decode(self, codes: Any, fmt: ElementFormat) -> Any:
+        native = _NATIVE_FP8.get(fmt.name)
+        if native is not None:
+            return codes.view(native).to(torch.float32)
+        return super().decode(codes, fmt)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        x = x.detach().cpu()
+        name = self.dtype_name(x)
+        if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"):
+            from .numpy_backend import NumpyBackend
+
+            bits = x.view(torch.uint16 if name == "bfloat16" else torch.uint8).numpy()
+            return bits.view(NumpyBackend().dtype(name))
+        return x.numpy()
+
+    def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
+        name = np.dtype(a.dtype).name
+        if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"):
+            bits = torch.from_numpy(np.ascontiguousarray(a).view(np.uint16 if a.itemsize == 2 else np.uint8))
+            t = bits.view(self.dtype(name))
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(a))
+        return t if device is None else t.to(device)
+
+    def device(self, x: Any) -> Any:
+        return x.device

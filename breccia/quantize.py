@@ -1,0 +1,419 @@
+"""cast, dequantize, from_buffer and requantize: the numerics, written once against a namespace.
+
+The tensor is reshaped into "split" form: an axis of size ``n`` with block ``b`` becomes the pair
+``(ceil(n/b), b)``, zero-padded when ``b`` does not divide ``n`` (zeros never change an amax, which is
+DeepSeek's "zero-pad to 128"). Block statistics reduce the odd axes with ``keepdims``, so a block's
+scale broadcasts against its elements with no gather. Everything else is elementwise.
+
+cast, per block (the scale rule of each recipe is in :mod:`breccia.scaling`)::
+
+    amax = max |x| over the block's finite elements
+    scale, encode step = rule(amax)                  # scaling.block_scales
+    data = encode(step(x))                           # formats.encode: RNE, saturating
+
+dequantize::
+
+    y = decode(data) * scale [* global_scale]        # computed in float32, then cast to st.dtype
+    y = (decode(data) - zero_point) * scale          # integer zero point
+    y = (decode(data) + 2**(bits-1)) * scale + zero_point   # MLX-style float zero point
+
+Non-finite input: NaN elements are stored as code 0 and their block's scale is NaN, so exactly that
+block decodes to NaN and no other block changes; +-Inf saturates to the block's largest code. The
+backend, device and framework of the input are kept; the output's logical dtype is the input's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .backends import Backend, backend_for
+from .errors import DTypeError, LayoutError, RecipeError, ShapeError
+from .formats import E4M3, E8M0, pack_nibbles, packed_length, unpack_nibbles
+from .layouts import Layout, scale_shape
+from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
+from .scaling import AmaxHistory, BlockStats, block_scales, decode_scale
+from .tensor import ScaledTensor
+
+__all__ = ["cast", "dequantize", "from_buffer", "requantize"]
+
+
+class _Blocking:
+    """The split form of a tensor of ``shape`` under ``layout``."""
+
+    def __init__(self, shape: tuple[int, ...], layout: Layout) -> None:
+        self.shape = shape
+        self.block = layout.block_shape(shape)
+        self.grid = tuple(-(-n // b) for n, b in zip(shape, self.block))
+        self.padded = tuple(g * b for g, b in zip(self.grid, self.block))
+        self.split_shape = tuple(v for gb in zip(self.grid, self.block) for v in gb)
+        self.scale_split_shape = tuple(v for g in self.grid for v in (g, 1))
+        self.reduce_axes = tuple(range(1, 2 * len(shape), 2))
+
+    def split(self, xp: Any, x: Any) -> Any:
+        for axis, (n, p) in enumerate(zip(self.shape, self.padded)):
+            if p != n:
+                pad_shape = tuple(p - n if a == axis else s for a, s in enumerate(x.shape))
+                x = xp.concat([x, xp.zeros(pad_shape, dtype=x.dtype)], axis=axis)
+        return xp.reshape(x, self.split_shape)
+
+    def merge(self, xp: Any, xb: Any) -> Any:
+        x = xp.reshape(xb, self.padded)
+        if self.padded != self.shape:
+            x = x[tuple(slice(0, n) for n in self.shape)]
+        return x
+
+    def grid_of(self, xp: Any, s: Any) -> Any:
+        return xp.reshape(s, self.grid)
+
+    def expand(self, xp: Any, s: Any) -> Any:
+        return xp.reshape(s, self.scale_split_shape)
+
+
+def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe, eager: bool):
+    """Finite-only block statistics and the NaN-free blocks; ``nan_blocks`` is None if none."""
+    xp = backend.xp
+    axes = blocking.reduce_axes
+    magnitude = xp.abs(xb)
+    amax = xp.max(magnitude, axis=axes, keepdims=True)  # NaN- and Inf-propagating
+    nan_blocks = None
+    if not eager or not bool(xp.all(xp.isfinite(amax))):
+        finite = xp.isfinite(xb)
+        nan_elements = xp.isnan(xb)
+        amax = xp.max(xp.where(finite, magnitude, 0.0), axis=axes, keepdims=True)
+        nan_blocks = xp.any(nan_elements, axis=axes, keepdims=True)
+        xb = xp.where(nan_elements, 0.0, xb)
+    stats = BlockStats(amax=amax)
+    if recipe.zero_point_kind is not None:
+        finite_x = xp.where(xp.isfinite(xb), xb, 0.0) if nan_blocks is not None else xb
+        stats.lo = xp.min(finite_x, axis=axes, keepdims=True)
+        stats.hi = xp.max(finite_x, axis=axes, keepdims=True)
+    if recipe.scale_format == "E4M3":
+        stats.tensor_amax = xp.max(amax)
+    return stats, xb, nan_blocks
+
+
+def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: str) -> Any:
+    xp = backend.xp
+    if scale_format == "F32":
+        return xp.where(nan_blocks, math.nan, stored)
+    code = (E8M0 if scale_format == "E8M0" else E4M3).nan_code
+    return xp.where(nan_blocks, xp.asarray(code, dtype=xp.uint8), stored)
+
+
+def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any, eager: bool):
+    """The arrays of a cast: (data, scale, global_scale, zero_point, new_history)."""
+    xp = backend.xp
+    fmt = recipe.element_format
+    shape = tuple(x.shape)
+    blocking = _Blocking(shape, layout)
+    xb = blocking.split(xp, xp.astype(x, xp.float32))
+    stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager)
+    scales = block_scales(backend, recipe, stats, history)
+    y = xb
+    if scales.pre_offset is not None:
+        y = y - scales.pre_offset
+    y = y * scales.multiplier if scales.multiplier is not None else backend.divide(y, scales.divisor)
+    if scales.post_offset is not None:
+        y = xp.round(y) + scales.post_offset
+    codes = blocking.merge(xp, backend.encode(y, fmt))
+    if fmt.packed:
+        codes = pack_nibbles(xp, codes)
+    stored = scales.stored
+    if nan_blocks is not None:
+        stored = _mark_nan(backend, stored, nan_blocks, recipe.scale_format)
+    scale = blocking.grid_of(xp, stored)
+    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    if scale_fmt is not None:
+        scale = backend.to_storage(scale, scale_fmt)
+    zero_point = None if scales.zero_point is None else blocking.grid_of(xp, scales.zero_point)
+    new_history = None
+    if history is not None:
+        current = xp.reshape(xp.max(stats.amax), (1,))
+        new_history = xp.concat([current, history[:-1]], axis=0)
+    return backend.to_storage(codes, fmt), scale, scales.global_scale, zero_point, new_history
+
+
+_OUTPUTS = ("data", "scale", "global_scale", "zero_point", "history")
+
+
+def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
+    """The cast as one compiled function of (x[, history]) returning only the arrays that exist."""
+    present = [
+        True,
+        True,
+        recipe.scale_format == "E4M3",
+        recipe.zero_point_kind is not None,
+        isinstance(recipe, DelayedScaling),
+    ]
+
+    def run(x: Any, history: Any = None) -> list[Any]:
+        arrays = _cast_arrays(backend, recipe, layout, x, history, eager=False)
+        return [a for a, keep in zip(arrays, present) if keep]
+
+    compiled = backend.compile(("cast", recipe, layout), run)
+
+    def call(x: Any, history: Any) -> dict[str, Any]:
+        args = (x,) if history is None else (x, history)
+        names = [n for n, keep in zip(_OUTPUTS, present) if keep]
+        return dict(zip(names, compiled(*args)))
+
+    return call
+
+
+def _check_recipe(recipe: Any) -> Recipe:
+    if not isinstance(recipe, Recipe):
+        raise RecipeError(
+            f"recipe must be a breccia recipe such as bc.MXFP8BlockScaling(); got {type(recipe).__name__}"
+        )
+    return recipe
+
+
+def _prepare_layout(recipe: Recipe, layout: Layout | None, shape: tuple[int, ...]) -> Layout:
+    layout = recipe.check_layout(layout)
+    layout.check_shape(shape)
+    if getattr(recipe, "convention", None) == "mlx" and shape and shape[-1] % layout.block_shape(shape)[-1]:
+        raise LayoutError(
+            f"{recipe!r} follows MLX's affine mode, which needs the last axis ({shape[-1]}) to be a "
+            f"multiple of the group size {layout.block_shape(shape)[-1]}"
+        )
+    return layout
+
+
+def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxHistory | None = None):
+    """Quantize array ``x`` (numpy, jax, mlx or torch; float32, bfloat16, float16 or float64).
+
+    Returns a :class:`ScaledTensor` in ``x``'s framework and on its device, whose logical dtype is
+    ``x``'s. ``layout`` defaults to the recipe's. For :class:`DelayedScaling`, ``history`` is the
+    :class:`AmaxHistory` to scale from (a fresh one if omitted) and the result is the pair
+    ``(ScaledTensor, next_history)``.
+    """
+    recipe = _check_recipe(recipe)
+    backend = backend_for(x, "cast input")
+    dtype_name = backend.check_float_input(x)
+    shape = tuple(int(d) for d in x.shape)
+    delayed = isinstance(recipe, DelayedScaling)
+    if history is not None and not delayed:
+        raise RecipeError(f"history= is DelayedScaling's state; {recipe.name} takes none")
+    if delayed:
+        history = _check_history(backend, recipe, history, x)
+    work_shape = shape or (1,)  # a 0-d tensor is quantized as one element
+    layout = _prepare_layout(recipe, layout, shape)
+    x_work = backend.xp.reshape(x, work_shape) if not shape else x
+    work_layout = layout
+    eager = not (backend.always_traced or backend.is_traced(x))
+    if math.prod(work_shape) == 0 or (eager and backend.name in ("numpy", "torch")):
+        names = _OUTPUTS
+        out = dict(zip(names, _cast_arrays(backend, recipe, work_layout, x_work, history.amax if delayed else None, eager)))
+    else:
+        out = _compiled_cast(backend, recipe, work_layout)(x_work, history.amax if delayed else None)
+    data, scale = out["data"], out["scale"]
+    if not shape:
+        data = backend.xp.reshape(data, ())
+        scale = backend.xp.reshape(scale, ())
+    st = ScaledTensor(
+        data,
+        scale,
+        recipe,
+        layout,
+        shape,
+        dtype_name,
+        backend.name,
+        global_scale=out.get("global_scale"),
+        zero_point=out.get("zero_point"),
+    )
+    if delayed:
+        return st, AmaxHistory(out["history"])
+    return st
+
+
+def _check_history(backend: Backend, recipe: DelayedScaling, history: Any, like: Any) -> AmaxHistory:
+    if history is None:
+        return AmaxHistory.zeros(recipe, like)
+    if not isinstance(history, AmaxHistory):
+        raise RecipeError(f"history must be a bc.AmaxHistory; got {type(history).__name__}")
+    if backend_for(history.amax, "history").name != backend.name:
+        raise RecipeError("history must be in the same framework as the input; move it with .to()")
+    if tuple(history.amax.shape) != (recipe.amax_history_len,):
+        raise ShapeError(
+            f"history has shape {tuple(history.amax.shape)}; this DelayedScaling keeps "
+            f"{recipe.amax_history_len} amaxes (amax_history_len)"
+        )
+    return history
+
+
+def _dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> Any:
+    xp = backend.xp
+    recipe, fmt = st.recipe, st.recipe.element_format
+    shape = st.shape or (1,)
+    codes = backend.to_codes(st.data, fmt)
+    codes = xp.reshape(codes, (*shape[:-1], packed_length(shape[-1]) if fmt.packed else shape[-1]))
+    if fmt.packed:
+        codes = unpack_nibbles(xp, codes, shape[-1])
+    values = backend.decode(codes, fmt)
+    blocking = _Blocking(shape, st.layout)
+    scale = decode_scale(backend, xp.reshape(st.scale, blocking.grid), recipe.scale_format)
+    if st.global_scale is not None:
+        scale = scale * backend.astype(st.global_scale, "float32")
+    vb = blocking.split(xp, values)
+    sb = blocking.expand(xp, scale)
+    kind = recipe.zero_point_kind
+    if kind is None:
+        yb = vb * sb
+    else:
+        zb = blocking.expand(xp, backend.astype(st.zero_point, "float32"))
+        if kind == "int":
+            yb = (vb - zb) * sb
+        else:
+            yb = backend.multiply_add(vb + float(2 ** (fmt.bits - 1)), sb, zb)
+    y = blocking.merge(xp, yb)
+    y = backend.astype(y, dtype_name)
+    return xp.reshape(y, st.shape)
+
+
+def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
+    """The values ``st`` stands for, as an array of ``st``'s framework and device.
+
+    ``dtype`` defaults to ``st.dtype`` (the dtype the tensor was cast from); any float dtype name
+    ("float32", "bfloat16", ...) or the framework's dtype object works.
+    """
+    if not isinstance(st, ScaledTensor):
+        raise DTypeError(f"dequantize needs a ScaledTensor; got {type(st).__name__}")
+    from .backends import get_backend
+
+    backend = get_backend(st.framework)
+    dtype_name = st.dtype_name if dtype is None else _dtype_name(backend, dtype)
+    if math.prod(st.shape) == 0 or backend.name in ("numpy", "torch") or backend.is_traced(st.data):
+        return _dequantize_arrays(backend, st, dtype_name)
+    present = tuple(a is not None for a in st.arrays)
+
+    def run(*arrays: Any) -> Any:
+        given = iter(arrays)
+        return _dequantize_arrays(
+            backend, st.replace_arrays(*(next(given) if p else None for p in present)), dtype_name
+        )
+
+    key = ("dequantize", st.recipe, st.layout, st.shape, dtype_name, present)
+    return backend.compile(key, run)(*(a for a in st.arrays if a is not None))
+
+
+def _dtype_name(backend: Backend, dtype: Any) -> str:
+    from .backends._base import FLOAT_DTYPES
+
+    name = dtype if isinstance(dtype, str) else str(dtype).rsplit(".", 1)[-1]
+    if name not in FLOAT_DTYPES:
+        raise DTypeError(f"dequantize can produce {', '.join(FLOAT_DTYPES)}; got {dtype!r}")
+    return name
+
+
+def requantize(
+    st: ScaledTensor, recipe: Recipe, layout: Layout | None = None, *, history: AmaxHistory | None = None
+):
+    """``st`` under another recipe: dequantized in float32 and cast again, keeping ``st.dtype``.
+
+    The error this adds is that of a fresh cast of the dequantized values; nothing else changes.
+    """
+    recipe = _check_recipe(recipe)
+    values = dequantize(st, "float32")
+    result = cast(values, recipe, layout, history=history)
+    out = result[0] if isinstance(result, tuple) else result
+    out.dtype_name = st.dtype_name
+    return result
+
+
+def from_buffer(
+    data: Any,
+    scale: Any,
+    recipe: Recipe,
+    layout: Layout | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
+    dtype: Any = None,
+    global_scale: Any = None,
+    zero_point: Any = None,
+) -> ScaledTensor:
+    """Wrap existing quantized arrays as a ScaledTensor, checking that they fit together.
+
+    ``data`` holds the codes: the framework's fp8 dtype or uint8 bits for FP8; uint8 with two 4-bit
+    codes per byte (element 2i low) for FP4/INT4; int8 for INT8. ``scale`` has the layout's grid
+    shape (``ceil(dim / block)`` per axis): float32 (bfloat16/float16 are accepted), or E8M0/E4M3
+    (native dtype or uint8 bits). ``shape`` is the logical shape (needed only for an odd packed last
+    axis); ``dtype`` the logical dtype (default float32). NVFP4 needs ``global_scale``; asymmetric
+    integer recipes need ``zero_point`` (same shape as ``scale``).
+    """
+    recipe = _check_recipe(recipe)
+    backend = backend_for(data, "data")
+    fmt = recipe.element_format
+    scale_backend = backend_for(scale, "scale")
+    if scale_backend.name != backend.name:
+        raise DTypeError(f"data is a {backend.name} array but scale is a {scale_backend.name} array")
+    data = _check_data_dtype(backend, data, fmt)
+    stored_shape = tuple(int(d) for d in data.shape)
+    if shape is None:
+        logical = stored_shape[:-1] + (2 * stored_shape[-1],) if fmt.packed and stored_shape else stored_shape
+    else:
+        logical = tuple(int(d) for d in shape)
+        expected = logical[:-1] + (packed_length(logical[-1]),) if fmt.packed and logical else logical
+        if expected != stored_shape:
+            raise ShapeError(f"data of shape {stored_shape} cannot hold a {fmt.name} tensor of shape {logical}; expected data shape {expected}")
+    layout = _prepare_layout(recipe, layout, logical)
+    grid = scale_shape(layout, logical or (1,))
+    grid = grid if logical else ()
+    if tuple(scale.shape) != grid:
+        raise ShapeError(
+            f"scale has shape {tuple(scale.shape)} but {layout!r} on a tensor of shape {logical} needs {grid}"
+        )
+    scale = _check_scale_dtype(backend, scale, recipe)
+    if recipe.scale_format == "E4M3":
+        if global_scale is None:
+            raise RecipeError("NVFP4 needs global_scale= (the fp32 second-level scale)")
+        global_scale = _check_float_array(backend, global_scale, "global_scale", (), allow_size1=True)
+    elif global_scale is not None:
+        raise RecipeError(f"{recipe.name} has no global scale; only NVFP4BlockScaling does")
+    if recipe.zero_point_kind is not None:
+        if zero_point is None:
+            raise RecipeError(f"{recipe!r} is asymmetric and needs zero_point= (shape {grid})")
+        zero_point = _check_float_array(backend, zero_point, "zero_point", grid)
+    elif zero_point is not None:
+        raise RecipeError(f"{recipe!r} is symmetric and takes no zero_point")
+    dtype_name = "float32" if dtype is None else _dtype_name(backend, dtype)
+    return ScaledTensor(data, scale, recipe, layout, logical, dtype_name, backend.name,
+                        global_scale=global_scale, zero_point=zero_point)
+
+
+def _check_data_dtype(backend: Backend, data: Any, fmt: Any) -> Any:
+    name = backend.dtype_name(data)
+    target = backend.storage_dtype(fmt)
+    if name == target:
+        return data
+    if name == "uint8" and fmt.kind == "float" and not fmt.packed:
+        return backend.bitcast(data, target)
+    raise DTypeError(f"{fmt.name} data must be {target}" + (" or uint8 bits" if target != "uint8" and fmt.kind == "float" else "") + f"; got {name}")
+
+
+def _check_scale_dtype(backend: Backend, scale: Any, recipe: Recipe) -> Any:
+    name = backend.dtype_name(scale)
+    if recipe.scale_format == "F32":
+        if name not in ("float32", "bfloat16", "float16"):
+            raise DTypeError(f"{recipe.name} scales must be float32 (or bfloat16/float16); got {name}")
+        return scale
+    fmt = SCALE_FORMATS[recipe.scale_format]
+    target = backend.storage_dtype(fmt)
+    if name == target:
+        return scale
+    if name == "uint8":
+        return backend.bitcast(scale, target)
+    raise DTypeError(f"{recipe.name} scales are {fmt.name}: {target} or uint8 bits; got {name}")
+
+
+def _check_float_array(backend: Backend, a: Any, what: str, shape: tuple[int, ...], allow_size1: bool = False) -> Any:
+    if backend_for(a, what).name != backend.name:
+        raise DTypeError(f"{what} must be a {backend.name} array like data")
+    if backend.dtype_name(a) not in ("float32", "bfloat16", "float16"):
+        raise DTypeError(f"{what} must be float32; got {backend.dtype_name(a)}")
+    got = tuple(a.shape)
+    if got != shape:
+        if allow_size1 and math.prod(got) == 1:
+            return backend.xp.reshape(a, shape)
+        raise ShapeError(f"{what} has shape {got}; expected {shape}")
+    return a

@@ -1,0 +1,453 @@
+"""Recipes: what a quantized tensor is made of (element format, scale format, scale rule).
+
+Each recipe is a frozen dataclass whose fields are validated on construction (a bad field raises
+:class:`~breccia.errors.RecipeError`, never an ``assert``). The scale arithmetic of every recipe lives
+in :mod:`breccia.scaling`; this module only describes.
+
+Notation: ``amax`` is the largest finite ``|x|`` of a block, ``max`` the element format's largest
+finite value, and ``scale`` the stored dequantization multiplier (``x ~ decode(data) * scale``).
+
+``to_dict``/``recipe_from_dict`` give a versioned JSON form for file metadata. ``recipe_from_dict``
+only looks names up in a fixed table and checks every field; nothing in a file is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from .errors import LayoutError, RecipeError
+from .formats import E2M1, E4M3, E5M2, E8M0, INT4, INT8, ElementFormat
+from .layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
+
+__all__ = [
+    "Recipe",
+    "Float8CurrentScaling",
+    "DelayedScaling",
+    "Float8BlockScaling",
+    "MXFP8BlockScaling",
+    "MXFP4BlockScaling",
+    "NVFP4BlockScaling",
+    "Int8Scaling",
+    "Int4Scaling",
+    "RECIPES",
+    "recipe_from_dict",
+    "RECIPE_SCHEMA_VERSION",
+]
+
+RECIPE_SCHEMA_VERSION = 1
+
+
+def _choice(recipe: str, field: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if not isinstance(value, type(allowed[0])) or value not in allowed:
+        raise RecipeError(f"{recipe}.{field} must be one of {allowed}; got {value!r}")
+
+
+def _positive_int(recipe: str, field: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        kind = "None or a positive int" if optional else "a positive int"
+        raise RecipeError(f"{recipe}.{field} must be {kind}; got {value!r}")
+
+
+def _nonnegative_number(recipe: str, field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise RecipeError(f"{recipe}.{field} must be a non-negative number; got {value!r}")
+
+
+def _flag(recipe: str, field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise RecipeError(f"{recipe}.{field} must be True or False; got {value!r}")
+
+
+_FP8_FORMATS = ("E4M3", "E5M2")
+
+
+def _fp8(name: str) -> ElementFormat:
+    return E4M3 if name == "E4M3" else E5M2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Base class of every recipe."""
+
+    scale_format: ClassVar[str] = "F32"  # "F32" | "E8M0" | "E4M3": how the block scale is stored
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def element_format(self) -> ElementFormat:
+        raise NotImplementedError
+
+    @property
+    def zero_point_kind(self) -> str | None:
+        """``None`` (symmetric), ``"int"`` (``(q - zp) * s``) or ``"float"`` (``q_u * s + zp``)."""
+        return None
+
+    def default_layout(self) -> Layout:
+        raise NotImplementedError
+
+    def fits(self, layout: Layout) -> bool:
+        """Whether this recipe can use ``layout`` (by default only its own default)."""
+        return layout == self.default_layout()
+
+    def check_layout(self, layout: Layout | None) -> Layout:
+        """``layout`` if it fits this recipe (``None`` means the default), else a LayoutError."""
+        if layout is None:
+            return self.default_layout()
+        if not isinstance(layout, Layout):
+            raise LayoutError(
+                f"layout must be a breccia layout (PerTensor, PerRow, PerBlockK, PerBlock2D); "
+                f"got {type(layout).__name__}"
+            )
+        if not self.fits(layout):
+            raise LayoutError(
+                f"{self!r} cannot use {layout!r}; its layout is {self.default_layout()!r}"
+                + self._other_layouts_hint()
+            )
+        return layout
+
+    def _other_layouts_hint(self) -> str:
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Versioned JSON-ready form: ``{"version": 1, "name": ..., "fields": {...}}``."""
+        return {
+            "version": RECIPE_SCHEMA_VERSION,
+            "name": self.name,
+            "fields": {f.name: getattr(self, f.name) for f in fields(self)},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Recipe:
+        """Same as :func:`recipe_from_dict`, checking that the result is a ``cls``."""
+        recipe = recipe_from_dict(d)
+        if not isinstance(recipe, cls):
+            raise RecipeError(f"expected a {cls.__name__} recipe; got {recipe.name}")
+        return recipe
+
+
+@dataclass(frozen=True)
+class Float8CurrentScaling(Recipe):
+    """FP8 with a scale from the current tensor's amax (TransformerEngine's current scaling).
+
+    ``convention="te"`` (TransformerEngine's ``compute_scale_from_amax``)::
+
+        a     = max(amax, amax_epsilon)
+        q     = max / a          (fp32, round to nearest; 1 if a is 0 or inf; FLT_MAX if it overflows)
+        q     = 2**floor(log2 q) if power_2_scale
+        data  = encode(x * q)    scale = 1 / q
+
+    ``convention="torchao"`` (torchao's ``Float8Tensor``): ``scale = amax / max`` (1 for a zero
+    amax) and ``data = encode(x / scale)``.
+    Any layout works: ``PerTensor()`` (default), ``PerRow()`` (row-wise), ``PerBlockK``, ``PerBlock2D``.
+    """
+
+    fp8_format: str = "E4M3"
+    power_2_scale: bool = False
+    amax_epsilon: float = 0.0
+    convention: str = "te"
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _flag(self.name, "power_2_scale", self.power_2_scale)
+        _nonnegative_number(self.name, "amax_epsilon", self.amax_epsilon)
+        _choice(self.name, "convention", self.convention, ("te", "torchao"))
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return _fp8(self.fp8_format)
+
+    def default_layout(self) -> Layout:
+        return PerTensor()
+
+    def fits(self, layout: Layout) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class DelayedScaling(Recipe):
+    """FP8 with a per-tensor scale from an amax history (TransformerEngine's delayed scaling).
+
+    ``cast`` takes and returns an :class:`~breccia.scaling.AmaxHistory`; the scale comes from the
+    history *before* this tensor is recorded::
+
+        a     = max(history) if amax_compute_algo == "max" else history[0]
+        q     = max / a / 2**margin   (1 when a is 0 or non-finite)
+        data  = encode(x * q)         scale = 1 / q
+        history' = [amax(x), history[0], ..., history[-2]]
+    """
+
+    fp8_format: str = "E4M3"
+    margin: int = 0
+    amax_history_len: int = 1024
+    amax_compute_algo: str = "max"
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
+            raise RecipeError(f"DelayedScaling.margin must be an int >= 0; got {self.margin!r}")
+        _positive_int(self.name, "amax_history_len", self.amax_history_len)
+        _choice(self.name, "amax_compute_algo", self.amax_compute_algo, ("max", "most_recent"))
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return _fp8(self.fp8_format)
+
+    def default_layout(self) -> Layout:
+        return PerTensor()
+
+
+@dataclass(frozen=True)
+class Float8BlockScaling(Recipe):
+    """FP8 with one fp32 scale per ``block_m x block_k`` block (TE block scaling, DeepSeek-V3).
+
+    ``convention="te"``: per block, the Float8CurrentScaling ``te`` rule (``q = max / amax``,
+    ``data = encode(x * q)``, ``scale = 1 / q``; ``power_2_scale`` rounds ``q`` down to a power of two).
+
+    ``convention="deepseek"`` (DeepSeek-V3's ``act_quant``/``weight_quant``)::
+
+        s    = max(amax, 1e-4) / 448
+        s    = 2**ceil(log2 s) if power_2_scale      # V3.1's "ue8m0" scales
+        data = encode(x / s)     scale = s
+
+    Layout: ``PerBlockK(block_k)`` when ``block_m == 1`` (1x128 activations), else
+    ``PerBlock2D(block_m, block_k)`` (128x128 weights).
+    """
+
+    block_k: int = 128
+    block_m: int = 1
+    fp8_format: str = "E4M3"
+    power_2_scale: bool = False
+    amax_epsilon: float = 0.0
+    convention: str = "te"
+
+    def __post_init__(self) -> None:
+        _positive_int(self.name, "block_k", self.block_k)
+        _positive_int(self.name, "block_m", self.block_m)
+        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _flag(self.name, "power_2_scale", self.power_2_scale)
+        _nonnegative_number(self.name, "amax_epsilon", self.amax_epsilon)
+        _choice(self.name, "convention", self.convention, ("te", "deepseek"))
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return _fp8(self.fp8_format)
+
+    def default_layout(self) -> Layout:
+        if self.block_m == 1:
+            return PerBlockK(self.block_k)
+        return PerBlock2D(self.block_m, self.block_k)
+
+
+@dataclass(frozen=True)
+class _MXRecipe(Recipe):
+    """OCP Microscaling: 32 elements share one E8M0 (power-of-two) scale.
+
+    ``scale_rounding="floor"`` is the OCP MX v1.0 rule, ``"ceil"`` what TransformerEngine, MLX and
+    torchao's RCEIL produce::
+
+        floor: e = floor(log2 amax) - emax_elem      (emax_elem: 8 for E4M3, 15 for E5M2, 2 for E2M1)
+        ceil:  e = ceil(log2(amax / max))            (amax / max rounded to nearest in fp32)
+        e    = clip(e, -127, 127); a zero block gets e = 0 (scale 1)
+        data = encode(x / 2**e)    scale = 2**e (E8M0)
+
+    ``floor`` may push the block's largest values past ``max``; they saturate.
+    """
+
+    scale_format: ClassVar[str] = "E8M0"
+    scale_rounding: str = "floor"
+
+    def default_layout(self) -> Layout:
+        return PerBlockK(32)
+
+
+@dataclass(frozen=True)
+class MXFP8BlockScaling(_MXRecipe):
+    __doc__ = _MXRecipe.__doc__
+    fp8_format: str = "E4M3"
+    scale_rounding: str = "floor"
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _choice(self.name, "scale_rounding", self.scale_rounding, ("floor", "ceil"))
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return _fp8(self.fp8_format)
+
+
+@dataclass(frozen=True)
+class MXFP4BlockScaling(_MXRecipe):
+    __doc__ = _MXRecipe.__doc__
+    scale_rounding: str = "floor"
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "scale_rounding", self.scale_rounding, ("floor", "ceil"))
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return E2M1
+
+
+@dataclass(frozen=True)
+class NVFP4BlockScaling(Recipe):
+    """NVFP4: E2M1 elements, one E4M3 scale per 16, and an fp32 global scale (two levels)::
+
+        global_scale = amax(tensor) / (448 * 6)            (1 when the tensor's amax is 0)
+        s_b          = e4m3(clip(amax_b / 6 / global_scale, 2**-9, 448))
+        data         = encode(x / (s_b * global_scale))
+        x ~ decode(data) * (s_b * global_scale)
+
+    This is torchao's and NVIDIA's reference two-level rule.
+    """
+
+    scale_format: ClassVar[str] = "E4M3"
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return E2M1
+
+    def default_layout(self) -> Layout:
+        return PerBlockK(16)
+
+
+@dataclass(frozen=True)
+class _IntRecipe(Recipe):
+    """Integer quantization with an fp32 scale per group.
+
+    Symmetric, ``convention="breccia"``: ``s = amax / qmax`` (1 for a zero block),
+    ``q = clip(round(x / s), -qmax, qmax)``.
+
+    Symmetric, ``convention="torchao"`` (torchao's ``choose_qparams_affine``)::
+
+        s = max(amax / ((qmax - qmin) / 2), eps_f32)     # amax/127.5 (int8), amax/7.5 (int4)
+        q = clip(round(x * (1 / s)), qmin, qmax)
+
+    Asymmetric (``symmetric=False``), ``"breccia"`` and ``"torchao"`` (integer zero point)::
+
+        lo, hi = min(min_b, 0), max(max_b, 0)
+        s  = max((hi - lo) / (qmax - qmin), eps_f32)
+        zp = clip(qmin - round(lo / s), qmin, qmax)
+        q  = clip(round(x / s) + zp, qmin, qmax)          (torchao: x * (1 / s))
+        x ~ (q - zp) * s
+
+    Asymmetric ``convention="mlx"`` (MLX's ``affine`` mode, float zero point): ``q_u = q + 2**(bits-1)``
+    is the unsigned code and ``x ~ q_u * s + zp`` (MLX's ``biases``)::
+
+        s  = (max_b - min_b) / (2**bits - 1)   (1 for a constant block)
+        zp = min_b
+        q_u = clip(round((x - zp) / s), 0, 2**bits - 1)
+    """
+
+    group_size: int | None = None
+    symmetric: bool = True
+    convention: str = "breccia"
+
+    def __post_init__(self) -> None:
+        _positive_int(self.name, "group_size", self.group_size, optional=True)
+        _flag(self.name, "symmetric", self.symmetric)
+        _choice(self.name, "convention", self.convention, ("breccia", "torchao", "mlx"))
+        if self.convention == "mlx" and self.symmetric:
+            raise RecipeError(
+                f"{self.name}(convention='mlx') is MLX's affine mode, which is asymmetric; "
+                "pass symmetric=False"
+            )
+
+    @property
+    def zero_point_kind(self) -> str | None:
+        if self.symmetric:
+            return None
+        return "float" if self.convention == "mlx" else "int"
+
+    def default_layout(self) -> Layout:
+        return PerRow() if self.group_size is None else PerBlockK(self.group_size)
+
+    def fits(self, layout: Layout) -> bool:
+        if self.group_size is None:
+            return isinstance(layout, (PerRow, PerTensor))
+        return layout == PerBlockK(self.group_size)
+
+    def _other_layouts_hint(self) -> str:
+        if self.group_size is None:
+            return " or PerTensor()"
+        return " (set group_size=None for PerRow()/PerTensor())"
+
+
+@dataclass(frozen=True)
+class Int8Scaling(_IntRecipe):
+    __doc__ = _IntRecipe.__doc__
+    group_size: int | None = None
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return INT8
+
+
+@dataclass(frozen=True)
+class Int4Scaling(_IntRecipe):
+    __doc__ = _IntRecipe.__doc__
+    group_size: int | None = 128
+
+    @property
+    def element_format(self) -> ElementFormat:
+        return INT4
+
+
+RECIPES: dict[str, type[Recipe]] = {
+    c.__name__: c
+    for c in (
+        Float8CurrentScaling,
+        DelayedScaling,
+        Float8BlockScaling,
+        MXFP8BlockScaling,
+        MXFP4BlockScaling,
+        NVFP4BlockScaling,
+        Int8Scaling,
+        Int4Scaling,
+    )
+}
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def recipe_from_dict(d: Any) -> Recipe:
+    """Rebuild a recipe from :meth:`Recipe.to_dict`.
+
+    Rejects, with a RecipeError: a version newer than this breccia reads, an unknown recipe name,
+    unknown fields, and field values that are not JSON scalars or fail the recipe's validation.
+    """
+    if not isinstance(d, dict):
+        raise RecipeError(f"a recipe must be a JSON object; got {type(d).__name__}")
+    version = d.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise RecipeError(f"recipe 'version' must be a positive int; got {version!r}")
+    if version > RECIPE_SCHEMA_VERSION:
+        raise RecipeError(
+            f"recipe schema version {version} is newer than this breccia reads "
+            f"({RECIPE_SCHEMA_VERSION}); upgrade breccia"
+        )
+    name = d.get("name")
+    cls = RECIPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise RecipeError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
+    extra = set(d) - {"version", "name", "fields"}
+    if extra:
+        raise RecipeError(f"unexpected key(s) {sorted(extra)} in recipe {name}")
+    values = d.get("fields", {})
+    if not isinstance(values, dict):
+        raise RecipeError(f"recipe {name}: 'fields' must be a JSON object; got {values!r}")
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(values) - allowed
+    if unknown:
+        raise RecipeError(f"recipe {name} has no field(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+    for key, value in values.items():
+        if not isinstance(value, _JSON_SCALARS):
+            raise RecipeError(f"recipe {name}.{key} must be a JSON scalar; got {type(value).__name__}")
+    return cls(**values)
+
+
+SCALE_FORMATS: dict[str, ElementFormat | None] = {"F32": None, "E8M0": E8M0, "E4M3": E4M3}

@@ -1,0 +1,202 @@
+"""Scale rules: from a block's statistics to the stored scale and the encode step, once per recipe.
+
+Every rule is written against an array-API namespace and works on arrays in "split" form: the tensor
+reshaped so that each block's elements lie on the odd axes (see ``quantize._Blocking``), and block
+statistics kept with ``keepdims``. The math of each rule is stated in its recipe's docstring
+(``recipes.py``); the comments here say only how it is computed exactly.
+
+Non-finite input (the rule documented in ``docs/numerics.md``): ``amax``, ``lo`` and ``hi`` are taken
+over the finite elements of a block; ``quantize.py`` marks a block holding NaN by storing a NaN scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import formats
+from .formats import E4M3, E8M0
+from .recipes import (
+    DelayedScaling,
+    Float8BlockScaling,
+    Float8CurrentScaling,
+    NVFP4BlockScaling,
+    Recipe,
+    _IntRecipe,
+    _MXRecipe,
+)
+
+__all__ = ["BlockStats", "Scales", "AmaxHistory", "block_scales", "FLT_MAX", "FLT_EPS"]
+
+FLT_MAX = float(np.finfo(np.float32).max)
+FLT_EPS = float(np.finfo(np.float32).eps)
+NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3 max * E2M1 max
+DEEPSEEK_AMAX_FLOOR = 1e-4
+
+
+@dataclass
+class BlockStats:
+    """Per-block statistics over finite elements, in split form with keepdims."""
+
+    amax: Any
+    lo: Any = None  # min over the block (asymmetric recipes only)
+    hi: Any = None  # max over the block (asymmetric recipes only)
+    tensor_amax: Any = None  # amax of the whole tensor (NVFP4's global scale)
+
+
+@dataclass
+class Scales:
+    """What a rule produces. The encode step is
+    ``y = ((x - pre_offset) * multiplier  or  / divisor)``, then ``y = round(y) + post_offset`` for
+    integer zero points, then the element format's encode."""
+
+    stored: Any  # the block scale as stored: float32 values, or E8M0/E4M3 codes (uint8)
+    multiplier: Any = None
+    divisor: Any = None
+    pre_offset: Any = None
+    post_offset: Any = None
+    zero_point: Any = None  # float32, stored beside the scale
+    global_scale: Any = None  # float32 0-d (NVFP4)
+
+
+class AmaxHistory:
+    """DelayedScaling's state: the last ``amax_history_len`` amaxes, newest first.
+
+    Functional: ``cast`` takes one and returns the next, so it works under ``jax.jit`` (it is a JAX
+    pytree). ``amax`` is a float32 array of the input's framework.
+    """
+
+    __slots__ = ("amax",)
+
+    def __init__(self, amax: Any) -> None:
+        self.amax = amax
+
+    @classmethod
+    def zeros(cls, recipe: DelayedScaling, like: Any) -> AmaxHistory:
+        """An empty history (scale 1 on the first cast) in the framework and device of ``like``."""
+        from .backends import backend_for
+
+        backend = backend_for(like)
+        zeros = np.zeros((recipe.amax_history_len,), dtype=np.float32)
+        return cls(backend.from_numpy(zeros, device=backend.device(like)))
+
+    def __repr__(self) -> str:
+        return f"AmaxHistory(len={self.amax.shape[0]})"
+
+
+def _safe_reciprocal_rule(backend: Any, amax: Any, fmax: float, eps: float, power_2: bool) -> Any:
+    """TransformerEngine's ``compute_scale_from_amax``: the encode multiplier ``q = max / amax``."""
+    xp, pow2 = backend.xp, backend.pow2
+    a = xp.maximum(amax, eps) if eps > 0 else amax
+    ok = (a > 0) & xp.isfinite(a)
+    q = backend.divide(fmax, xp.where(ok, a, 1.0))
+    q = xp.where(xp.isinf(q), FLT_MAX, q)
+    q = xp.where(ok, q, 1.0)
+    if power_2:
+        q = pow2(formats.floor_log2(xp, pow2, q))
+    return q
+
+
+def _ceil_log2(xp: Any, pow2: Any, v: Any) -> Any:
+    e = formats.floor_log2(xp, pow2, v)
+    return xp.where(pow2(e) < v, e + 1, e)
+
+
+def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
+    xp, pow2 = backend.xp, backend.pow2
+    fmax = recipe.element_format.max_value
+    convention = getattr(recipe, "convention", "te")
+    if convention == "deepseek":
+        s = backend.divide(xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR), fmax)
+        if recipe.power_2_scale:
+            s = pow2(_ceil_log2(xp, pow2, s))
+        return Scales(stored=s, divisor=s)
+    if convention == "torchao":
+        s = backend.divide(stats.amax, fmax)
+        s = xp.where(s > 0, s, 1.0)
+        return Scales(stored=s, divisor=s)
+    if isinstance(recipe, DelayedScaling):
+        amax = xp.max(history) if recipe.amax_compute_algo == "max" else history[0]
+        amax = amax * float(2**recipe.margin)
+        q = _safe_reciprocal_rule(backend, xp.reshape(amax, (1,) * stats.amax.ndim), fmax, 0.0, False)
+    else:
+        q = _safe_reciprocal_rule(backend, stats.amax, fmax, recipe.amax_epsilon, recipe.power_2_scale)
+    return Scales(stored=backend.divide(1.0, q), multiplier=q)
+
+
+def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
+    xp, pow2 = backend.xp, backend.pow2
+    fmt = recipe.element_format
+    positive = stats.amax > 0
+    amax = xp.where(positive, stats.amax, 1.0)
+    if recipe.scale_rounding == "floor":
+        e = formats.floor_log2(xp, pow2, amax) - float(fmt.e_max)
+    else:
+        e = _ceil_log2(xp, pow2, backend.divide(amax, fmt.max_value))
+    e = xp.clip(xp.where(positive, e, 0.0), -127.0, 127.0)
+    # x / 2**e == x * 2**-e exactly; -e >= -126 always holds for a float32 amax (see tests).
+    return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
+
+
+def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
+    xp = backend.xp
+    t = stats.tensor_amax
+    global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
+    block = backend.divide(backend.divide(stats.amax, 6.0), global_scale)
+    codes = backend.encode(xp.clip(block, 2.0**-9, E4M3.max_value), E4M3)
+    total = backend.decode(codes, E4M3) * global_scale
+    total = xp.where(total > 0, total, 1.0)
+    return Scales(stored=codes, divisor=total, global_scale=global_scale)
+
+
+def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+    xp = backend.xp
+    fmt = recipe.element_format
+    if recipe.convention == "mlx":
+        s = backend.divide(stats.hi - stats.lo, float(2**fmt.bits - 1))
+        s = xp.where(s > 0, s, 1.0)
+        return Scales(
+            stored=s,
+            divisor=s,
+            pre_offset=stats.lo,
+            post_offset=-float(2 ** (fmt.bits - 1)),
+            zero_point=stats.lo,
+        )
+    torchao = recipe.convention == "torchao"
+    if recipe.symmetric:
+        if torchao:
+            s = xp.maximum(backend.divide(stats.amax, (fmt.max_value - fmt.min_value) / 2.0), FLT_EPS)
+            return Scales(stored=s, multiplier=backend.divide(1.0, s))
+        s = backend.divide(stats.amax, fmt.max_value)
+        s = xp.where(s > 0, s, 1.0)
+        return Scales(stored=s, divisor=s)
+    lo = xp.minimum(stats.lo, 0.0)
+    hi = xp.maximum(stats.hi, 0.0)
+    s = xp.maximum(backend.divide(hi - lo, fmt.max_value - fmt.min_value), FLT_EPS)
+    zp = xp.clip(fmt.min_value - xp.round(backend.divide(lo, s)), fmt.min_value, fmt.max_value)
+    if torchao:
+        return Scales(stored=s, multiplier=backend.divide(1.0, s), post_offset=zp, zero_point=zp)
+    return Scales(stored=s, divisor=s, post_offset=zp, zero_point=zp)
+
+
+def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any = None) -> Scales:
+    """The scales of every block of one tensor under ``recipe``."""
+    if isinstance(recipe, (Float8CurrentScaling, DelayedScaling, Float8BlockScaling)):
+        return _float8_rule(backend, recipe, stats, history)
+    if isinstance(recipe, _MXRecipe):
+        return _mx_rule(backend, recipe, stats)
+    if isinstance(recipe, NVFP4BlockScaling):
+        return _nvfp4_rule(backend, stats)
+    if isinstance(recipe, _IntRecipe):
+        return _int_rule(backend, recipe, stats)
+    raise TypeError(f"no scale rule for {type(recipe).__name__}")
+
+
+def decode_scale(backend: Any, scale: Any, scale_format: str) -> Any:
+    """float32 value of a stored scale array."""
+    if scale_format == "F32":
+        return backend.astype(scale, "float32")
+    fmt = E8M0 if scale_format == "E8M0" else E4M3
+    return backend.decode(backend.to_codes(scale, fmt), fmt)
