@@ -88,7 +88,7 @@ class ElementFormat:
     @property
     def e_max(self) -> int:
         """Exponent of the largest finite value (floats), as OCP MX calls emax_elem."""
-        return int(math.floor(math.log2(self.max_value)))
+        return math.floor(math.log2(self.max_value))
 
     @property
     def qmin(self) -> int:

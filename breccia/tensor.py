@@ -44,14 +44,14 @@ class ScaledTensor:
 
     __slots__ = (
         "data",
-        "scale",
-        "global_scale",
-        "zero_point",
-        "recipe",
-        "layout",
-        "shape",
         "dtype_name",
         "framework",
+        "global_scale",
+        "layout",
+        "recipe",
+        "scale",
+        "shape",
+        "zero_point",
     )
 
     def __init__(
@@ -110,7 +110,9 @@ class ScaledTensor:
         """``(data, scale, global_scale, zero_point)``; absent ones are None."""
         return self.data, self.scale, self.global_scale, self.zero_point
 
-    def replace_arrays(self, data: Any, scale: Any, global_scale: Any = None, zero_point: Any = None) -> ScaledTensor:
+    def replace_arrays(
+        self, data: Any, scale: Any, global_scale: Any = None, zero_point: Any = None
+    ) -> ScaledTensor:
         """The same tensor description over other arrays (used by moves and pytree unflattening)."""
         return ScaledTensor(
             data,
@@ -144,7 +146,9 @@ class ScaledTensor:
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.shape) or "scalar"
         dense = self.size * {"float64": 8, "float32": 4}.get(self.dtype_name, 2)
-        ratio = f", {dense / self.nbytes:.2f}x smaller than {self.dtype_name}" if self.nbytes and dense else ""
+        ratio = ""
+        if self.nbytes and dense:
+            ratio = f", {dense / self.nbytes:.2f}x smaller than {self.dtype_name}"
         return (
             f"ScaledTensor({self.recipe!r}, {self.layout!r}, shape={shape}, "
             f"dtype={self.dtype_name}, framework={self.framework}, "
@@ -183,5 +187,5 @@ def register_jax_pytrees() -> None:
     _JAX_REGISTERED = True
 
 
-if "jax" in sys.modules:  # JAX was imported before breccia: register now (it is already loaded)
+if sys.modules.get("jax") is not None:  # JAX came first: register now
     register_jax_pytrees()

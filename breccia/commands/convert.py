@@ -46,7 +46,9 @@ def register(commands: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", help="source: a .safetensors file, a directory, or a model.safetensors.index.json")
+    parser.add_argument(
+        "src", help="source: a .safetensors file, a directory, or a model.safetensors.index.json"
+    )
     parser.add_argument("dst", help="destination directory (or file for single-file targets)")
     parser.add_argument("--to", required=True, metavar="TARGET", help="bf16, a recipe name, or mlx-<mode>")
     parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")

@@ -44,7 +44,7 @@ def installed_frameworks() -> list[str]:
 
 
 def demo_weight(rows: int = 512, cols: int = 1024, seed: int = 0) -> np.ndarray:
-    """A weight-like float32 matrix: Gaussian rows with row scales spread over 2**-4..2**4 and a few outliers."""
+    """A weight-like float32 matrix: Gaussian rows scaled by 2**-4..2**4, with 0.1% outliers."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     w *= (2.0 ** rng.uniform(-4, 4, (rows, 1))).astype(np.float32)
