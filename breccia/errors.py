@@ -16,6 +16,7 @@ __all__ = [
     "NotAnArrayError",
     "FrameworkError",
     "CopyError",
+    "DLPackError",
     "FileFormatError",
     "MissingDependencyError",
 ]
@@ -51,6 +52,10 @@ class FrameworkError(BrecciaError, ValueError):
 
 class CopyError(BrecciaError, ValueError):
     """``copy=False`` was asked for where the two sides cannot share memory."""
+
+
+class DLPackError(BrecciaError, ValueError):
+    """A DLPack capsule was consumed a second time, or holds a dtype breccia cannot carry."""
 
 
 class FileFormatError(BrecciaError, ValueError):

@@ -54,7 +54,9 @@ class _Blocking:
         for axis, (n, p) in enumerate(zip(self.shape, self.padded)):
             if p != n:
                 pad_shape = tuple(p - n if a == axis else s for a, s in enumerate(x.shape))
-                x = xp.concat([x, xp.zeros(pad_shape, dtype=x.dtype)], axis=axis)
+                # torch makes new arrays on the CPU unless told; the others use x's (default) device
+                on_device = {"device": x.device} if type(x).__module__.startswith("torch") else {}
+                x = xp.concat([x, xp.zeros(pad_shape, dtype=x.dtype, **on_device)], axis=axis)
         return xp.reshape(x, self.split_shape)
 
     def merge(self, xp: Any, xb: Any) -> Any:
@@ -71,21 +73,41 @@ class _Blocking:
 
 
 def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe, eager: bool):
-    """Finite-only block statistics and the NaN-free blocks; ``nan_blocks`` is None if none."""
+    """Finite-only block statistics, the input with NaN zeroed, and the blocks that held NaN.
+
+    The common all-finite case costs one reduction: eagerly it is checked on the block amaxes (max
+    propagates NaN and Inf in numpy and torch); under a trace, a backend with a conditional runs the
+    non-finite branch only when ``sum(x * 0)`` is NaN, i.e. when some element is NaN or +-Inf.
+    """
     xp = backend.xp
     axes = blocking.reduce_axes
-    magnitude = xp.abs(xb)
-    amax = xp.max(magnitude, axis=axes, keepdims=True)  # NaN- and Inf-propagating
-    nan_blocks = None
-    if not eager or not bool(xp.all(xp.isfinite(amax))):
-        finite = xp.isfinite(xb)
+
+    def finite_only(xb: Any) -> tuple[Any, Any, Any]:
+        # (XLA's multi-axis max does not always propagate NaN, so NaN is looked for explicitly)
         nan_elements = xp.isnan(xb)
-        amax = xp.max(xp.where(finite, magnitude, 0.0), axis=axes, keepdims=True)
+        magnitude = xp.abs(xb)
+        amax = xp.max(xp.where(magnitude < math.inf, magnitude, 0.0), axis=axes, keepdims=True)
         nan_blocks = xp.any(nan_elements, axis=axes, keepdims=True)
-        xb = xp.where(nan_elements, 0.0, xb)
+        return amax, xp.where(nan_elements, 0.0, xb), nan_blocks
+
+    def all_finite(xb: Any) -> tuple[Any, Any, Any]:
+        amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
+        return amax, xb, xp.zeros(amax.shape, dtype=xp.bool)
+
+    if eager:
+        amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
+        if bool(xp.all(xp.isfinite(amax))):
+            amax, nan_blocks = amax, None
+        else:
+            amax, xb, nan_blocks = finite_only(xb)
+    elif backend.has_cond:
+        nonfinite = xp.isnan(xp.sum(xb * 0.0))
+        amax, xb, nan_blocks = backend.cond(nonfinite, finite_only, all_finite, xb)
+    else:
+        amax, xb, nan_blocks = finite_only(xb)
     stats = BlockStats(amax=amax)
     if recipe.zero_point_kind is not None:
-        finite_x = xp.where(xp.isfinite(xb), xb, 0.0) if nan_blocks is not None else xb
+        finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
         stats.lo = xp.min(finite_x, axis=axes, keepdims=True)
         stats.hi = xp.max(finite_x, axis=axes, keepdims=True)
     if recipe.scale_format == "E4M3":
@@ -109,11 +131,14 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
     blocking = _Blocking(shape, layout)
     xb = blocking.split(xp, xp.astype(x, xp.float32))
     stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager)
+    stats.input_dtype = backend.dtype_name(x)
     scales = block_scales(backend, recipe, stats, history)
     y = xb
     if scales.pre_offset is not None:
         y = y - scales.pre_offset
     y = y * scales.multiplier if scales.multiplier is not None else backend.divide(y, scales.divisor)
+    if scales.product_dtype is not None:
+        y = backend.astype(backend.astype(y, scales.product_dtype), "float32")
     if scales.post_offset is not None:
         y = xp.round(y) + scales.post_offset
     codes = blocking.merge(xp, backend.encode(y, fmt))
@@ -127,6 +152,10 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
     if scale_fmt is not None:
         scale = backend.to_storage(scale, scale_fmt)
     zero_point = None if scales.zero_point is None else blocking.grid_of(xp, scales.zero_point)
+    if recipe.zero_point_kind == "float" and backend.dtype_name(x) in _HALF_DTYPES:
+        # MLX's affine mode stores scales and biases in the weight's dtype (its codes use float32 ones)
+        scale = backend.astype(scale, backend.dtype_name(x))
+        zero_point = backend.astype(zero_point, backend.dtype_name(x))
     new_history = None
     if history is not None:
         current = xp.reshape(xp.max(stats.amax), (1,))
@@ -135,6 +164,7 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
 
 
 _OUTPUTS = ("data", "scale", "global_scale", "zero_point", "history")
+_HALF_DTYPES = ("bfloat16", "float16")
 
 
 def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
@@ -159,6 +189,57 @@ def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
         return dict(zip(names, compiled(*args)))
 
     return call
+
+
+def _runs_eagerly(backend: Backend, x: Any) -> bool:
+    """Whether to run the shared code op by op (numpy, torch) rather than compiled (jax, mlx).
+
+    Empty tensors always run eagerly: there is nothing to compile for. torch tensors on CUDA run
+    compiled (``torch.compile`` fuses the cast into one kernel; tests prove the bits unchanged).
+    """
+    if backend.name == "torch" and backend.compiles(x):
+        return math.prod(x.shape) == 0
+    return math.prod(x.shape) == 0 or (backend.name in ("numpy", "torch") and not backend.is_traced(x))
+
+
+def _empty_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any) -> dict[str, Any]:
+    """The arrays of a cast of a tensor with no elements: empty data and scales, nothing computed."""
+    import numpy as np
+
+    fmt = recipe.element_format
+    shape = tuple(x.shape)
+    data_shape = (*shape[:-1], packed_length(shape[-1])) if fmt.packed else shape
+    grid = scale_shape(layout, shape)
+    device = backend.device(x)
+
+    def empty(dims: tuple[int, ...], storage: str) -> Any:
+        zeros = backend.from_numpy(np.zeros(dims, np.uint8 if storage != "int8" else np.int8), device=device)
+        return zeros if storage in ("uint8", "int8") else backend.bitcast(zeros, storage)
+
+    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    out: dict[str, Any] = {
+        "data": empty(data_shape, backend.storage_dtype(fmt)),
+        "scale": empty(grid, backend.storage_dtype(scale_fmt)) if scale_fmt else
+        backend.from_numpy(np.zeros(grid, np.float32), device=device),
+    }
+    if recipe.scale_format == "E4M3":
+        out["global_scale"] = backend.from_numpy(np.ones((), np.float32), device=device)
+    if recipe.zero_point_kind is not None:
+        out["zero_point"] = backend.from_numpy(np.zeros(grid, np.float32), device=device)
+    if history is not None:
+        newest = backend.xp.zeros((1,), dtype=history.dtype)  # an empty tensor's amax is 0
+        out["history"] = backend.xp.concat([newest, history[:-1]], axis=0)
+    return out
+
+
+def _run_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any) -> dict[str, Any]:
+    """The cast's arrays by name, eagerly or through the backend's compiler."""
+    if math.prod(x.shape) == 0:
+        return _empty_cast(backend, recipe, layout, x, history)
+    if _runs_eagerly(backend, x):
+        eager = not (backend.always_traced or backend.is_traced(x))
+        return dict(zip(_OUTPUTS, _cast_arrays(backend, recipe, layout, x, history, eager)))
+    return _compiled_cast(backend, recipe, layout)(x, history)
 
 
 def _check_recipe(recipe: Any) -> Recipe:
@@ -197,17 +278,10 @@ def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxH
         raise RecipeError(f"history= is DelayedScaling's state; {recipe.name} takes none")
     if delayed:
         history = _check_history(backend, recipe, history, x)
-    work_shape = shape or (1,)  # a 0-d tensor is quantized as one element
     layout = _prepare_layout(recipe, layout, shape)
-    x_work = backend.xp.reshape(x, work_shape) if not shape else x
-    work_layout = layout
-    eager = not (backend.always_traced or backend.is_traced(x))
-    if math.prod(work_shape) == 0 or (eager and backend.name in ("numpy", "torch")):
-        names = _OUTPUTS
-        out = dict(zip(names, _cast_arrays(backend, recipe, work_layout, x_work, history.amax if delayed else None, eager)))
-    else:
-        out = _compiled_cast(backend, recipe, work_layout)(x_work, history.amax if delayed else None)
-    data, scale = out["data"], out["scale"]
+    x_work = x if shape else backend.xp.reshape(x, (1,))  # a 0-d tensor is quantized as one element
+    out = _run_cast(backend, recipe, layout, x_work, history.amax if delayed else None)
+    data, scale = backend.finalize_output(out["data"]), backend.finalize_output(out["scale"])
     if not shape:
         data = backend.xp.reshape(data, ())
         scale = backend.xp.reshape(scale, ())
@@ -265,10 +339,23 @@ def _dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> A
         if kind == "int":
             yb = (vb - zb) * sb
         else:
-            yb = backend.multiply_add(vb + float(2 ** (fmt.bits - 1)), sb, zb)
+            yb = _float_zero_point(backend, vb + float(2 ** (fmt.bits - 1)), sb, zb, st.scale)
     y = blocking.merge(xp, yb)
     y = backend.astype(y, dtype_name)
     return xp.reshape(y, st.shape)
+
+
+def _float_zero_point(backend: Backend, q_u: Any, s: Any, zp: Any, stored_scale: Any) -> Any:
+    """``q_u * s + zp`` rounded as MLX's affine dequantize rounds it: in the stored scale's dtype.
+
+    float32 scales: two float32 roundings (no FMA). bfloat16/float16 scales: the product and then the
+    sum are each rounded to that dtype (``q_u * s`` is exact in float32, so this is one rounding each).
+    """
+    half = backend.dtype_name(stored_scale)
+    if half not in _HALF_DTYPES:
+        return backend.multiply_add(q_u, s, zp)
+    product = backend.astype(backend.astype(q_u * s, half), "float32")
+    return backend.astype(backend.astype(product + zp, half), "float32")
 
 
 def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
@@ -283,7 +370,7 @@ def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
 
     backend = get_backend(st.framework)
     dtype_name = st.dtype_name if dtype is None else _dtype_name(backend, dtype)
-    if math.prod(st.shape) == 0 or backend.name in ("numpy", "torch") or backend.is_traced(st.data):
+    if _runs_eagerly(backend, st.data) or backend.is_traced(st.data):
         return _dequantize_arrays(backend, st, dtype_name)
     present = tuple(a is not None for a in st.arrays)
 
@@ -350,12 +437,16 @@ def from_buffer(
     data = _check_data_dtype(backend, data, fmt)
     stored_shape = tuple(int(d) for d in data.shape)
     if shape is None:
-        logical = stored_shape[:-1] + (2 * stored_shape[-1],) if fmt.packed and stored_shape else stored_shape
+        packed = fmt.packed and stored_shape
+        logical = (*stored_shape[:-1], 2 * stored_shape[-1]) if packed else stored_shape
     else:
         logical = tuple(int(d) for d in shape)
-        expected = logical[:-1] + (packed_length(logical[-1]),) if fmt.packed and logical else logical
+        expected = (*logical[:-1], packed_length(logical[-1])) if fmt.packed and logical else logical
         if expected != stored_shape:
-            raise ShapeError(f"data of shape {stored_shape} cannot hold a {fmt.name} tensor of shape {logical}; expected data shape {expected}")
+            raise ShapeError(
+                f"data of shape {stored_shape} cannot hold a {fmt.name} tensor of shape {logical}; "
+                f"expected data shape {expected}"
+            )
     layout = _prepare_layout(recipe, layout, logical)
     grid = scale_shape(layout, logical or (1,))
     grid = grid if logical else ()
@@ -377,8 +468,10 @@ def from_buffer(
     elif zero_point is not None:
         raise RecipeError(f"{recipe!r} is symmetric and takes no zero_point")
     dtype_name = "float32" if dtype is None else _dtype_name(backend, dtype)
-    return ScaledTensor(data, scale, recipe, layout, logical, dtype_name, backend.name,
-                        global_scale=global_scale, zero_point=zero_point)
+    return ScaledTensor(
+        data, scale, recipe, layout, logical, dtype_name, backend.name,
+        global_scale=global_scale, zero_point=zero_point,
+    )
 
 
 def _check_data_dtype(backend: Backend, data: Any, fmt: Any) -> Any:
@@ -388,7 +481,8 @@ def _check_data_dtype(backend: Backend, data: Any, fmt: Any) -> Any:
         return data
     if name == "uint8" and fmt.kind == "float" and not fmt.packed:
         return backend.bitcast(data, target)
-    raise DTypeError(f"{fmt.name} data must be {target}" + (" or uint8 bits" if target != "uint8" and fmt.kind == "float" else "") + f"; got {name}")
+    bits = " or uint8 bits" if target != "uint8" and fmt.kind == "float" else ""
+    raise DTypeError(f"{fmt.name} data must be {target}{bits}; got {name}")
 
 
 def _check_scale_dtype(backend: Backend, scale: Any, recipe: Recipe) -> Any:
@@ -406,7 +500,10 @@ def _check_scale_dtype(backend: Backend, scale: Any, recipe: Recipe) -> Any:
     raise DTypeError(f"{recipe.name} scales are {fmt.name}: {target} or uint8 bits; got {name}")
 
 
-def _check_float_array(backend: Backend, a: Any, what: str, shape: tuple[int, ...], allow_size1: bool = False) -> Any:
+def _check_float_array(
+    backend: Backend, a: Any, what: str, shape: tuple[int, ...], allow_size1: bool = False
+) -> Any:
+    """A float array ``a`` of ``shape`` in ``backend``'s framework (a size-1 array reshapes if allowed)."""
     if backend_for(a, what).name != backend.name:
         raise DTypeError(f"{what} must be a {backend.name} array like data")
     if backend.dtype_name(a) not in ("float32", "bfloat16", "float16"):

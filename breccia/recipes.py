@@ -336,11 +336,16 @@ class _IntRecipe(Recipe):
         x ~ (q - zp) * s
 
     Asymmetric ``convention="mlx"`` (MLX's ``affine`` mode, float zero point): ``q_u = q + 2**(bits-1)``
-    is the unsigned code and ``x ~ q_u * s + zp`` (MLX's ``biases``)::
+    is the unsigned code and ``x ~ q_u * s + zp`` (MLX's ``biases``), computed as ``mx.quantize`` does::
 
-        s  = (max_b - min_b) / (2**bits - 1)   (1 for a constant block)
-        zp = min_b
-        q_u = clip(round((x - zp) / s), 0, 2**bits - 1)
+        s    = max((max_b - min_b) / (2**bits - 1), 1e-7)
+        edge = min_b if |min_b| > |max_b| else max_b;  s = s if |min_b| > |max_b| else -s
+        q0   = round(edge / s)
+        s, zp = (edge / q0, edge) if q0 != 0 else (s, 0)
+        q_u  = clip(round((x - zp) / s), 0, 2**bits - 1)
+
+    so the larger-magnitude edge is exact and ``s`` is negative in about half the groups. A bfloat16
+    or float16 input stores ``s`` and ``zp`` in its own dtype (as MLX does) and dequantizes in it.
     """
 
     group_size: int | None = None

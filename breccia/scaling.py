@@ -34,6 +34,7 @@ FLT_MAX = float(np.finfo(np.float32).max)
 FLT_EPS = float(np.finfo(np.float32).eps)
 NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3 max * E2M1 max
 DEEPSEEK_AMAX_FLOOR = 1e-4
+MLX_AFFINE_EPS = float(np.float32(1e-7))  # the smallest |scale| mx.quantize gives an affine group
 
 
 @dataclass
@@ -44,6 +45,7 @@ class BlockStats:
     lo: Any = None  # min over the block (asymmetric recipes only)
     hi: Any = None  # max over the block (asymmetric recipes only)
     tensor_amax: Any = None  # amax of the whole tensor (NVFP4's global scale)
+    input_dtype: str = "float32"  # dtype name of the tensor being cast (torchao computes scales in it)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Scales:
     post_offset: Any = None
     zero_point: Any = None  # float32, stored beside the scale
     global_scale: Any = None  # float32 0-d (NVFP4)
+    product_dtype: str | None = None  # round ``x * multiplier`` to this dtype before encoding (torchao)
 
 
 class AmaxHistory:
@@ -114,9 +117,7 @@ def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) 
             s = pow2(_ceil_log2(xp, pow2, s))
         return Scales(stored=s, divisor=s)
     if convention == "torchao":
-        s = backend.divide(stats.amax, fmax)
-        s = xp.where(s > 0, s, 1.0)
-        return Scales(stored=s, divisor=s)
+        return _torchao_float8_rule(backend, fmax, stats)
     if isinstance(recipe, DelayedScaling):
         amax = xp.max(history) if recipe.amax_compute_algo == "max" else history[0]
         amax = amax * float(2**recipe.margin)
@@ -151,24 +152,35 @@ def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
     return Scales(stored=codes, divisor=total, global_scale=global_scale)
 
 
+def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
+    """MLX's ``affine`` mode (``mx.quantize``, MLX 0.32), step for step in float32.
+
+    The group's edge value of larger magnitude is made exactly representable: its code is
+    ``q0 = round(edge / s)`` and, unless that is 0, ``s = edge / q0`` with bias ``edge``; the scale is
+    negative whenever ``|max| >= |min|`` (about half the groups). The stored code is ``q_u - 2**(bits-1)``.
+    """
+    xp = backend.xp
+    n_bins = float(2**fmt.bits - 1)
+    mask = xp.abs(stats.lo) > xp.abs(stats.hi)
+    s = xp.maximum(backend.divide(stats.hi - stats.lo, n_bins), MLX_AFFINE_EPS)
+    s = xp.where(mask, s, -s)
+    edge = xp.where(mask, stats.lo, stats.hi)
+    q0 = xp.round(backend.divide(edge, s))
+    nonzero = q0 != 0
+    s = xp.where(nonzero, backend.divide(edge, xp.where(nonzero, q0, 1.0)), s)
+    bias = xp.where(nonzero, edge, 0.0)
+    offset = -float(2 ** (fmt.bits - 1))
+    return Scales(stored=s, divisor=s, pre_offset=bias, post_offset=offset, zero_point=bias)
+
+
 def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
     xp = backend.xp
     fmt = recipe.element_format
     if recipe.convention == "mlx":
-        s = backend.divide(stats.hi - stats.lo, float(2**fmt.bits - 1))
-        s = xp.where(s > 0, s, 1.0)
-        return Scales(
-            stored=s,
-            divisor=s,
-            pre_offset=stats.lo,
-            post_offset=-float(2 ** (fmt.bits - 1)),
-            zero_point=stats.lo,
-        )
-    torchao = recipe.convention == "torchao"
+        return _mlx_affine_rule(backend, fmt, stats)
+    if recipe.convention == "torchao":
+        return _torchao_int_rule(backend, recipe, stats)
     if recipe.symmetric:
-        if torchao:
-            s = xp.maximum(backend.divide(stats.amax, (fmt.max_value - fmt.min_value) / 2.0), FLT_EPS)
-            return Scales(stored=s, multiplier=backend.divide(1.0, s))
         s = backend.divide(stats.amax, fmt.max_value)
         s = xp.where(s > 0, s, 1.0)
         return Scales(stored=s, divisor=s)
@@ -176,9 +188,59 @@ def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
     hi = xp.maximum(stats.hi, 0.0)
     s = xp.maximum(backend.divide(hi - lo, fmt.max_value - fmt.min_value), FLT_EPS)
     zp = xp.clip(fmt.min_value - xp.round(backend.divide(lo, s)), fmt.min_value, fmt.max_value)
-    if torchao:
-        return Scales(stored=s, multiplier=backend.divide(1.0, s), post_offset=zp, zero_point=zp)
     return Scales(stored=s, divisor=s, post_offset=zp, zero_point=zp)
+
+
+_HALF_DTYPES = ("bfloat16", "float16")
+_SMALLEST_NORMAL = {"bfloat16": 2.0**-126, "float16": 2.0**-14, "float32": 2.0**-126}
+
+
+def _in_input_dtype(backend: Any, v: Any, stats: BlockStats) -> Any:
+    """float32 ``v`` rounded once to the input's dtype: torch's bf16/fp16 arithmetic (computed in
+    float32, then rounded) on values that are already of that dtype. Identity for float32 input."""
+    if stats.input_dtype in _HALF_DTYPES:
+        return backend.astype(backend.astype(v, stats.input_dtype), "float32")
+    return v
+
+
+def _torchao_float8_rule(backend: Any, fmax: float, stats: BlockStats) -> Scales:
+    """torchao's ``_choose_scale_float8`` + ``_quantize_affine_float8``: ``s = amax / max`` computed in
+    the input's dtype, stored as float32; ``data = encode(float32(x) / s)``. An all-zero block gets
+    ``s = 1`` (torchao divides 0 by 0 there and stores NaN codes)."""
+    xp = backend.xp
+    s = _in_input_dtype(backend, backend.divide(stats.amax, fmax), stats)
+    s = xp.where(s > 0, s, 1.0)
+    return Scales(stored=s, divisor=s)
+
+
+def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+    """torchao's ``choose_qparams_affine`` + ``quantize_affine``, op for op in the input's dtype.
+
+    INT8 reproduces ``Int8Tensor`` (scale floor ``eps_f32``, scale then stored as float32, encode in
+    float32); INT4 reproduces ``IntxUnpackedToInt8Tensor`` (scale floor: the input dtype's smallest
+    normal; the scale stays in the input dtype, so ``1 / s`` and ``x * (1 / s)`` are rounded to it).
+    """
+    xp = backend.xp
+    fmt = recipe.element_format
+
+    def r(v: Any) -> Any:
+        return _in_input_dtype(backend, v, stats)
+
+    intx = fmt.bits < 8
+    eps = _SMALLEST_NORMAL.get(stats.input_dtype, 2.0**-126) if intx else FLT_EPS
+    if recipe.symmetric:
+        s = xp.maximum(r(backend.divide(stats.amax, (fmt.max_value - fmt.min_value) / 2.0)), eps)
+        zp = None
+    else:
+        lo = xp.minimum(stats.lo, 0.0)
+        hi = xp.maximum(stats.hi, 0.0)
+        s = xp.maximum(r(backend.divide(r(hi - lo), fmt.max_value - fmt.min_value)), eps)
+        zp = xp.clip(fmt.min_value - xp.round(r(backend.divide(lo, s))), fmt.min_value, fmt.max_value)
+    multiplier = backend.divide(1.0, s)
+    product_dtype = None
+    if intx and stats.input_dtype in _HALF_DTYPES:
+        multiplier, product_dtype = r(multiplier), stats.input_dtype
+    return Scales(stored=s, multiplier=multiplier, post_offset=zp, zero_point=zp, product_dtype=product_dtype)
 
 
 def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any = None) -> Scales:

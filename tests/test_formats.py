@@ -52,7 +52,9 @@ def test_decode_table_e2m1_equals_ml_dtypes_on_all_16_codes():
 
 
 def test_decode_table_int4_is_twos_complement():
-    np.testing.assert_array_equal(formats.decode_table(INT4), [0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1])
+    np.testing.assert_array_equal(
+        formats.decode_table(INT4), [0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1]
+    )
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -78,7 +80,9 @@ def test_backend_encode_is_bit_identical_to_shared_code(framework, fmt):
     np.testing.assert_array_equal(native, shared)
     # beyond the range: saturate to the largest finite code, keeping the sign
     top = _ml_dtypes_codes(np.array([fmt.max_value], np.float32), fmt)[0]
-    np.testing.assert_array_equal(shared[-5:], [top, top | (1 << (fmt.bits - 1)), top, top | (1 << (fmt.bits - 1)), top])
+    np.testing.assert_array_equal(
+        shared[-5:], [top, top | (1 << (fmt.bits - 1)), top, top | (1 << (fmt.bits - 1)), top]
+    )
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -101,7 +105,9 @@ def test_integer_encode_rounds_half_to_even_and_clips(framework):
     np.testing.assert_array_equal(int8, [0, 2, 2, 0, -2, -2, 126, 127, 127, -128, -128])
     x4 = np.array([0.5, 1.5, 6.5, 7.5, 9.0, -8.4, -9.0, -3.5], np.float32)
     nibbles = to_numpy(formats.encode(backend.xp, backend.pow2, to_framework(framework, x4), INT4))
-    np.testing.assert_array_equal(nibbles, np.array([0, 2, 6, 7, 7, -8, -8, -4], np.int8).view(np.uint8) & 0x0F)
+    np.testing.assert_array_equal(
+        nibbles, np.array([0, 2, 6, 7, 7, -8, -8, -4], np.int8).view(np.uint8) & 0x0F
+    )
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

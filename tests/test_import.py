@@ -10,7 +10,9 @@ import pytest
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_import_breccia_imports_no_framework():
@@ -29,8 +31,10 @@ def test_import_breccia_imports_no_framework():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("framework", "module", "extra"), [("torch", "torch", "torch"), ("jax", "jax", "jax"),
-                                                            ("mlx", "mlx", "mlx")])
+@pytest.mark.parametrize(
+    ("framework", "module", "extra"),
+    [("torch", "torch", "torch"), ("jax", "jax", "jax"), ("mlx", "mlx", "mlx")],
+)
 def test_missing_framework_names_the_pip_extra(framework, module, extra):
     result = _run(
         f"""

@@ -85,7 +85,10 @@ def test_every_backend_gives_the_same_bits(recipe, layout, shape):
     x = wide_range(shape, seed=len(shape))
     reference = _cast(x, recipe, layout)
     expected = bc.dequantize(reference)
-    assert reference.data.shape == (*shape[:-1], (shape[-1] + 1) // 2 if recipe.element_format.packed else shape[-1])
+    assert reference.data.shape == (
+        *shape[:-1],
+        (shape[-1] + 1) // 2 if recipe.element_format.packed else shape[-1],
+    )
     assert reference.scale.shape == scale_shape(reference.layout, shape)
     for framework in FRAMEWORKS[1:]:
         got = _cast(to_framework(framework, x), recipe, layout)
@@ -135,7 +138,7 @@ def test_round_trip_error_is_within_half_a_step(recipe, layout, rows, cols, spre
     if isinstance(recipe, bc.DelayedScaling) or not _fits(recipe, layout, (rows, cols)):
         return  # DelayedScaling scales from history, not this tensor (tested below)
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((rows, cols)) * 2.0 ** rng.integers(-spread, spread + 1, (rows, cols)))
+    x = rng.standard_normal((rows, cols)) * 2.0 ** rng.integers(-spread, spread + 1, (rows, cols))
     x = x.astype(np.float32)
     quantized = _cast(x, recipe, layout)
     y = bc.dequantize(quantized).astype(np.float64)
@@ -203,7 +206,13 @@ def test_inf_saturates_and_leaves_the_rest_untouched(framework, recipe, layout):
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("shape", [(0, 64), (4, 0), (0,), (2, 0, 32)])
 @pytest.mark.parametrize(
-    "recipe", [bc.Float8CurrentScaling(), bc.MXFP8BlockScaling(), bc.NVFP4BlockScaling(), bc.Int4Scaling(group_size=32)],
+    "recipe",
+    [
+        bc.Float8CurrentScaling(),
+        bc.MXFP8BlockScaling(),
+        bc.NVFP4BlockScaling(),
+        bc.Int4Scaling(group_size=32),
+    ],
     ids=repr,
 )
 def test_empty_tensors(framework, shape, recipe):
@@ -246,8 +255,14 @@ def test_from_buffer_round_trip(framework, recipe, layout):
     shape = (64, 96)
     quantized = _cast(to_framework(framework, wide_range(shape)), recipe, layout)
     rebuilt = bc.from_buffer(
-        quantized.data, quantized.scale, recipe, quantized.layout, shape=shape,
-        dtype=quantized.dtype_name, global_scale=quantized.global_scale, zero_point=quantized.zero_point,
+        quantized.data,
+        quantized.scale,
+        recipe,
+        quantized.layout,
+        shape=shape,
+        dtype=quantized.dtype_name,
+        global_scale=quantized.global_scale,
+        zero_point=quantized.zero_point,
     )
     assert_same_bits(rebuilt, quantized)
     np.testing.assert_array_equal(to_numpy(bc.dequantize(rebuilt)), to_numpy(bc.dequantize(quantized)))
@@ -256,7 +271,9 @@ def test_from_buffer_round_trip(framework, recipe, layout):
 def test_from_buffer_accepts_uint8_bits_for_fp8():
     quantized = bc.cast(wide_range((4, 64)), bc.MXFP8BlockScaling())
     rebuilt = bc.from_buffer(
-        np.asarray(quantized.data).view(np.uint8), np.asarray(quantized.scale).view(np.uint8), bc.MXFP8BlockScaling()
+        np.asarray(quantized.data).view(np.uint8),
+        np.asarray(quantized.scale).view(np.uint8),
+        bc.MXFP8BlockScaling(),
     )
     assert rebuilt.data.dtype == ml_dtypes.float8_e4m3fn
     np.testing.assert_array_equal(bc.dequantize(rebuilt), bc.dequantize(quantized))
@@ -287,19 +304,41 @@ def test_from_buffer_rejects_what_does_not_fit():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: bc.cast([1.0, 2.0], bc.MXFP8BlockScaling()), bc.NotAnArrayError, "must be a numpy, jax, mlx or torch"),
+        (
+            lambda: bc.cast([1.0, 2.0], bc.MXFP8BlockScaling()),
+            bc.NotAnArrayError,
+            "must be a numpy, jax, mlx or torch",
+        ),
         (lambda: bc.cast(np.arange(64), bc.MXFP8BlockScaling()), bc.DTypeError, "dtype int64"),
         (lambda: bc.cast(np.ones((4, 64), np.float32), "MXFP8"), bc.RecipeError, "breccia recipe"),
-        (lambda: bc.cast(np.ones((4, 64), np.float32), bc.MXFP8BlockScaling(), bc.PerRow()), bc.LayoutError,
-         r"PerBlockK\(32\)"),
-        (lambda: bc.cast(np.ones(64, np.float32), bc.Float8BlockScaling(block_m=128)), bc.LayoutError, "at least 2"),
-        (lambda: bc.cast(np.ones((4, 30), np.float32), bc.Int4Scaling(group_size=32, symmetric=False, convention="mlx")),
-         bc.LayoutError, "multiple of the group size"),
-        (lambda: bc.cast(np.ones((4, 64), np.float32), bc.MXFP8BlockScaling(), history=object()), bc.RecipeError,
-         "takes none"),
+        (
+            lambda: bc.cast(np.ones((4, 64), np.float32), bc.MXFP8BlockScaling(), bc.PerRow()),
+            bc.LayoutError,
+            r"PerBlockK\(32\)",
+        ),
+        (
+            lambda: bc.cast(np.ones(64, np.float32), bc.Float8BlockScaling(block_m=128)),
+            bc.LayoutError,
+            "at least 2",
+        ),
+        (
+            lambda: bc.cast(
+                np.ones((4, 30), np.float32), bc.Int4Scaling(group_size=32, symmetric=False, convention="mlx")
+            ),
+            bc.LayoutError,
+            "multiple of the group size",
+        ),
+        (
+            lambda: bc.cast(np.ones((4, 64), np.float32), bc.MXFP8BlockScaling(), history=object()),
+            bc.RecipeError,
+            "takes none",
+        ),
         (lambda: bc.dequantize(np.ones(3)), bc.DTypeError, "needs a ScaledTensor"),
-        (lambda: bc.dequantize(bc.cast(np.ones((2, 32), np.float32), bc.MXFP8BlockScaling()), "int8"), bc.DTypeError,
-         "float32"),
+        (
+            lambda: bc.dequantize(bc.cast(np.ones((2, 32), np.float32), bc.MXFP8BlockScaling()), "int8"),
+            bc.DTypeError,
+            "float32",
+        ),
     ],
 )
 def test_bad_input_raises_breccia_errors(call, error, message):

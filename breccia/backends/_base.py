@@ -9,15 +9,20 @@ cast only where ``tests/test_backends.py`` proves the bits identical to the shar
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .. import formats
-from ..errors import DTypeError
+from ..errors import DTypeError, FrameworkError
 from ..formats import ElementFormat
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+#: DLPack device of host memory, ``(kDLCPU, 0)``; a CUDA device is ``(kDLCUDA=2, index)``.
+DLPACK_CPU = (1, 0)
+DLPACK_CUDA = 2
 
 
 class Backend:
@@ -98,6 +103,15 @@ class Backend:
         """IEEE ``a / b`` rounded once (either side may be a Python float)."""
         return a / b
 
+    #: Whether :meth:`cond` branches at run time inside compiled code (``jax.lax.cond``).
+    has_cond: bool = False
+
+    def cond(
+        self, pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *operands: Any
+    ) -> Any:
+        """``true_fn(*operands)`` if ``pred`` else ``false_fn(*operands)``, inside compiled code."""
+        raise NotImplementedError(f"the {self.name} backend has no run-time conditional")
+
     def multiply_add(self, a: Any, b: Any, c: Any) -> Any:
         """``a * b + c`` with two roundings (no fused multiply-add), as MLX's dequantize computes it."""
         return a * b + c
@@ -146,3 +160,41 @@ class Backend:
             compiled = compiler(fn)
             self._compiled[key] = compiled
         return compiled
+
+    # --- DLPack and devices (used by the hub in breccia.bridges._dlpack) -----------------------------
+    #: False where the framework cannot wrap memory it did not allocate (every import copies)
+    dlpack_shares: bool = True
+    #: the byte alignment a host buffer needs to be imported without a copy
+    dlpack_alignment: int = 1
+
+    def finalize_output(self, a: Any) -> Any:
+        """A cast's output array as this backend keeps it (as is, unless a backend says otherwise)."""
+        return a
+
+    def dlpack_native(self, name: str) -> bool:
+        """Whether DLPack carries dtype ``name`` into and out of this framework as it is. Other dtypes
+        travel as unsigned-integer bits of the same width and are re-viewed on arrival."""
+        return True
+
+    def dlpack_export(self, x: Any) -> Any:
+        """An object whose ``__dlpack__`` exports ``x`` without a copy."""
+        return x
+
+    def dlpack_import(self, producer: Any, copy: bool | None) -> Any:
+        """This framework's array over ``producer``'s DLPack export (``copy`` as in the array API)."""
+        raise NotImplementedError
+
+    def dlpack_device(self, x: Any) -> tuple[int, int]:
+        """``x``'s device as a DLPack ``(device_type, index)`` pair."""
+        kind, index = x.__dlpack_device__()
+        return int(kind), int(index)
+
+    def data_pointer(self, x: Any) -> int:
+        """Address of ``x``'s first element (to tell a shared buffer from a copy)."""
+        raise NotImplementedError
+
+    def to_device(self, x: Any, device: tuple[int, int]) -> Any:
+        """``x`` on DLPack device ``device`` (a copy when it moves); host-only frameworks take the host."""
+        if device != DLPACK_CPU:
+            raise FrameworkError(f"{self.name} arrays live in host memory; use device='cpu' or None")
+        return x

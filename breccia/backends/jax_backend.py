@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import FrameworkError
 from ..formats import ElementFormat
-from ._base import Backend
+from ._base import DLPACK_CPU, Backend
 
 _NATIVE_FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
 
@@ -51,6 +53,14 @@ class JaxBackend(Backend):
         shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b))
         divisor = jnp.broadcast_to(jnp.asarray(b, dtype=jnp.float32), shape)
         return a / jax.lax.optimization_barrier(divisor)
+
+    has_cond = True
+
+    def cond(
+        self, pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *operands: Any
+    ) -> Any:
+        """``jax.lax.cond``: the non-finite branch runs only when there is something non-finite."""
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
 
     def multiply_add(self, a: Any, b: Any, c: Any) -> Any:
         """``a * b + c`` rounded twice, for integer ``a`` of at most 8 bits.
@@ -100,3 +110,30 @@ class JaxBackend(Backend):
 
     def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
         return self._cached_compile(key, fn, jax.jit)
+
+    dlpack_alignment = 64
+
+    def dlpack_import(self, producer: Any, copy: bool | None) -> Any:
+        """JAX takes a host buffer without a copy only if it is 64-byte aligned (else it copies).
+
+        ``jnp.from_dlpack(..., copy=True)`` shares host memory anyway (jax 0.10.2), so a requested
+        copy is made here, after the import.
+        """
+        if copy:
+            return jnp.array(jnp.from_dlpack(producer), copy=True)
+        return jnp.from_dlpack(producer, copy=copy)
+
+    def data_pointer(self, x: Any) -> int:
+        return int(x.unsafe_buffer_pointer())
+
+    def to_device(self, x: Any, device: tuple[int, int]) -> Any:
+        platform = "cpu" if device == DLPACK_CPU else "gpu"
+        try:
+            devices = jax.devices(platform)
+        except RuntimeError as exc:
+            raise FrameworkError(f"JAX has no {platform} device here ({exc})") from exc
+        index = 0 if device == DLPACK_CPU else device[1]
+        if index >= len(devices):
+            raise FrameworkError(f"JAX sees {len(devices)} {platform} device(s); there is no index {index}")
+        target = devices[index]
+        return x if self.device(x) == target else jax.device_put(x, target)

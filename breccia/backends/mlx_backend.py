@@ -5,7 +5,8 @@ MLX has no fp8 dtype: E4M3/E5M2/E8M0 codes are held as uint8 bits (``mx.from_fp8
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -42,6 +43,12 @@ class MlxBackend(Backend):
     def pow2(self, e: Any) -> Any:
         return mx.power(2.0, e)
 
+    def encode(self, x: Any, fmt: ElementFormat) -> Any:
+        """E4M3 through ``mx.to_fp8`` after clamping (proven equal to the shared code)."""
+        if fmt.name == "E4M3":
+            return mx.to_fp8(mx.clip(x, -fmt.max_value, fmt.max_value))
+        return super().encode(x, fmt)
+
     def decode(self, codes: Any, fmt: ElementFormat) -> Any:
         if fmt.name == "E4M3":
             return mx.from_fp8(codes, dtype=mx.float32)
@@ -56,8 +63,27 @@ class MlxBackend(Backend):
 
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         if np.dtype(a.dtype).name == "bfloat16":
-            return mx.array(np.ascontiguousarray(a).view(np.uint16)).view(mx.bfloat16)
+            return mx.array(np.asarray(a, order="C").view(np.uint16)).view(mx.bfloat16)
         return mx.array(a)
 
     def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
         return self._cached_compile(key, fn, mx.compile)
+
+    dlpack_shares = False
+
+    def dlpack_native(self, name: str) -> bool:
+        """Imports go through numpy (below), so only numpy's DLPack dtypes travel as they are."""
+        return name != "bfloat16"
+
+    def dlpack_export(self, x: Any) -> Any:
+        mx.eval(x)  # a lazy array has no buffer until it is evaluated
+        return x
+
+    def dlpack_import(self, producer: Any, copy: bool | None) -> Any:
+        """One copy, always: MLX has no way to wrap memory it did not allocate."""
+        return mx.array(np.from_dlpack(producer))
+
+    def data_pointer(self, x: Any) -> int:
+        mx.eval(x)
+        bits = x.view(mx.uint16) if x.dtype == mx.bfloat16 else x
+        return int(np.from_dlpack(bits).__array_interface__["data"][0])

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import numpy as np
 import torch
 from array_api_compat import torch as xp_torch
 
+from ..errors import FrameworkError
 from ..formats import ElementFormat
-from ._base import Backend
+from ._base import DLPACK_CPU, Backend
 
 _NATIVE_FP8 = {"E4M3": torch.float8_e4m3fn, "E5M2": torch.float8_e5m2}
+
+
+def _own_code(fn: Any) -> Any:
+    """``fn`` over a fresh copy of its code object (same behaviour, its own Dynamo cache)."""
+    code = fn.__code__.replace()
+    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 class TorchBackend(Backend):
@@ -69,11 +77,55 @@ class TorchBackend(Backend):
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         name = np.dtype(a.dtype).name
         if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"):
-            bits = torch.from_numpy(np.ascontiguousarray(a).view(np.uint16 if a.itemsize == 2 else np.uint8))
+            bits = torch.from_numpy(np.asarray(a, order="C").view(np.uint16 if a.itemsize == 2 else np.uint8))
             t = bits.view(self.dtype(name))
         else:
-            t = torch.from_numpy(np.ascontiguousarray(a))
+            a = np.asarray(a, order="C")
+            t = torch.from_numpy(a if a.flags.writeable else a.copy())
         return t if device is None else t.to(device)
+
+    def finalize_output(self, a: Any) -> Any:
+        """Contiguous (a ragged cast ends in a slice), as safetensors and most kernels expect."""
+        return a.contiguous()
 
     def device(self, x: Any) -> Any:
         return x.device
+
+    def compiles(self, x: Any) -> bool:
+        """Whether casts of ``x`` run through :meth:`compile`: CUDA tensors, where Triton is there."""
+        if not (isinstance(x, torch.Tensor) and x.is_cuda):
+            return False
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def compile(self, key: Any, fn: Any) -> Any:
+        """``torch.compile`` (Inductor, static shapes): the cast becomes one or two fused kernels.
+
+        Dynamo keeps its compiled graphs per code object and gives up after a few recompiles; the
+        shared code's closures all share one code object, so each key gets a copy of its own.
+
+        Inductor keeps IEEE division, round-half-even and the saturating fp8 convert of eager mode;
+        ``tests/test_matmul.py`` compares compiled CUDA bits with the eager CPU code for every recipe.
+        """
+        return self._cached_compile(key, fn, lambda f: torch.compile(_own_code(f), dynamic=False))
+
+    def dlpack_export(self, x: Any) -> Any:
+        return x.detach()
+
+    def dlpack_import(self, producer: Any, copy: bool | None) -> Any:
+        return torch.from_dlpack(producer, copy=copy)
+
+    def data_pointer(self, x: Any) -> int:
+        return int(x.data_ptr())
+
+    def to_device(self, x: Any, device: tuple[int, int]) -> Any:
+        target = torch.device("cpu") if device == DLPACK_CPU else torch.device("cuda", device[1])
+        if x.device == target:
+            return x
+        try:
+            return x.to(target)
+        except (RuntimeError, AssertionError) as exc:  # torch without CUDA raises AssertionError
+            raise FrameworkError(f"torch cannot place an array on {target}: {exc}") from exc

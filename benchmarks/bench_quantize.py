@@ -1,0 +1,180 @@
+"""Quantize throughput: every recipe on every backend, beside each framework's bare FP8 cast.
+
+GB/s counts bytes read plus bytes written (input, then data and scales). The anchors are the
+frameworks' own casts, which compute no amax and no scale: ``astype(ml_dtypes.float8_e4m3fn)``,
+``torch .to(float8_e4m3fn)``, jitted ``jnp.astype``, ``mx.to_fp8``, and MLX's ``mx.quantize`` for the
+MX modes. Ratios are breccia / anchor (higher is better).
+
+    python benchmarks/bench_quantize.py                 # 4096x4096 float32 on the CPU
+    python benchmarks/bench_quantize.py --device cuda   # bf16 16384x8192 on a CUDA GPU (torch, jax)
+    python benchmarks/bench_quantize.py --quick         # small, to smoke-test the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import breccia as bc
+from breccia.backends import get_backend
+from breccia.demo.core import installed_frameworks
+
+RECIPES = [
+    bc.Float8CurrentScaling(),
+    bc.Float8BlockScaling(),
+    bc.Float8BlockScaling(block_m=128),
+    bc.Float8BlockScaling(convention="deepseek"),
+    bc.MXFP8BlockScaling(),
+    bc.MXFP8BlockScaling(scale_rounding="ceil"),
+    bc.MXFP4BlockScaling(),
+    bc.NVFP4BlockScaling(),
+    bc.Int8Scaling(),
+    bc.Int4Scaling(),
+]
+
+
+def _sync(framework: str) -> Callable[[Any], None]:
+    if framework == "jax":
+        return lambda out: [a.block_until_ready() for a in _leaves(out)]
+    if framework == "mlx":
+        import mlx.core as mx
+
+        return lambda out: mx.eval(*_leaves(out))
+    if framework == "torch":
+        import torch
+
+        return lambda out: torch.cuda.synchronize() if torch.cuda.is_available() else None
+    return lambda out: None
+
+
+def _leaves(out: Any) -> list[Any]:
+    if isinstance(out, bc.ScaledTensor):
+        return [a for a in out.arrays if a is not None]
+    return [out]
+
+
+def timed(fn: Callable[[], Any], sync: Callable[[Any], None], repeat: int) -> float:
+    """Median seconds of ``fn`` after two warm-up calls."""
+    for _ in range(2):
+        sync(fn())
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_cast(framework: str, x: Any) -> tuple[str, Callable[[], Any]]:
+    """The framework's own FP8 cast of ``x`` (no scaling), as the speed anchor."""
+    if framework == "numpy":
+        import ml_dtypes
+
+        return "astype(float8_e4m3fn)", lambda: x.astype(ml_dtypes.float8_e4m3fn)
+    if framework == "torch":
+        import torch
+
+        return "tensor.to(float8_e4m3fn)", lambda: x.to(torch.float8_e4m3fn)
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        cast = jax.jit(lambda a: a.astype(jnp.float8_e4m3fn))
+        return "jit(astype(float8_e4m3fn))", lambda: cast(x)
+    import mlx.core as mx
+
+    return "mx.to_fp8", lambda: mx.to_fp8(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="small input, few repeats")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+
+    if args.device == "cuda":
+        shape, dtype = ((1024, 1024) if args.quick else (16384, 8192)), "bfloat16"
+        frameworks = ["torch", "jax"]
+    else:
+        shape, dtype = ((512, 512) if args.quick else (4096, 4096)), "float32"
+        frameworks = installed_frameworks()
+    repeat = 3 if args.quick else args.repeat
+    rng = np.random.default_rng(0)
+    host = rng.standard_normal(shape).astype(np.float32)
+    machine = platform.processor() or platform.machine()
+    print(f"quantize {shape[0]}x{shape[1]} {dtype} on {args.device} ({machine})")
+    print(f"{'framework':<8} {'recipe':<44} {'GB/s':>8} {'anchor':<28} {'GB/s':>8} {'ratio':>6}")
+    for framework in frameworks:
+        backend = get_backend(framework)
+        device = _device(framework, args.device)
+        x = backend.astype(backend.from_numpy(host, device=device), dtype)
+        in_bytes = host.size * (2 if dtype == "bfloat16" else 4)
+        sync = _sync(framework)
+        anchor_name, anchor = bare_cast(framework, x)
+        anchor_gbs = (in_bytes + host.size) / timed(anchor, sync, repeat) / 1e9
+        anchors = {None: (anchor_name, anchor_gbs)}
+        if framework == "mlx":
+            anchors.update(_mlx_quantize_anchors(x, sync, repeat, in_bytes))
+        for recipe in RECIPES:
+            result = bc.cast(x, recipe)
+            seconds = timed(lambda r=recipe, x=x: bc.cast(x, r), sync, repeat)
+            gbs = (in_bytes + result.nbytes) / seconds / 1e9
+            name, ref = anchors.get(_mlx_mode(recipe), anchors[None])
+            print(
+                f"{framework:<8} {_label(recipe):<44} {gbs:>8.2f} {name:<28} {ref:>8.2f} {gbs / ref:>5.2f}x"
+            )
+
+
+def _device(framework: str, device: str) -> Any:
+    if device == "cpu":
+        return None
+    if framework == "jax":
+        import jax
+
+        return jax.devices("gpu")[0]
+    return "cuda"
+
+
+def _mlx_mode(recipe: bc.Recipe) -> str | None:
+    if isinstance(recipe, bc.MXFP8BlockScaling):
+        return "mxfp8"
+    if isinstance(recipe, bc.MXFP4BlockScaling):
+        return "mxfp4"
+    if isinstance(recipe, bc.NVFP4BlockScaling):
+        return "nvfp4"
+    return None
+
+
+def _mlx_quantize_anchors(x: Any, sync: Callable[[Any], None], repeat: int, in_bytes: int) -> dict:
+    import mlx.core as mx
+
+    anchors = {}
+    for mode, group, bits in (("mxfp8", 32, 8), ("mxfp4", 32, 4), ("nvfp4", 16, 4)):
+
+        def run(mode=mode, group=group, bits=bits):
+            return mx.quantize(x, group_size=group, bits=bits, mode=mode)
+
+        out = run()
+        nbytes = sum(a.nbytes for a in out if a is not None)
+        seconds = timed(lambda run=run: run(), lambda o: mx.eval(*[a for a in o if a is not None]), repeat)
+        anchors[mode] = (f"mx.quantize(mode={mode})", (in_bytes + nbytes) / seconds / 1e9)
+    return anchors
+
+
+def _label(recipe: bc.Recipe) -> str:
+    defaults = type(recipe)()
+    changed = [f"{k}={v!r}" for k, v in recipe.to_dict()["fields"].items() if getattr(defaults, k) != v]
+    return f"{recipe.name}({', '.join(changed)})"
+
+
+if __name__ == "__main__":
+    main()
