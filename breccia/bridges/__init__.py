@@ -9,12 +9,55 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["from_dlpack", "to_dlpack"]
+__all__ = [
+    "from_dlpack",
+    "to_dlpack",
+    "from_transformer_engine",
+    "to_transformer_engine",
+    "from_torchao",
+    "to_torchao",
+    "from_torchao_state_dict",
+    "to_torchao_state_dict",
+    "save_safetensors",
+    "load_safetensors",
+    "load_plain_safetensors",
+    "open_safetensors",
+    "from_mlx_quantized",
+    "to_mlx_quantized",
+    "requantize_to_mlx",
+    "mlx_recipe",
+    "MLXQuantized",
+    "from_deepseek_v3",
+    "to_deepseek_v3",
+    "load_deepseek_v3",
+    "deepseek_recipe",
+    "shard_jax",
+]
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
+    "from_torchao": "_torchao",
+    "to_torchao": "_torchao",
+    "from_torchao_state_dict": "_torchao",
+    "to_torchao_state_dict": "_torchao",
     "to_dlpack": "_dlpack",
     "from_dlpack": "_dlpack",
+    "from_transformer_engine": "_transformer_engine",
+    "to_transformer_engine": "_transformer_engine",
+    "save_safetensors": "_huggingface",
+    "load_safetensors": "_huggingface",
+    "load_plain_safetensors": "_huggingface",
+    "open_safetensors": "_huggingface",
+    "from_mlx_quantized": "_mlx",
+    "to_mlx_quantized": "_mlx",
+    "requantize_to_mlx": "_mlx",
+    "mlx_recipe": "_mlx",
+    "MLXQuantized": "_mlx",
+    "from_deepseek_v3": "_deepseek",
+    "to_deepseek_v3": "_deepseek",
+    "load_deepseek_v3": "_deepseek",
+    "deepseek_recipe": "_deepseek",
+    "shard_jax": "_deepseek",
 }
 
 
