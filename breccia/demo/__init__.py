@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import IO
 
-from . import core
+from . import core, deepseek, mlx_flow
 
 SECTIONS: dict[str, Callable[[IO[str]], bool]] = {
     "recipes": core.run,
+    "torch-to-mlx": mlx_flow.run,
+    "deepseek": deepseek.run,
 }
 
 
