@@ -8,6 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import convert
+from . import convert, inspect
 
-REGISTRARS: list[Callable[[Any], None]] = [convert.register]
+REGISTRARS: list[Callable[[Any], None]] = [inspect.register, convert.register]

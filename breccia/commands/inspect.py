@@ -1,0 +1,257 @@
+"""``breccia inspect FILE|DIR``: one row per tensor of a safetensors checkpoint.
+
+Columns: name, recipe ("-" for a plain tensor, which shows its dtype instead), layout, shape, bytes
+(as stored: data, scales, global scale and zero points), scale range (the smallest and largest finite
+dequantization multiplier, block scale * global scale) and the number of NaN and Inf values the
+tensor decodes to. --json prints the same as a JSON list.
+
+The counts come from breccia's own dequantization in float32, so they follow breccia's NaN rule: a
+block whose scale is NaN counts all its elements as NaN. Large tensors are dequantized a slab of rows
+at a time, so memory stays near 2**24 float32 values whatever the tensor's size.
+
+FILE is a .safetensors file or a model.safetensors.index.json; DIR is a directory holding an index or
+.safetensors files. DeepSeek-V3 checkpoints (weight + weight_scale_inv) are read through
+breccia.bridges.load_deepseek_v3, everything else through breccia.bridges.open_safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BrecciaError, FileFormatError
+from ..layouts import PerTensor
+from ..recipes import Recipe
+from ..tensor import ScaledTensor
+
+__all__ = ["register", "inspect_path", "describe"]
+
+CHUNK_ELEMENTS = 1 << 24
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="list every tensor of a safetensors file or checkpoint directory",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", metavar="FILE|DIR", help="a .safetensors file, an index.json, or a directory")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    rows = inspect_path(args.path)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_table(rows))
+    return 0
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def _sources(path: Path) -> list[Path]:
+    """The files to open for ``path``: the index if there is one, else every .safetensors file."""
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [path]
+    index = path / INDEX_NAME
+    if index.is_file():
+        return [index]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileFormatError(f"{path}: no {INDEX_NAME} and no .safetensors files in this directory")
+    return files
+
+
+def _bridge(name: str) -> Any:
+    from .. import bridges
+
+    try:
+        return getattr(bridges, name)
+    except (AttributeError, ModuleNotFoundError) as exc:
+        raise BrecciaError(f"breccia.bridges.{name} is not available in this install ({exc})") from None
+
+
+def _open(source: Path) -> Mapping[str, Any]:
+    """A lazy name -> ScaledTensor | numpy array mapping for one file or index."""
+    checkpoint = _bridge("open_safetensors")(str(source), framework="numpy")
+    if any(n.endswith(".weight_scale_inv") for n in checkpoint.tensor_names()):
+        return _bridge("load_deepseek_v3")(str(source), framework="numpy")
+    return checkpoint
+
+
+def inspect_path(path: str | Path) -> list[dict[str, Any]]:
+    """One :func:`describe` row per tensor under ``path`` (file, index or directory), in file order."""
+    sources = _sources(Path(path))
+    rows = []
+    for source in sources:
+        tensors = _open(source)
+        for name in tensors:
+            row = describe(name, tensors[name])
+            if len(sources) > 1:
+                row["file"] = source.name
+            rows.append(row)
+    return rows
+
+
+# --- describing one tensor --------------------------------------------------------------------------
+
+
+def describe(name: str, value: Any) -> dict[str, Any]:
+    """The row for one tensor: a ScaledTensor or a plain numpy array (JSON-ready values only)."""
+    if isinstance(value, ScaledTensor):
+        low, high = _scale_range(value)
+        nan, inf = _scaled_counts(value)
+        return {
+            "name": name,
+            "recipe": recipe_label(value.recipe),
+            "layout": repr(value.layout),
+            "shape": list(value.shape),
+            "dtype": value.dtype_name,
+            "bytes": int(value.nbytes),
+            "scale_min": low,
+            "scale_max": high,
+            "nan": nan,
+            "inf": inf,
+            "recipe_dict": value.recipe.to_dict(),
+        }
+    array = np.asarray(value)
+    nan, inf = _plain_counts(array)
+    return {
+        "name": name,
+        "recipe": None,
+        "layout": None,
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "bytes": int(array.nbytes),
+        "scale_min": None,
+        "scale_max": None,
+        "nan": nan,
+        "inf": inf,
+        "recipe_dict": None,
+    }
+
+
+def recipe_label(recipe: Recipe) -> str:
+    """``Name(field=value, ...)`` listing only the fields that differ from the recipe's defaults."""
+    defaults = type(recipe)()
+    changed = [f"{k}={v!r}" for k, v in recipe.to_dict()["fields"].items() if getattr(defaults, k) != v]
+    return f"{recipe.name}({', '.join(changed)})"
+
+
+def _scale_range(st: ScaledTensor) -> tuple[float | None, float | None]:
+    from ..backends import get_backend
+    from ..scaling import decode_scale
+
+    backend = get_backend("numpy")
+    scale = decode_scale(backend, np.asarray(st.scale), st.recipe.scale_format)
+    if st.global_scale is not None:
+        scale = scale * np.float32(np.asarray(st.global_scale, dtype=np.float32))
+    finite = scale[np.isfinite(scale)]
+    if finite.size == 0:
+        return None, None
+    return float(finite.min()), float(finite.max())
+
+
+def _row_slabs(st: ScaledTensor, max_elements: int = CHUNK_ELEMENTS) -> Iterator[ScaledTensor]:
+    """``st`` cut along axis 0 into tensors of at most about ``max_elements``, on block boundaries."""
+    if len(st.shape) < 2 or st.size <= max_elements:
+        yield st
+        return
+    rows, per_row = st.shape[0], math.prod(st.shape[1:])
+    step = max(1, max_elements // max(per_row, 1))
+    per_tensor = isinstance(st.layout, PerTensor)
+    block = 1 if per_tensor else st.layout.block_shape(st.shape)[0]
+    step = max(block, step - step % block)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        grid = slice(0, 1) if per_tensor else slice(r0 // block, -(-r1 // block))
+        yield ScaledTensor(
+            st.data[r0:r1],
+            st.scale[grid],
+            st.recipe,
+            st.layout,
+            (r1 - r0, *st.shape[1:]),
+            st.dtype_name,
+            st.framework,
+            global_scale=st.global_scale,
+            zero_point=None if st.zero_point is None else st.zero_point[grid],
+        )
+
+
+def _scaled_counts(st: ScaledTensor) -> tuple[int, int]:
+    from ..quantize import dequantize
+
+    nan = inf = 0
+    for slab in _row_slabs(st):
+        values = np.asarray(dequantize(slab, "float32"))
+        nan += int(np.count_nonzero(np.isnan(values)))
+        inf += int(np.count_nonzero(np.isinf(values)))
+    return nan, inf
+
+
+def _plain_counts(array: np.ndarray) -> tuple[int, int]:
+    if array.dtype.kind in "iub":
+        return 0, 0
+    flat = array.reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        values = flat[start : start + CHUNK_ELEMENTS].astype(np.float32)
+        nan += int(np.count_nonzero(np.isnan(values)))
+        inf += int(np.count_nonzero(np.isinf(values)))
+    return nan, inf
+
+
+# --- printing ---------------------------------------------------------------------------------------
+
+
+def _range_text(row: dict[str, Any]) -> str:
+    if row["recipe"] is None:
+        return "-"
+    if row["scale_min"] is None:
+        return "no finite scale"
+    return f"{row['scale_min']:.3g} .. {row['scale_max']:.3g}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table with a totals line."""
+    header = ("name", "recipe", "layout", "shape", "bytes", "scale range", "NaN", "Inf")
+    body = [
+        (
+            row["name"] if "file" not in row else f"{row['file']}:{row['name']}",
+            row["recipe"] or f"- ({row['dtype']})",
+            row["layout"] or "-",
+            "x".join(str(d) for d in row["shape"]) or "scalar",
+            f"{row['bytes']:,}",
+            _range_text(row),
+            str(row["nan"]),
+            str(row["inf"]),
+        )
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
+    right = {4, 6, 7}
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded)
+
+    scaled = sum(1 for row in rows if row["recipe"] is not None)
+    total = sum(row["bytes"] for row in rows)
+    lines = [line(header), "  ".join("-" * w for w in widths), *(line(cells) for cells in body)]
+    lines.append(f"{len(rows)} tensors ({scaled} scaled, {len(rows) - scaled} plain), {total:,} bytes")
+    return "\n".join(line.rstrip() for line in lines)
