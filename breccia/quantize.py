@@ -194,11 +194,8 @@ def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
 def _runs_eagerly(backend: Backend, x: Any) -> bool:
     """Whether to run the shared code op by op (numpy, torch) rather than compiled (jax, mlx).
 
-    Empty tensors always run eagerly: there is nothing to compile for. torch tensors on CUDA run
-    compiled (``torch.compile`` fuses the cast into one kernel; tests prove the bits unchanged).
+    Empty tensors always run eagerly: there is nothing to compile for.
     """
-    if backend.name == "torch" and backend.compiles(x):
-        return math.prod(x.shape) == 0
     return math.prod(x.shape) == 0 or (backend.name in ("numpy", "torch") and not backend.is_traced(x))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import numpy as np
@@ -14,12 +13,6 @@ from ..formats import ElementFormat
 from ._base import DLPACK_CPU, Backend
 
 _NATIVE_FP8 = {"E4M3": torch.float8_e4m3fn, "E5M2": torch.float8_e5m2}
-
-
-def _own_code(fn: Any) -> Any:
-    """``fn`` over a fresh copy of its code object (same behaviour, its own Dynamo cache)."""
-    code = fn.__code__.replace()
-    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 class TorchBackend(Backend):
@@ -90,27 +83,6 @@ class TorchBackend(Backend):
 
     def device(self, x: Any) -> Any:
         return x.device
-
-    def compiles(self, x: Any) -> bool:
-        """Whether casts of ``x`` run through :meth:`compile`: CUDA tensors, where Triton is there."""
-        if not (isinstance(x, torch.Tensor) and x.is_cuda):
-            return False
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def compile(self, key: Any, fn: Any) -> Any:
-        """``torch.compile`` (Inductor, static shapes): the cast becomes one or two fused kernels.
-
-        Dynamo keeps its compiled graphs per code object and gives up after a few recompiles; the
-        shared code's closures all share one code object, so each key gets a copy of its own.
-
-        Inductor keeps IEEE division, round-half-even and the saturating fp8 convert of eager mode;
-        ``tests/test_matmul.py`` compares compiled CUDA bits with the eager CPU code for every recipe.
-        """
-        return self._cached_compile(key, fn, lambda f: torch.compile(_own_code(f), dynamic=False))
 
     def dlpack_export(self, x: Any) -> Any:
         return x.detach()
