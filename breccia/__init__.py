@@ -8,6 +8,7 @@ from __future__ import annotations
 from .errors import (
     BrecciaError,
     CopyError,
+    DLPackError,
     DTypeError,
     FileFormatError,
     FrameworkError,
@@ -75,6 +76,7 @@ __all__ = [
     "NotAnArrayError",
     "FrameworkError",
     "CopyError",
+    "DLPackError",
     "FileFormatError",
     "MissingDependencyError",
 ]
