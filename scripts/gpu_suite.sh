@@ -4,7 +4,8 @@
 # It installs the wheels carried in .whl/ (packages the machine's image lacks), runs every CUDA test
 # (pytest -m cuda over tests/), then each benchmark that has a --device cuda mode. Each step's log is
 # written to $OUT/<step>.log; a failing step is reported and the suite goes on; the exit status is
-# the number of failed steps.
+# the number of failed steps. STEPS="tests" or STEPS="bench" runs only that half (default: both);
+# BENCH_ARGS is passed to every benchmark (e.g. BENCH_ARGS=--quick).
 set -u
 OUT="${OUT:-out}"
 mkdir -p "$OUT"
@@ -33,7 +34,12 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, print the tail
   "$PY" -c "import torch, jax, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 '| jax', jax.__version__, jax.devices(), '| triton', triton.__version__)"
 } 2>&1 | tee "$OUT/env.log"
-step pytest_cuda "$PY" -m pytest -m cuda -q -p no:cacheprovider -rs tests/
+STEPS="${STEPS:-tests bench}"
+case "$STEPS" in *tests*)
+  step bits_report "$PY" scripts/gpu_bits_report.py
+  step pytest_cuda "$PY" -m pytest -m cuda -q -p no:cacheprovider -rs tests/ ;;
+esac
+case "$STEPS" in *bench*) ;; *) echo "failed steps: $failed"; exit $failed ;; esac
 for bench in benchmarks/bench_*.py; do
   if "$PY" "$bench" --help 2>/dev/null | grep -q -- "--device"; then
     step "$(basename "$bench" .py)" "$PY" "$bench" --device cuda ${BENCH_ARGS:-}
