@@ -55,10 +55,12 @@ class JaxBackend(Backend):
         ``a / broadcast(b)`` as ``a * (1 / b)``. A float64 quotient of two float32 values rounded to
         float32 is the correctly rounded float32 quotient (53 >= 2 * 24 + 2 bits, so the double
         rounding is innocuous), and stays so when XLA multiplies by a float64 reciprocal instead.
+        XLA also demotes ``f32(f64(a) / f64(b))`` back to a float32 division, so the (small,
+        per-block) divisor crosses an optimization barrier that hides where it came from.
         """
         with jax.enable_x64(True):
-            quotient = jnp.asarray(a, jnp.float64) / jnp.asarray(b, jnp.float64)
-            return quotient.astype(jnp.float32)
+            divisor = jax.lax.optimization_barrier(jnp.asarray(b, jnp.float64))
+            return (jnp.asarray(a, jnp.float64) / divisor).astype(jnp.float32)
 
     has_cond = True
 

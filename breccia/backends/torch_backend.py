@@ -39,9 +39,14 @@ class TorchBackend(Backend):
         return torch.exp2(e)
 
     def divide(self, a: Any, b: Any) -> Any:
-        """``scalar / tensor`` in torch is ``scalar * reciprocal(tensor)`` (rounded twice); this is not."""
+        """IEEE ``a / b``. torch turns a Python-number operand into ``reciprocal`` and a multiply
+        (``scalar / t`` on every device, ``t / scalar`` on CUDA): two roundings. As 0-d tensors on
+        the other operand's device, both sides go through the true division kernel."""
+        like = a if isinstance(a, torch.Tensor) else b
         if not isinstance(a, torch.Tensor):
-            a = torch.tensor(a, dtype=b.dtype, device=b.device)
+            a = torch.tensor(a, dtype=like.dtype, device=like.device)
+        if not isinstance(b, torch.Tensor):
+            b = torch.tensor(b, dtype=like.dtype, device=like.device)
         return torch.div(a, b)
 
     def encode(self, x: Any, fmt: ElementFormat) -> Any:
