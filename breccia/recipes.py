@@ -299,10 +299,11 @@ class NVFP4BlockScaling(Recipe):
 
         global_scale = amax(tensor) / (448 * 6)            (1 when the tensor's amax is 0)
         s_b          = e4m3(clip(amax_b / 6 / global_scale, 2**-9, 448))
-        data         = encode(x / (s_b * global_scale))
+        data         = encode(x * ((1 / global_scale) / s_b))
         x ~ decode(data) * (s_b * global_scale)
 
-    This is torchao's and NVIDIA's reference two-level rule.
+    This is torchao's and NVIDIA's reference two-level rule, down to the encode multiplier (a
+    reciprocal, computed per block, rather than a division of every element).
     """
 
     scale_format: ClassVar[str] = "E4M3"

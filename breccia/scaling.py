@@ -147,9 +147,9 @@ def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
     block = backend.divide(backend.divide(stats.amax, 6.0), global_scale)
     codes = backend.encode(xp.clip(block, 2.0**-9, E4M3.max_value), E4M3)
-    total = backend.decode(codes, E4M3) * global_scale
-    total = xp.where(total > 0, total, 1.0)
-    return Scales(stored=codes, divisor=total, global_scale=global_scale)
+    # the encode multiplier (1 / global_scale) / s_b, as torchao and NVIDIA's kernels compute it
+    multiplier = backend.divide(backend.divide(1.0, global_scale), backend.decode(codes, E4M3))
+    return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
 
 
 def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:

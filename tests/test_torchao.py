@@ -238,18 +238,25 @@ def test_cast_torchao_convention_reproduces_quantize(name, dtype):
 
 
 def check_cast_reproduces_quantize(name: str, dtype: torch.dtype, device: str) -> None:
+    """breccia's cast on ``device`` gives torchao's CPU codes and scales.
+
+    The reference is torchao on the CPU on every device: on CUDA, PyTorch divides by a Python number
+    as a multiply by its reciprocal (two roundings), so torchao's own CUDA scales can differ by an ulp
+    from its CPU ones; breccia divides exactly everywhere.
+    """
     factory, recipe, layout = CAST_CASES[name]
-    x = weight(dtype, device=device)
-    w = quantized_linear(factory(), dtype, device=device).weight
-    st = bc.cast(x, recipe, layout)
-    (q1, s1, z1), (q2, s2, z2) = torchao_codes(w), breccia_codes(st)
-    rows = torch.ones(x.shape[0], dtype=torch.bool, device=device)
+    x = weight(dtype)
+    w = quantized_linear(factory(), dtype).weight
+    st = bc.cast(x.to(device), recipe, layout)
+    q2, s2, z2 = (None if a is None else a.cpu() for a in breccia_codes(st))
+    q1, s1, z1 = torchao_codes(w)
+    rows = torch.ones(x.shape[0], dtype=torch.bool)
     if name.startswith("float8"):
         # torchao's scale is 0 for an all-zero row, and for a tiny one in fp16 (amax / 448 underflows):
         # it then divides by 0 (NaN or +-448 codes); breccia keeps scale 1 there and decodes to 0
         rows = s1.reshape(-1) > 0
         assert int((~rows).sum()) == (2 if dtype == torch.float16 else 1)
-        assert bool((s2.reshape(-1)[~rows] == 1.0).all()) and not bc.dequantize(st)[3].any()
+        assert bool((s2.reshape(-1)[~rows] == 1.0).all()) and not bc.dequantize(st)[3].any().item()
     assert torch.equal(q1[rows], q2[rows])
     assert same_bits(s1[rows], s2[rows])
     if z1 is not None and z2 is not None:
@@ -292,15 +299,15 @@ def test_cast_mx_matches_to_mx_outside_zero_blocks(elem, recipe, mode, rounding,
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cast_nvfp4_scales_match_to_nvfp4(dtype):
-    """Same global and block scales as torchao (outside all-zero blocks). Codes may differ at rounding
-    ties: torchao encodes x * ((1 / g) / s), breccia x / (s * g) (NVFP4 has no torchao convention)."""
+    """Same global scale, block scales (outside all-zero blocks) and codes as torchao: both encode
+    x * ((1 / g) / s)."""
     x = weight(dtype)
     t = NVFP4Tensor.to_nvfp4(x, per_tensor_scale=x.float().abs().amax() / (448.0 * 6.0))
     st = bc.cast(x, bc.NVFP4BlockScaling())
     assert same_bits(st.global_scale, t.per_tensor_scale)
     nonzero = x.reshape(48, 8, 16).abs().amax(-1) > 0
     assert torch.equal(st.scale.view(torch.uint8)[nonzero], t.scale.view(torch.uint8)[nonzero])
-    assert float((st.data != t.qdata).float().mean()) < 0.01
+    assert torch.equal(st.data.view(torch.uint8), t.qdata.view(torch.uint8))
 
 
 # --- scale layouts, group sizes, recipe override ---------------------------------------------------
@@ -597,7 +604,7 @@ def test_cuda_decode_and_linear_match_torchao(name, dtype):
         # to_torchao builds a weight-only tensor: a dynamic config's activation quantization does not
         # travel, so the layer now computes x @ dequantize(w).T
         expected = torch.nn.functional.linear(x, w.dequantize())
-        torch.testing.assert_close(lin(x), expected, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(lin(x), expected, rtol=2e-2, atol=2e-2, equal_nan=True)
     else:
         assert same_bits(lin(x), y_ref)
 
