@@ -192,11 +192,14 @@ def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
 
 
 def _runs_eagerly(backend: Backend, x: Any) -> bool:
-    """Whether to run the shared code op by op (numpy, torch) rather than compiled (jax, mlx).
+    """Whether to run the shared code op by op rather than through the backend's compiler.
 
+    jax and mlx always compile; torch compiles on CUDA (``TorchBackend.compiles``); numpy never.
     Empty tensors always run eagerly: there is nothing to compile for.
     """
-    return math.prod(x.shape) == 0 or (backend.name in ("numpy", "torch") and not backend.is_traced(x))
+    if math.prod(x.shape) == 0:
+        return True
+    return not backend.compiles(x) and not backend.is_traced(x)
 
 
 def _empty_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any) -> dict[str, Any]:

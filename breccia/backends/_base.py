@@ -148,6 +148,10 @@ class Backend:
         """Whether ``x`` is a placeholder of a trace (no data to branch on)."""
         return self.always_traced
 
+    def compiles(self, x: Any) -> bool:
+        """Whether casts of ``x`` run through :meth:`compile` (the default: when always traced)."""
+        return self.always_traced
+
     def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled by the framework's compiler (cached by ``key``); eager by default."""
         return fn

@@ -116,6 +116,9 @@ class JaxBackend(Backend):
     def is_traced(self, x: Any) -> bool:
         return isinstance(x, jax.core.Tracer)
 
+    def compiles(self, x: Any) -> bool:
+        return True
+
     def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
         return self._cached_compile(key, fn, jax.jit)
 

@@ -38,6 +38,14 @@ class TorchBackend(Backend):
     def pow2(self, e: Any) -> Any:
         return torch.exp2(e)
 
+    def multiply_add(self, a: Any, b: Any, c: Any) -> Any:
+        """``a * b + c`` rounded twice for integer ``a`` of at most 8 bits, even where a compiler fuses
+        it into an FMA (torch.compile, a user's Triton): ``b`` splits into 16 high bits and an exact
+        rest, so both products are exact."""
+        b_hi = (b.view(torch.int32) & -256).view(torch.float32)
+        return (a * b_hi + a * (b - b_hi)) + c
+
+
     def divide(self, a: Any, b: Any) -> Any:
         """IEEE ``a / b``. torch turns a Python-number operand into ``reciprocal`` and a multiply
         (``scalar / t`` on every device, ``t / scalar`` on CUDA): two roundings. As 0-d tensors on
