@@ -77,34 +77,38 @@ def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe,
 
     The common all-finite case costs one reduction: eagerly it is checked on the block amaxes (max
     propagates NaN and Inf in numpy and torch); under a trace, a backend with a conditional runs the
-    non-finite branch only when ``sum(x * 0)`` is NaN, i.e. when some element is NaN or +-Inf.
+    non-finite branch only when ``sum(x)`` is not finite (some element is NaN or +-Inf, or it overflows).
     """
     xp = backend.xp
     axes = blocking.reduce_axes
 
-    def finite_only(xb: Any) -> tuple[Any, Any, Any]:
+    def finite_only(xb: Any) -> tuple[Any, Any]:
         # (XLA's multi-axis max does not always propagate NaN, so NaN is looked for explicitly)
-        nan_elements = xp.isnan(xb)
         magnitude = xp.abs(xb)
         amax = xp.max(xp.where(magnitude < math.inf, magnitude, 0.0), axis=axes, keepdims=True)
-        nan_blocks = xp.any(nan_elements, axis=axes, keepdims=True)
-        return amax, xp.where(nan_elements, 0.0, xb), nan_blocks
-
-    def all_finite(xb: Any) -> tuple[Any, Any, Any]:
-        amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
-        return amax, xb, xp.zeros(amax.shape, dtype=xp.bool)
+        return amax, xp.any(xp.isnan(xb), axis=axes, keepdims=True)
 
     if eager:
         amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
-        if bool(xp.all(xp.isfinite(amax))):
-            amax, nan_blocks = amax, None
-        else:
-            amax, xb, nan_blocks = finite_only(xb)
+        nan_blocks = None
+        if not bool(xp.all(xp.isfinite(amax))):
+            amax, nan_blocks = finite_only(xb)
     elif backend.has_cond:
-        nonfinite = xp.isnan(xp.sum(xb * 0.0))
-        amax, xb, nan_blocks = backend.cond(nonfinite, finite_only, all_finite, xb)
+        # sum(x) is NaN or +-Inf whenever an element is (and, harmlessly, when the sum overflows);
+        # only small per-block arrays cross the conditional (a full-size one would be copied)
+        amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
+        nonfinite = xp.logical_not(xp.isfinite(xp.sum(xb)))
+        amax, nan_blocks = backend.cond(
+            nonfinite,
+            lambda xb, amax: finite_only(xb),
+            lambda xb, amax: (amax, xp.zeros(amax.shape, dtype=xp.bool)),
+            xb,
+            amax,
+        )
     else:
-        amax, xb, nan_blocks = finite_only(xb)
+        amax, nan_blocks = finite_only(xb)
+    if nan_blocks is not None:
+        xb = xp.where(xp.isnan(xb), 0.0, xb)
     stats = BlockStats(amax=amax)
     if recipe.zero_point_kind is not None:
         finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
@@ -129,7 +133,7 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
     fmt = recipe.element_format
     shape = tuple(x.shape)
     blocking = _Blocking(shape, layout)
-    xb = blocking.split(xp, xp.astype(x, xp.float32))
+    xb = blocking.split(xp, xp.astype(x, xp.float32, copy=False))  # float32 input is not copied
     stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager)
     stats.input_dtype = backend.dtype_name(x)
     scales = block_scales(backend, recipe, stats, history)

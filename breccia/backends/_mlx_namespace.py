@@ -38,8 +38,8 @@ logical_and = mx.logical_and
 logical_or = mx.logical_or
 
 
-def astype(x: Any, dtype: Any) -> Any:
-    return x.astype(dtype)
+def astype(x: Any, dtype: Any, copy: bool = True) -> Any:
+    return x if not copy and x.dtype == dtype else x.astype(dtype)
 
 
 def asarray(x: Any, dtype: Any = None) -> Any:
