@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -24,21 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _timing import median_seconds
 
 import breccia as bc
 from breccia.bridges import deepseek_recipe, from_deepseek_v3
-
-
-def timeit(fn: Callable[[], Any], sync: Callable[[Any], Any] = lambda r: r, repeat: int = 7) -> float:
-    """Median seconds of ``fn`` after two warm-up calls."""
-    for _ in range(2):
-        sync(fn())
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def weight(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -93,15 +81,15 @@ def cpu_dequant(m: int, n: int) -> None:
     nbytes = m * n * (1 + 2) + scale.nbytes
     td = torch.from_numpy(data.view(np.uint8)).view(torch.float8_e4m3fn)
     ts = torch.from_numpy(scale)
-    peer = timeit(lambda: torch_dequant(td, ts))
+    peer = median_seconds(lambda: torch_dequant(td, ts))
     table: list[tuple] = []
     row(table, "plain torch (DeepSeek's formula)", peer, nbytes, peer)
     st_t = from_deepseek_v3(td, ts)
-    row(table, "breccia torch", timeit(lambda: bc.dequantize(st_t, "bfloat16")), nbytes, peer)
+    row(table, "breccia torch", median_seconds(lambda: bc.dequantize(st_t, "bfloat16")), nbytes, peer)
     st_n = from_deepseek_v3(data, scale)
-    row(table, "breccia numpy", timeit(lambda: bc.dequantize(st_n, "bfloat16")), nbytes, peer)
+    row(table, "breccia numpy", median_seconds(lambda: bc.dequantize(st_n, "bfloat16")), nbytes, peer)
     st_j = from_deepseek_v3(jnp.asarray(data), jnp.asarray(scale))
-    jax_time = timeit(lambda: bc.dequantize(st_j, "bfloat16"), jax.block_until_ready)
+    jax_time = median_seconds(lambda: bc.dequantize(st_j, "bfloat16"), sync=jax.block_until_ready)
     row(table, "breccia jax (jit)", jax_time, nbytes, peer)
     ours = bc.dequantize(st_t, "bfloat16").view(torch.int16)
     same = torch.equal(ours, torch_dequant(td, ts).view(torch.int16))
@@ -118,13 +106,14 @@ def cpu(shapes: list[tuple[int, int]]) -> None:
     m, k = shapes[0][0], shapes[0][1]
     x = torch.randn(m, k).to(torch.bfloat16)
     nbytes = m * k * (2 + 1) + m * (k // 128) * 4
-    peer = timeit(lambda: torch_act_quant(x))
+    peer = median_seconds(lambda: torch_act_quant(x))
     table = []
     row(table, "plain torch (DeepSeek's act_quant)", peer, nbytes, peer)
     recipe = deepseek_recipe("activation")
-    row(table, "breccia torch", timeit(lambda: bc.cast(x, recipe)), nbytes, peer)
+    row(table, "breccia torch", median_seconds(lambda: bc.cast(x, recipe)), nbytes, peer)
     xj = jnp.asarray(x.float().numpy()).astype(jnp.bfloat16)
-    row(table, "breccia jax (jit)", timeit(lambda: bc.cast(xj, recipe), jax.block_until_ready), nbytes, peer)
+    jax_time = median_seconds(lambda: bc.cast(xj, recipe), sync=jax.block_until_ready)
+    row(table, "breccia jax (jit)", jax_time, nbytes, peer)
     q = bc.cast(x, recipe)
     yq, s = torch_act_quant(x)
     same = torch.equal(q.data.view(torch.uint8), yq.view(torch.uint8)) and torch.equal(q.scale, s)
@@ -188,7 +177,7 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
     sync_t = lambda r: torch.cuda.synchronize()  # noqa: E731
 
     def bench(fn: Callable[[], Any], sync: Callable[[Any], Any] = sync_t) -> float:
-        return timeit(fn, sync, repeat=20)
+        return median_seconds(fn, sync=sync, repeat=20)
 
     peer = bench(lambda: torch_dequant(td, ts))
     table: list[tuple] = []

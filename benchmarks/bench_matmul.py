@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _timing import median_seconds
 
 import breccia as bc
 
@@ -70,19 +70,6 @@ def time_torch(fn: Callable[[], Any], reps: int = 20) -> float:
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop) / 1e3)
-    return statistics.median(times)
-
-
-def time_wall(fn: Callable[[], Any], reps: int = 20, sync: Callable[[Any], Any] | None = None) -> float:
-    """Median wall-clock seconds of ``fn`` (``sync`` waits for its result), after warm-up."""
-    sync = sync or (lambda r: r)
-    for _ in range(3):
-        sync(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -134,16 +121,38 @@ def cuda_gemms(n: int) -> list[list[str]]:
         sb = torch.zeros(ws.scale.shape[0], -(-ws.scale.shape[1] // 4) * 4, device="cuda")
         sb[:, : ws.scale.shape[1]] = ws.scale
         sb = sb.t()
-        return lambda: F.scaled_mm(xs.data, ws.data.t(), sa, kinds.BlockWise1x128, sb, kinds.BlockWise128x128,
-                                   output_dtype=bf)
+        return lambda: F.scaled_mm(
+            xs.data, ws.data.t(), sa, kinds.BlockWise1x128, sb, kinds.BlockWise128x128, output_dtype=bf
+        )
 
     cases = [
-        ("torch FP8 per-tensor", current, None, current, None, peer_tensorwise,
-         "torch._scaled_mm tensor-wise"),
-        ("torch FP8 row-wise", current, bc.PerRow(), current, bc.PerRow(), peer_rowwise,
-         "torch._scaled_mm row-wise"),
-        ("torch DeepSeek 1x128 x 128x128", deepseek_x, None, deepseek_w, None, peer_blockwise,
-         "F.scaled_mm block-wise"),
+        (
+            "torch FP8 per-tensor",
+            current,
+            None,
+            current,
+            None,
+            peer_tensorwise,
+            "torch._scaled_mm tensor-wise",
+        ),
+        (
+            "torch FP8 row-wise",
+            current,
+            bc.PerRow(),
+            current,
+            bc.PerRow(),
+            peer_rowwise,
+            "torch._scaled_mm row-wise",
+        ),
+        (
+            "torch DeepSeek 1x128 x 128x128",
+            deepseek_x,
+            None,
+            deepseek_w,
+            None,
+            peer_blockwise,
+            "F.scaled_mm block-wise",
+        ),
     ]
     anchors = {}
     for name, rx, lx, rw_, lw, peer, anchor_name in cases:
@@ -170,7 +179,7 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
     rows = []
     xq, wq = x.astype(jnp.float8_e4m3fn), w.astype(jnp.float8_e4m3fn)
     dot = jax.jit(lambda a, b: jnp.dot(a, b.T, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
-    plain = tf(time_wall(lambda: dot(xq, wq), sync=_jax_sync))
+    plain = tf(median_seconds(lambda: dot(xq, wq), sync=_jax_sync, repeat=20, warmup=3))
     rows.append(_row("jnp.dot on fp8 arrays (no breccia)", plain, None, "-", "TFLOP/s"))
     linear = bc.linear  # eager: the fast path compiles its own kernel with the cuBLASLt options
     for name, layout, anchor, anchor_name in [
@@ -180,7 +189,7 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
         xs, ws = bc.cast(x, bc.Float8CurrentScaling(), layout), bc.cast(w, bc.Float8CurrentScaling(), layout)
         ref = np.asarray(xs.dequantize("float32")[:256] @ ws.dequantize("float32").T)
         _check(np.asarray(linear(xs, ws)[:256].astype(jnp.float32)), ref, name)
-        ours = tf(time_wall(lambda xs=xs, ws=ws: linear(xs, ws), sync=_jax_sync))
+        ours = tf(median_seconds(lambda xs=xs, ws=ws: linear(xs, ws), sync=_jax_sync, repeat=20, warmup=3))
         rows.append(_row(name, ours, anchor, anchor_name, "TFLOP/s"))
     return rows
 
@@ -217,7 +226,7 @@ def cuda_casts(shape: tuple[int, int]) -> list[list[str]]:
         anchor_value = ISSUE_ANCHORS.get(anchor) if anchor else copy
         anchor_name = f"TE 2.20 ({anchor}, issue)" if anchor else "device copy"
         rows.append(_row(f"torch {name}", nbytes / t / 1e12, anchor_value, anchor_name, "TB/s"))
-        tj = time_wall(lambda recipe=recipe: cast_j(xj, recipe), sync=_jax_sync)
+        tj = median_seconds(lambda recipe=recipe: cast_j(xj, recipe), sync=_jax_sync, repeat=20, warmup=3)
         rows.append(_row(f"jax {name}", nbytes / tj / 1e12, anchor_value, anchor_name, "TB/s"))
     return rows
 
@@ -240,16 +249,29 @@ def cpu_rows(n: int) -> list[list[str]]:
         except ImportError:
             continue
         fx, fw = backend.from_numpy(x), backend.from_numpy(w)
-        sync = _jax_sync if framework == "jax" else (
-            (lambda r: __import__("mlx.core").core.eval(r)) if framework == "mlx" else None)
-        plain = time_wall(lambda fx=fx, fw=fw: fx @ fw.T, reps=5, sync=sync)
-        recipes = [("MXFP8", bc.MXFP8BlockScaling()), ("Float8 128x128", bc.Float8BlockScaling(block_m=128)),
-                   ("MXFP4", bc.MXFP4BlockScaling())]
+        sync = (
+            _jax_sync
+            if framework == "jax"
+            else ((lambda r: __import__("mlx.core").core.eval(r)) if framework == "mlx" else None)
+        )
+        plain = median_seconds(lambda fx=fx, fw=fw: fx @ fw.T, repeat=5, warmup=3, sync=sync)
+        recipes = [
+            ("MXFP8", bc.MXFP8BlockScaling()),
+            ("Float8 128x128", bc.Float8BlockScaling(block_m=128)),
+            ("MXFP4", bc.MXFP4BlockScaling()),
+        ]
         for name, recipe in recipes:
             xs, ws = bc.cast(fx, recipe), bc.cast(fw, recipe)
-            t = time_wall(lambda xs=xs, ws=ws: bc.linear(xs, ws), reps=5, sync=sync)
-            rows.append(_row(f"{framework} {name} linear", flop / t / 1e9, flop / plain / 1e9,
-                             f"{framework} f32 matmul", "GFLOP/s"))
+            t = median_seconds(lambda xs=xs, ws=ws: bc.linear(xs, ws), repeat=5, warmup=3, sync=sync)
+            rows.append(
+                _row(
+                    f"{framework} {name} linear",
+                    flop / t / 1e9,
+                    flop / plain / 1e9,
+                    f"{framework} f32 matmul",
+                    "GFLOP/s",
+                )
+            )
     return rows
 
 

@@ -12,30 +12,16 @@ Every timed call ends in ``mx.eval`` of all outputs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
+from _timing import median_seconds
 
 import breccia as bc
 from breccia.bridges import mlx_recipe, to_mlx_quantized
 
 MODES = [("mxfp8", 32, 8), ("mxfp4", 32, 4), ("nvfp4", 16, 4), ("affine", 64, 4), ("affine", 64, 8)]
-
-
-def timeit(fn: Callable[[], Any], repeat: int = 7) -> float:
-    """Median seconds of ``fn`` (outputs evaluated) after two warm-up calls."""
-    for _ in range(2):
-        mx.eval(*_arrays(fn()))
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        mx.eval(*_arrays(fn()))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _arrays(out: Any) -> list[Any]:
@@ -44,6 +30,11 @@ def _arrays(out: Any) -> list[Any]:
     if hasattr(out, "weight"):
         return [a for a in (out.weight, out.scales, out.biases, out.global_scale) if a is not None]
     return [a for a in out if a is not None]
+
+
+def _evaluate(out: Any) -> None:
+    """Make MLX compute ``out`` (it is lazy), inside the timed region."""
+    mx.eval(*_arrays(out))
 
 
 def label(mode: str, bits: int) -> str:
@@ -65,11 +56,13 @@ def main() -> None:
         recipe = mlx_recipe(mode, group, bits)
         st = bc.cast(x, recipe)
         mx.eval(*_arrays(st))
-        t_repack = timeit(lambda st=st: to_mlx_quantized(st, exact=False))
-        t_peer = timeit(lambda m=mode, g=group, b=bits: mx.quantize(x, group_size=g, bits=b, mode=m))
+        t_repack = median_seconds(lambda st=st: to_mlx_quantized(st, exact=False), sync=_evaluate)
+        t_peer = median_seconds(
+            lambda m=mode, g=group, b=bits: mx.quantize(x, group_size=g, bits=b, mode=m), sync=_evaluate
+        )
         ratio = t_repack / t_peer
         print(f"{label(mode, bits):<9} {t_repack * 1e3:>14.2f} ms {t_peer * 1e3:>9.2f} ms {ratio:>7.3f}")
-        t_cast = timeit(lambda r=recipe: bc.cast(x, r))
+        t_cast = median_seconds(lambda r=recipe: bc.cast(x, r), sync=_evaluate)
         casts.append((label(mode, bits), t_cast, t_peer))
     print(f"\n{'mode':<9} {'bc.cast':>12} {'mx.quantize':>12} {'x peer':>7}")
     for name, t_cast, t_peer in casts:

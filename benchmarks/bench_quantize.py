@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _timing import median_seconds
 
 import breccia as bc
 from breccia.backends import get_backend
@@ -57,18 +56,6 @@ def _leaves(out: Any) -> list[Any]:
     if isinstance(out, bc.ScaledTensor):
         return [a for a in out.arrays if a is not None]
     return [out]
-
-
-def timed(fn: Callable[[], Any], sync: Callable[[Any], None], repeat: int) -> float:
-    """Median seconds of ``fn`` after two warm-up calls."""
-    for _ in range(2):
-        sync(fn())
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bare_cast(framework: str, x: Any) -> tuple[str, Callable[[], Any]]:
@@ -120,17 +107,17 @@ def main() -> None:
         in_bytes = host.size * (2 if dtype == "bfloat16" else 4)
         sync = _sync(framework)
         anchor_name, anchor = bare_cast(framework, x)
-        anchor_gbs = (in_bytes + host.size) / timed(anchor, sync, repeat) / 1e9
+        anchor_gbs = (in_bytes + host.size) / median_seconds(anchor, sync=sync, repeat=repeat) / 1e9
         anchors = {None: (anchor_name, anchor_gbs)}
         if framework == "mlx":
             anchors.update(_mlx_quantize_anchors(x, sync, repeat, in_bytes))
         for recipe in RECIPES:
             result = bc.cast(x, recipe)
-            seconds = timed(lambda r=recipe, x=x: bc.cast(x, r), sync, repeat)
+            seconds = median_seconds(lambda r=recipe, x=x: bc.cast(x, r), sync=sync, repeat=repeat)
             gbs = (in_bytes + result.nbytes) / seconds / 1e9
             name, ref = anchors.get(_mlx_mode(recipe), anchors[None])
             print(
-                f"{framework:<8} {_label(recipe):<44} {gbs:>8.2f} {name:<28} {ref:>8.2f} {gbs / ref:>5.2f}x"
+                f"{framework:<8} {recipe.label():<44} {gbs:>8.2f} {name:<28} {ref:>8.2f} {gbs / ref:>5.2f}x"
             )
 
 
@@ -165,15 +152,9 @@ def _mlx_quantize_anchors(x: Any, sync: Callable[[Any], None], repeat: int, in_b
 
         out = run()
         nbytes = sum(a.nbytes for a in out if a is not None)
-        seconds = timed(lambda run=run: run(), lambda o: mx.eval(*[a for a in o if a is not None]), repeat)
+        seconds = median_seconds(run, sync=lambda o: mx.eval(*[a for a in o if a is not None]), repeat=repeat)
         anchors[mode] = (f"mx.quantize(mode={mode})", (in_bytes + nbytes) / seconds / 1e9)
     return anchors
-
-
-def _label(recipe: bc.Recipe) -> str:
-    defaults = type(recipe)()
-    changed = [f"{k}={v!r}" for k, v in recipe.to_dict()["fields"].items() if getattr(defaults, k) != v]
-    return f"{recipe.name}({', '.join(changed)})"
 
 
 if __name__ == "__main__":

@@ -11,28 +11,17 @@ Ratios: "x torchao" = torchao time / breccia time (higher is better).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _timing import median_seconds
 
 import breccia as bc
 from breccia.bridges import from_torchao, to_torchao
 
 warnings.filterwarnings("ignore")
-
-
-def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def cases(x: torch.Tensor) -> list[tuple[str, Callable[[], Any], Callable[[], Any], torch.Tensor]]:
@@ -90,12 +79,15 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, peer, ours, _ in cases(x):
-        t_peer, t_ours = median_ms(peer, repeats), median_ms(ours, repeats)
+        t_peer, t_ours = (
+            1e3 * median_seconds(peer, repeat=repeats, warmup=1),
+            1e3 * median_seconds(ours, repeat=repeats, warmup=1),
+        )
         t = peer()
         st = from_torchao(t)
-        t_from = median_ms(lambda t=t: from_torchao(t), repeats)
-        t_to = median_ms(lambda st=st: to_torchao(st), repeats)
-        t_deq = median_ms(lambda t=t: t.dequantize(), repeats)
+        t_from = 1e3 * median_seconds(lambda t=t: from_torchao(t), repeat=repeats, warmup=1)
+        t_to = 1e3 * median_seconds(lambda st=st: to_torchao(st), repeat=repeats, warmup=1)
+        t_deq = 1e3 * median_seconds(lambda t=t: t.dequantize(), repeat=repeats, warmup=1)
         print(
             f"| {name} | {t_peer:.2f} ms | {t_ours:.2f} ms | {t_peer / t_ours:.2f} | {t_from:.3f} ms "
             f"| {t_to:.3f} ms | {t_deq:.2f} ms |"

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _timing import median_seconds
 
 import breccia as bc
 from breccia.backends import FRAMEWORKS, get_backend
@@ -46,18 +45,6 @@ def _sync(st: bc.ScaledTensor) -> None:
         import mlx.core as mx
 
         mx.eval(*(a for a in st.arrays if a is not None))
-
-
-def _median_seconds(fn: Callable[[], Any], reps: int) -> float:
-    """Median wall time of ``reps`` calls, after one untimed call (first calls warm caches up)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-        del out
-    return statistics.median(times)
 
 
 def _tensor(nbytes: int) -> bc.ScaledTensor:
@@ -138,12 +125,12 @@ def run(sizes: list[int], frameworks: list[str]) -> None:
                     shared = _shares(st, probe)
                     del probe
                     cell_reps = 200 if shared and n <= 64 * MiB else 20 if shared else reps
-                    seconds = _median_seconds(move, cell_reps)
+                    seconds = median_seconds(move, repeat=cell_reps, warmup=1)
                     if shared:
                         cell = f"{seconds * 1e6:.0f} us zero-copy"
                     else:
                         ratios = [
-                            _median_seconds(anchor, reps) / seconds
+                            median_seconds(anchor, repeat=reps, warmup=1) / seconds
                             for anchor in (anchors["ready"], anchors["fresh"], _own_copy(dst, st))
                         ]
                         gbps = st.nbytes / seconds / 1e9

@@ -113,6 +113,16 @@ class Recipe:
     def _other_layouts_hint(self) -> str:
         return ""
 
+    def label(self) -> str:
+        """``Name(field=value, ...)`` naming only the fields that differ from the defaults."""
+        defaults = type(self)()
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        ]
+        return f"{self.name}({', '.join(changed)})"
+
     def to_dict(self) -> dict[str, Any]:
         """Versioned JSON-ready form: ``{"version": 1, "name": ..., "fields": {...}}``."""
         return {

@@ -15,7 +15,7 @@ import pytest
 
 import breccia as bc
 from breccia.cli import main
-from breccia.commands.inspect import _row_slabs, describe, format_table, recipe_label
+from breccia.commands.inspect import _row_slabs, describe, format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BRECCIA = Path(sys.executable).parent / "breccia"
@@ -29,7 +29,7 @@ RECIPES = [
     bc.Int8Scaling(group_size=32),
     bc.Int4Scaling(group_size=32, symmetric=False, convention="mlx"),
 ]
-IDS = [recipe_label(r) for r in RECIPES]
+IDS = [r.label() for r in RECIPES]
 
 
 def _weight(shape=(256, 128), seed=0) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_describe_counts_follow_the_nan_rule(recipe):
     assert row["nan"] == int(np.isnan(y).sum()) > 0
     assert row["inf"] == int(np.isinf(y).sum()) == 0
     assert row["nan"] == math.prod(st.layout.block_shape(st.shape))
-    assert row["recipe"] == recipe_label(recipe)
+    assert row["recipe"] == recipe.label()
     assert bc.recipe_from_dict(row["recipe_dict"]) == recipe
     assert row["layout"] == repr(st.layout)
     assert row["shape"] == [256, 128]
@@ -198,7 +198,7 @@ def breccia_file(tmp_path_factory) -> tuple[Path, dict]:
 
     w = _weight()
     w[3, 4] = np.nan
-    tensors = {recipe_label(r): bc.cast(w, r) for r in RECIPES}
+    tensors = {r.label(): bc.cast(w, r) for r in RECIPES}
     tensors["norm"] = np.ones(128, ml_dtypes.bfloat16)
     tensors["step"] = np.array([3], np.int64)
     path = tmp_path_factory.mktemp("inspect") / "model.safetensors"

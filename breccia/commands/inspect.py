@@ -28,7 +28,6 @@ import numpy as np
 
 from ..errors import BrecciaError, FileFormatError
 from ..layouts import PerTensor
-from ..recipes import Recipe
 from ..tensor import ScaledTensor
 
 __all__ = ["register", "inspect_path", "describe"]
@@ -118,7 +117,7 @@ def describe(name: str, value: Any) -> dict[str, Any]:
         nan, inf = _scaled_counts(value)
         return {
             "name": name,
-            "recipe": recipe_label(value.recipe),
+            "recipe": value.recipe.label(),
             "layout": repr(value.layout),
             "shape": list(value.shape),
             "dtype": value.dtype_name,
@@ -144,13 +143,6 @@ def describe(name: str, value: Any) -> dict[str, Any]:
         "inf": inf,
         "recipe_dict": None,
     }
-
-
-def recipe_label(recipe: Recipe) -> str:
-    """``Name(field=value, ...)`` listing only the fields that differ from the recipe's defaults."""
-    defaults = type(recipe)()
-    changed = [f"{k}={v!r}" for k, v in recipe.to_dict()["fields"].items() if getattr(defaults, k) != v]
-    return f"{recipe.name}({', '.join(changed)})"
 
 
 def _scale_range(st: ScaledTensor) -> tuple[float | None, float | None]:

@@ -83,13 +83,7 @@ def run(out: IO[str]) -> bool:
             agree.append(name if bits == reference else f"{name}:DIFFERS")
         ok = all(":" not in a for a in agree)
         all_agree &= ok
-        label = _label(recipe)
+        label = recipe.label()
         print(f"{label:<46} {nbytes:>9,} {w.nbytes / nbytes:>5.2f}x {err:>9.2e}  "
               f"{'yes' if ok else 'NO'} ({', '.join(agree)})", file=out)
     return all_agree
-
-
-def _label(recipe: r.Recipe) -> str:
-    defaults = type(recipe)()
-    changed = [f"{k}={v!r}" for k, v in recipe.to_dict()["fields"].items() if getattr(defaults, k) != v]
-    return f"{recipe.name}({', '.join(changed)})"
