@@ -23,7 +23,7 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 -q
-	$(PY) -m pytest --nbmake -q -p no:randomly notebooks
+	$(PY) -m pytest --nbmake -q notebooks
 	$(VENV)/bin/mkdocs build --strict --quiet
 
 bench: $(STAMP)
