@@ -50,13 +50,12 @@ class _Blocking:
         self.scale_split_shape = tuple(v for g in self.grid for v in (g, 1))
         self.reduce_axes = tuple(range(1, 2 * len(shape), 2))
 
-    def split(self, xp: Any, x: Any) -> Any:
+    def split(self, backend: Backend, x: Any) -> Any:
+        xp = backend.xp
         for axis, (n, p) in enumerate(zip(self.shape, self.padded)):
             if p != n:
                 pad_shape = tuple(p - n if a == axis else s for a, s in enumerate(x.shape))
-                # torch makes new arrays on the CPU unless told; the others use x's (default) device
-                on_device = {"device": x.device} if type(x).__module__.startswith("torch") else {}
-                x = xp.concat([x, xp.zeros(pad_shape, dtype=x.dtype, **on_device)], axis=axis)
+                x = xp.concat([x, backend.zeros(pad_shape, like=x)], axis=axis)
         return xp.reshape(x, self.split_shape)
 
     def merge(self, xp: Any, xb: Any) -> Any:
@@ -133,7 +132,7 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
     fmt = recipe.element_format
     shape = tuple(x.shape)
     blocking = _Blocking(shape, layout)
-    xb = blocking.split(xp, xp.astype(x, xp.float32, copy=False))  # float32 input is not copied
+    xb = blocking.split(backend, xp.astype(x, xp.float32, copy=False))  # float32 input is not copied
     stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager)
     stats.input_dtype = backend.dtype_name(x)
     scales = block_scales(backend, recipe, stats, history)
@@ -333,7 +332,7 @@ def _dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> A
     scale = decode_scale(backend, xp.reshape(st.scale, blocking.grid), recipe.scale_format)
     if st.global_scale is not None:
         scale = scale * backend.astype(st.global_scale, "float32")
-    vb = blocking.split(xp, values)
+    vb = blocking.split(backend, values)
     sb = blocking.expand(xp, scale)
     kind = recipe.zero_point_kind
     if kind is None:

@@ -99,6 +99,10 @@ class Backend:
         """Exact ``2**e`` (float32) for integer-valued float32 ``e`` in [-126, 127]."""
         return self.xp.pow(2.0, e)
 
+    def zeros(self, shape: tuple[int, ...], like: Any) -> Any:
+        """Zeros of ``like``'s dtype, on ``like``'s device."""
+        return self.xp.zeros(shape, dtype=like.dtype)
+
     def divide(self, a: Any, b: Any) -> Any:
         """IEEE ``a / b`` rounded once (either side may be a Python float)."""
         return a / b

@@ -46,6 +46,10 @@ class TorchBackend(Backend):
         return (a * b_hi + a * (b - b_hi)) + c
 
 
+    def zeros(self, shape: tuple[int, ...], like: Any) -> Any:
+        """torch makes new tensors on the CPU unless told otherwise."""
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
     def divide(self, a: Any, b: Any) -> Any:
         """IEEE ``a / b``. torch turns a Python-number operand into ``reciprocal`` and a multiply
         (``scalar / t`` on every device, ``t / scalar`` on CUDA): two roundings. As 0-d tensors on
