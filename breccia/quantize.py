@@ -29,7 +29,7 @@ from typing import Any
 
 from .backends import Backend, backend_for
 from .errors import DTypeError, LayoutError, RecipeError, ShapeError
-from .formats import E4M3, E8M0, pack_nibbles, packed_length, unpack_nibbles
+from .formats import E4M3, E8M0, packed_length, unpack_nibbles
 from .layouts import Layout, scale_shape
 from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
 from .scaling import AmaxHistory, BlockStats, block_scales, decode_scale
@@ -146,7 +146,7 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
         y = xp.round(y) + scales.post_offset
     codes = blocking.merge(xp, backend.encode(y, fmt))
     if fmt.packed:
-        codes = pack_nibbles(xp, codes)
+        codes = backend.pack_nibbles(codes)
     stored = scales.stored
     if nan_blocks is not None:
         stored = _mark_nan(backend, stored, nan_blocks, recipe.scale_format)

@@ -122,6 +122,7 @@ def test_pack_nibbles_puts_element_2i_in_the_low_nibble(framework, n):
         np.testing.assert_array_equal(packed[:, 0] >> 4, codes[:, 1])
     unpacked = to_numpy(formats.unpack_nibbles(backend.xp, to_framework(framework, packed), n))
     np.testing.assert_array_equal(unpacked, codes)
+    np.testing.assert_array_equal(to_numpy(backend.pack_nibbles(to_framework(framework, codes))), packed)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

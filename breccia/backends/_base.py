@@ -99,6 +99,10 @@ class Backend:
         """Exact ``2**e`` (float32) for integer-valued float32 ``e`` in [-126, 127]."""
         return self.xp.pow(2.0, e)
 
+    def pack_nibbles(self, codes: Any) -> Any:
+        """:func:`breccia.formats.pack_nibbles` (two 4-bit codes per byte, element 2i low)."""
+        return formats.pack_nibbles(self.xp, codes)
+
     def zeros(self, shape: tuple[int, ...], like: Any) -> Any:
         """Zeros of ``like``'s dtype, on ``like``'s device."""
         return self.xp.zeros(shape, dtype=like.dtype)

@@ -62,6 +62,15 @@ class JaxBackend(Backend):
             divisor = jax.lax.optimization_barrier(jnp.asarray(b, jnp.float64))
             return (jnp.asarray(a, jnp.float64) / divisor).astype(jnp.float32)
 
+    def pack_nibbles(self, codes: Any) -> Any:
+        """The pair of nibbles summed as ``low + (high << 4)`` (they do not overlap, so the sum is
+        the OR): XLA's CPU loop fuses the strided-read form with the encode at about a tenth of
+        the speed of this reduction form."""
+        if codes.shape[-1] % 2:
+            codes = jnp.concatenate([codes, jnp.zeros((*codes.shape[:-1], 1), jnp.uint8)], axis=-1)
+        pairs = codes.reshape(*codes.shape[:-1], codes.shape[-1] // 2, 2)
+        return jnp.sum(pairs << jnp.array([0, 4], jnp.uint8), axis=-1, dtype=jnp.uint8)
+
     has_cond = True
 
     def cond(
