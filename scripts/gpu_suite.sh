@@ -6,6 +6,11 @@
 # written to $OUT/<step>.log; a failing step is reported and the suite goes on; the exit status is
 # the number of failed steps. STEPS="tests" or STEPS="bench" runs only that half (default: both);
 # BENCH_ARGS is passed to every benchmark (e.g. BENCH_ARGS=--quick).
+# The wheels (the H100 image has torch, JAX, Triton and ml_dtypes, not these), fetched beforehand on a
+# machine with the registry, into the ignored folder .whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl array-api-compat==1.16.0 torchao==0.18.0
 set -u
 OUT="${OUT:-out}"
 mkdir -p "$OUT"
