@@ -88,14 +88,14 @@ def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe,
         return amax, xp.any(xp.isnan(xb), axis=axes, keepdims=True)
 
     if eager:
-        amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
+        amax = backend.abs_max(xb, axes)
         nan_blocks = None
-        if not bool(xp.all(xp.isfinite(amax))):
+        if not backend.known_true(xp.all(xp.isfinite(amax))):  # non-finite, or cannot tell here
             amax, nan_blocks = finite_only(xb)
     elif backend.has_cond:
         # sum(x) is NaN or +-Inf whenever an element is (and, harmlessly, when the sum overflows);
         # only small per-block arrays cross the conditional (a full-size one would be copied)
-        amax = xp.max(xp.abs(xb), axis=axes, keepdims=True)
+        amax = backend.abs_max(xb, axes)
         nonfinite = xp.logical_not(xp.isfinite(xp.sum(xb)))
         amax, nan_blocks = backend.cond(
             nonfinite,
@@ -240,7 +240,7 @@ def _run_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history:
     if math.prod(x.shape) == 0:
         return _empty_cast(backend, recipe, layout, x, history)
     if _runs_eagerly(backend, x):
-        eager = not (backend.always_traced or backend.is_traced(x))
+        eager = not backend.is_traced(x)
         return dict(zip(_OUTPUTS, _cast_arrays(backend, recipe, layout, x, history, eager)))
     return _compiled_cast(backend, recipe, layout)(x, history)
 

@@ -30,8 +30,6 @@ class Backend:
 
     name: str = ""
     extra: str = ""
-    #: True when the shared code must not branch on data (jit tracing, lazy compiled graphs).
-    always_traced: bool = False
 
     def __init__(self) -> None:
         self._constants: dict[tuple[str, Any], Any] = {}
@@ -99,6 +97,10 @@ class Backend:
         """Exact ``2**e`` (float32) for integer-valued float32 ``e`` in [-126, 127]."""
         return self.xp.pow(2.0, e)
 
+    def abs_max(self, x: Any, axes: tuple[int, ...]) -> Any:
+        """``max(|x|)`` over ``axes`` (keepdims), propagating NaN and Inf."""
+        return self.xp.max(self.xp.abs(x), axis=axes, keepdims=True)
+
     def pack_nibbles(self, codes: Any) -> Any:
         """:func:`breccia.formats.pack_nibbles` (two 4-bit codes per byte, element 2i low)."""
         return formats.pack_nibbles(self.xp, codes)
@@ -154,11 +156,16 @@ class Backend:
 
     def is_traced(self, x: Any) -> bool:
         """Whether ``x`` is a placeholder of a trace (no data to branch on)."""
-        return self.always_traced
+        return False
+
+    def known_true(self, predicate: Any) -> bool:
+        """Whether a 0-d boolean array is true; False where its value cannot be read here (inside a
+        framework's trace), so that the caller takes its general branch."""
+        return bool(predicate)
 
     def compiles(self, x: Any) -> bool:
-        """Whether casts of ``x`` run through :meth:`compile` (the default: when always traced)."""
-        return self.always_traced
+        """Whether casts of ``x`` run through :meth:`compile` (jax: always; the others run eagerly)."""
+        return False
 
     def compile(self, key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled by the framework's compiler (cached by ``key``); eager by default."""

@@ -77,3 +77,11 @@ def signbit(x: Any) -> Any:
 
 def take(x: Any, indices: Any, axis: Any = None) -> Any:
     return mx.take(x, indices, axis=axis)
+
+
+def all(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+    return mx.all(x, axis=axis, keepdims=keepdims)
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+    return mx.sum(x, axis=axis, keepdims=keepdims)
