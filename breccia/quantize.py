@@ -144,7 +144,7 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
         y = backend.astype(backend.astype(y, scales.product_dtype), "float32")
     if scales.post_offset is not None:
         y = xp.round(y) + scales.post_offset
-    codes = blocking.merge(xp, backend.encode(y, fmt))
+    codes = blocking.merge(xp, backend.encode(y, fmt, consume=True))  # y is this cast's own temporary
     if fmt.packed:
         codes = backend.pack_nibbles(codes)
     stored = scales.stored

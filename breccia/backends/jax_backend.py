@@ -91,7 +91,11 @@ class JaxBackend(Backend):
         b_hi = jax.lax.bitcast_convert_type(bits, jnp.float32)
         return (a * b_hi + a * (b - b_hi)) + c
 
-    def encode(self, x: Any, fmt: ElementFormat) -> Any:
+    def abs_max(self, x: Any, axes: tuple[int, ...]) -> Any:
+        """XLA fuses ``abs`` into the reduction: one pass."""
+        return jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+
+    def encode(self, x: Any, fmt: ElementFormat, *, consume: bool = False) -> Any:
         """XLA's RNE fp8 convert after clamping (proven equal to the shared code)."""
         native = _NATIVE_FP8.get(fmt.name)
         if native is None:

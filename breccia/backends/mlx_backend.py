@@ -45,7 +45,7 @@ class MlxBackend(Backend):
     def pow2(self, e: Any) -> Any:
         return mx.power(2.0, e)
 
-    def encode(self, x: Any, fmt: ElementFormat) -> Any:
+    def encode(self, x: Any, fmt: ElementFormat, *, consume: bool = False) -> Any:
         """E4M3 through ``mx.to_fp8`` after clamping (proven equal to the shared code); the other
         formats through the shared code compiled into one fused elementwise kernel."""
         return self._cached_compile(("encode", fmt.name), lambda v: self._encode(v, fmt), mx.compile)(x)
@@ -54,13 +54,6 @@ class MlxBackend(Backend):
         if fmt.name == "E4M3":
             return mx.to_fp8(mx.clip(x, -fmt.max_value, fmt.max_value))
         return super().encode(x, fmt)
-
-    def abs_max(self, x: Any, axes: tuple[int, ...]) -> Any:
-        """``max(max(x), -min(x))``: MLX's CPU ``abs`` costs six times a reduction (``+ 0.0`` makes an
-        all-zero block's amax +0, as ``max(|x|)`` gives)."""
-        high = mx.max(x, axis=axes, keepdims=True)
-        low = mx.min(x, axis=axes, keepdims=True)
-        return mx.maximum(high, -low) + 0.0
 
     def decode(self, codes: Any, fmt: ElementFormat) -> Any:
         if fmt.name == "E4M3":
