@@ -22,20 +22,10 @@ from _timing import median_seconds
 
 import breccia as bc
 from breccia.backends import get_backend
-from breccia.demo.core import installed_frameworks
+from breccia.demo.core import DEMO_RECIPES, installed_frameworks
 
-RECIPES = [
-    bc.Float8CurrentScaling(),
-    bc.Float8BlockScaling(),
-    bc.Float8BlockScaling(block_m=128),
-    bc.Float8BlockScaling(convention="deepseek"),
-    bc.MXFP8BlockScaling(),
-    bc.MXFP8BlockScaling(scale_rounding="ceil"),
-    bc.MXFP4BlockScaling(),
-    bc.NVFP4BlockScaling(),
-    bc.Int8Scaling(),
-    bc.Int4Scaling(),
-]
+# the demo's recipes, less DelayedScaling (its scale comes from a history, not from the tensor)
+RECIPES = [r for r in DEMO_RECIPES if not isinstance(r, bc.DelayedScaling)]
 
 
 def _sync(framework: str) -> Callable[[Any], None]:

@@ -111,9 +111,15 @@ class ScaledTensor:
         return self.data, self.scale, self.global_scale, self.zero_point
 
     def replace_arrays(
-        self, data: Any, scale: Any, global_scale: Any = None, zero_point: Any = None
+        self,
+        data: Any,
+        scale: Any,
+        global_scale: Any = None,
+        zero_point: Any = None,
+        *,
+        framework: str | None = None,
     ) -> ScaledTensor:
-        """The same tensor description over other arrays (used by moves and pytree unflattening)."""
+        """The same tensor description over other arrays (of ``framework``, by default this one's)."""
         return ScaledTensor(
             data,
             scale,
@@ -121,7 +127,7 @@ class ScaledTensor:
             self.layout,
             self.shape,
             self.dtype_name,
-            self.framework,
+            framework or self.framework,
             global_scale=global_scale,
             zero_point=zero_point,
         )

@@ -61,6 +61,4 @@ def assert_same_bits(a: bc.ScaledTensor, b: bc.ScaledTensor) -> None:
 def numpy_copy(st: bc.ScaledTensor) -> bc.ScaledTensor:
     """A host copy of a ScaledTensor as numpy arrays, made without breccia's DLPack bridge."""
     arrays = [None if a is None else to_numpy(a) for a in st.arrays]
-    copy = st.replace_arrays(*arrays)
-    copy.framework = "numpy"
-    return copy
+    return st.replace_arrays(*arrays, framework="numpy")

@@ -508,9 +508,8 @@ def test_missing_torchao_names_the_extra(monkeypatch):
 # --- whole models ----------------------------------------------------------------------------------
 
 
-def mixed_model(dtype: torch.dtype) -> torch.nn.Sequential:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
+def plain_mlp(dtype: torch.dtype) -> torch.nn.Sequential:
+    return torch.nn.Sequential(
         torch.nn.Linear(128, 64),
         torch.nn.ReLU(),
         torch.nn.Linear(64, 64),
@@ -518,6 +517,11 @@ def mixed_model(dtype: torch.dtype) -> torch.nn.Sequential:
         torch.nn.Linear(64, 32),
         torch.nn.LayerNorm(32),
     ).to(dtype)
+
+
+def mixed_model(dtype: torch.dtype) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    model = plain_mlp(dtype)
     quantize_(
         model,
         IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=G.PerGroup(32)),
@@ -539,14 +543,7 @@ def test_state_dict_round_trip_gives_the_same_model(dtype):
     }
     assert isinstance(sd["0.bias"], torch.Tensor) and isinstance(sd["5.weight"], torch.Tensor)
     sd["5.bias"] = get_backend("torch").to_numpy(sd["5.bias"])  # plain arrays of any framework convert
-    fresh = torch.nn.Sequential(
-        torch.nn.Linear(128, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 32),
-        torch.nn.LayerNorm(32),
-    ).to(dtype)
+    fresh = plain_mlp(dtype)
     fresh.load_state_dict(to_torchao_state_dict(sd), assign=True)
     x = torch.randn(5, 128, generator=torch.Generator().manual_seed(4)).to(dtype)
     assert same_bits(fresh(x), model(x))

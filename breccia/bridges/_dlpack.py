@@ -220,17 +220,7 @@ def from_dlpack(
         None if a is None else _move(src, dst, a, src.dtype_name(a), small, target, what)
         for a, what in ((st.global_scale, "global_scale"), (st.zero_point, "zero_point"))
     )
-    return ScaledTensor(
-        data,
-        scale,
-        st.recipe,
-        st.layout,
-        st.shape,
-        st.dtype_name,
-        dst.name,
-        global_scale=global_scale,
-        zero_point=zero_point,
-    )
+    return st.replace_arrays(data, scale, global_scale, zero_point, framework=dst.name)
 
 
 # --- the move ------------------------------------------------------------------------------------
