@@ -9,12 +9,19 @@ from typing import Any
 
 
 def median_seconds(
-    fn: Callable[[], Any], *, repeat: int = 7, warmup: int = 2, sync: Callable[[Any], Any] | None = None
+    fn: Callable[[], Any],
+    *,
+    repeat: int = 7,
+    warmup: int = 2,
+    sync: Callable[[Any], Any] | None = None,
+    batch: int = 1,
 ) -> float:
-    """Median seconds of ``fn()`` over ``repeat`` calls after ``warmup`` untimed ones.
+    """Median seconds of one ``fn()`` over ``repeat`` samples after ``warmup`` untimed calls.
 
     ``sync(result)`` waits for asynchronous work (``block_until_ready``, ``mx.eval``, a CUDA
-    synchronize) inside the timed region, so lazy frameworks are timed for what they compute.
+    synchronize) inside the timed region, so lazy frameworks are timed for what they compute. A
+    sample is ``batch`` calls back to back and one wait, divided by ``batch``: on a GPU that is the
+    device's throughput with the host's dispatch overlapped (``batch=1``: one call's latency).
     """
     wait = sync or (lambda result: result)
     for _ in range(warmup):
@@ -22,6 +29,8 @@ def median_seconds(
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        wait(fn())
-        times.append(time.perf_counter() - start)
+        for _ in range(batch):
+            result = fn()
+        wait(result)
+        times.append((time.perf_counter() - start) / batch)
     return statistics.median(times)

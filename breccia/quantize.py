@@ -30,6 +30,7 @@ from typing import Any
 from .backends import Backend, backend_for
 from .errors import DTypeError, LayoutError, RecipeError, ShapeError
 from .formats import E4M3, E8M0, packed_length, unpack_nibbles
+from .kernels._fused import fused_cast, fused_dequantize
 from .layouts import Layout, scale_shape
 from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
 from .scaling import AmaxHistory, BlockStats, block_scales, decode_scale
@@ -127,7 +128,17 @@ def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: str)
 
 
 def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any, eager: bool):
-    """The arrays of a cast: (data, scale, global_scale, zero_point, new_history)."""
+    """The arrays of a cast: (data, scale, global_scale, zero_point, new_history).
+
+    On an NVIDIA GPU a fused one-pass kernel computes them where one applies (same bits)."""
+    def shared() -> tuple:
+        return _shared_cast_arrays(backend, recipe, layout, x, history, eager)
+
+    return fused_cast(backend, recipe, layout, x, history, shared)
+
+
+def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any, eager: bool):
+    """:func:`_cast_arrays` by the shared array-API code."""
     xp = backend.xp
     fmt = recipe.element_format
     shape = tuple(x.shape)
@@ -320,6 +331,13 @@ def _check_history(backend: Backend, recipe: DelayedScaling, history: Any, like:
 
 
 def _dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> Any:
+    def shared() -> Any:
+        return _shared_dequantize_arrays(backend, st, dtype_name)
+
+    return fused_dequantize(backend, st, dtype_name, shared)
+
+
+def _shared_dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> Any:
     xp = backend.xp
     recipe, fmt = st.recipe, st.recipe.element_format
     shape = st.shape or (1,)

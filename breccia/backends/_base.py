@@ -169,6 +169,14 @@ class Backend:
         """Whether ``x`` is a placeholder of a trace (no data to branch on)."""
         return False
 
+    def is_cuda(self, x: Any) -> bool:
+        """Whether ``x`` lives (or, traced, may run) on an NVIDIA GPU: the fused kernels' device."""
+        return False
+
+    def by_platform(self, x: Any, cuda: Callable[[], Any], other: Callable[[], Any]) -> Any:
+        """``cuda()`` where ``x`` is on an NVIDIA GPU, else ``other()`` (both give the same arrays)."""
+        return cuda() if self.is_cuda(x) else other()
+
     def known_true(self, predicate: Any) -> bool:
         """Whether a 0-d boolean array is true; False where its value cannot be read here (inside a
         framework's trace), so that the caller takes its general branch."""

@@ -16,6 +16,10 @@ from ._base import DLPACK_CPU, Backend
 _NATIVE_FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
 
 
+def _nvidia(device: Any) -> bool:
+    return device.platform == "gpu" and device.device_kind.startswith("NVIDIA")
+
+
 class JaxBackend(Backend):
     name = "jax"
     extra = "jax"
@@ -128,6 +132,19 @@ class JaxBackend(Backend):
 
     def is_traced(self, x: Any) -> bool:
         return isinstance(x, jax.core.Tracer)
+
+    def is_cuda(self, x: Any) -> bool:
+        """A traced ``x`` may run on any device of the process: True if one is an NVIDIA GPU."""
+        if self.is_traced(x):
+            return any(_nvidia(d) for d in jax.devices())
+        device = self.device(x)
+        return device is not None and _nvidia(device)
+
+    def by_platform(self, x: Any, cuda: Callable[[], Any], other: Callable[[], Any]) -> Any:
+        """Traced, the choice is made when the computation is lowered for its device."""
+        if self.is_traced(x) and self.is_cuda(x):
+            return jax.lax.platform_dependent(cuda=cuda, default=other)
+        return cuda() if self.is_cuda(x) else other()
 
     def compiles(self, x: Any) -> bool:
         return True

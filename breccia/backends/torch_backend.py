@@ -103,6 +103,9 @@ class TorchBackend(Backend):
     def device(self, x: Any) -> Any:
         return x.device
 
+    def is_cuda(self, x: Any) -> bool:
+        return bool(x.is_cuda) and torch.version.hip is None
+
     def dlpack_export(self, x: Any) -> Any:
         return x.detach()
 

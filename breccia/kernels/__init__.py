@@ -8,6 +8,10 @@ each module; tests check every path against the float64 product of the dequantiz
 - :mod:`.torch_gemm`: ``torch._scaled_mm`` / ``torch.nn.functional.scaled_mm`` on CUDA.
 - :mod:`.jax_gemm`: XLA's dequantize-then-dot rewrite into cuBLASLt FP8 GEMMs on GPUs.
 - :mod:`.mlx_gemm`: ``mx.quantized_matmul`` for MX, NVFP4 and affine weights.
+
+The fused one-pass casts and dequantizations on NVIDIA GPUs (same bits as the shared code) are
+planned in :mod:`._cast_plan`, launched by :mod:`._fused` (which :mod:`breccia.quantize` calls), and
+written in :mod:`.torch_cast` (Triton) and :mod:`.jax_cast` (Pallas).
 """
 
 from __future__ import annotations

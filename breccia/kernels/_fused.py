@@ -1,0 +1,94 @@
+"""The fused GPU casts and dequantizations, framework-neutral: plan, launch, and assemble the arrays.
+
+:func:`fused_cast` returns exactly what :func:`breccia.quantize._cast_arrays` returns, computed by the
+kernels of :mod:`.torch_cast` or :mod:`.jax_cast` (the same ``launch_cast``/``launch_dequantize``
+interface). A per-tensor cast needs the whole tensor's amax before any element can be encoded, so it
+is two passes: a kernel pass for per-tile amaxes (and NaN flags), the scale rule of
+:mod:`breccia.scaling` on their maximum (a one-element array: the shared code, unchanged), and the
+encode pass; DelayedScaling takes its scale from the history and so needs only the encode pass, which
+also yields the amax recorded next.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+from ..layouts import Layout, scale_shape
+from ..recipes import SCALE_FORMATS, Recipe
+from ..scaling import BlockStats, block_scales
+from ._cast_plan import cast_plan, dequantize_plan
+
+__all__ = ["fused_cast", "fused_dequantize"]
+
+_MODULES = {"torch": "torch_cast", "jax": "jax_cast"}
+
+
+def _kernels(backend: Any, x: Any) -> Any:
+    module = _MODULES.get(backend.name)
+    if module is None or not backend.is_cuda(x):
+        return None
+    return import_module(f"{__package__}.{module}")
+
+
+def fused_cast(
+    backend: Any, recipe: Recipe, layout: Layout, x: Any, history: Any, shared: Callable[[], tuple]
+) -> tuple:
+    """``(data, scale, None, None, new_history)`` of a cast: by a fused kernel where one applies on
+    ``x``'s device, else ``shared()`` (the reference path, which gives the same arrays)."""
+    plan = cast_plan(recipe, layout, tuple(x.shape), backend.dtype_name(x))
+    kernels = None if plan is None else _kernels(backend, x)
+    if kernels is None:
+        return shared()
+    return backend.by_platform(x, lambda: _cast(backend, kernels, plan, recipe, layout, x, history), shared)
+
+
+def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout, x: Any, history: Any):
+    xp = backend.xp
+    shape = tuple(x.shape)
+    new_history = None
+    if plan.rule == "given":
+        data, scale, new_history = _per_tensor(backend, kernels, plan, recipe, x, history)
+    else:
+        data, scale, _, _ = kernels.launch_cast(plan, x)
+    fmt = recipe.element_format
+    data = xp.reshape(data, (*shape[:-1], shape[-1] // 2 if fmt.packed else shape[-1]))
+    scale = xp.reshape(scale, scale_shape(layout, shape))
+    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    if scale_fmt is not None:
+        scale = backend.to_storage(scale, scale_fmt)
+    return backend.to_storage(data, fmt), scale, None, None, new_history
+
+
+def _per_tensor(backend: Any, kernels: Any, plan: Any, recipe: Recipe, x: Any, history: Any):
+    xp = backend.xp
+    if history is None:
+        _, _, tiles, _ = kernels.launch_cast(plan, x, encode=False)
+        amax = xp.max(tiles)
+        scales = block_scales(backend, recipe, BlockStats(amax=xp.reshape(amax, (1, 1))))
+        data, _, _, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
+        new_history = None
+    else:
+        placeholder = BlockStats(amax=xp.reshape(history[:1], (1, 1)))  # only its rank is read
+        scales = block_scales(backend, recipe, placeholder, history)
+        data, _, tiles, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
+        amax = xp.max(tiles)
+        new_history = xp.concat([xp.reshape(amax, (1,)), history[:-1]], axis=0)
+    scale = xp.where(xp.any(flags > 0), math.nan, scales.stored)
+    return data, scale, new_history
+
+
+def fused_dequantize(backend: Any, st: Any, dtype_name: str, shared: Callable[[], Any]) -> Any:
+    """``dequantize(st, dtype_name)``: by a fused kernel where one applies, else ``shared()``."""
+    plan = dequantize_plan(st, dtype_name)
+    kernels = None if plan is None else _kernels(backend, st.data)
+    if kernels is None:
+        return shared()
+
+    def fused() -> Any:
+        out = kernels.launch_dequantize(plan, st.data, st.scale, dtype_name)
+        return backend.xp.reshape(out, st.shape)
+
+    return backend.by_platform(st.data, fused, shared)

@@ -1,0 +1,266 @@
+"""JAX on CUDA: the fused cast and dequantize kernels, in Pallas (Triton lowering; see :mod:`._cast_plan`).
+
+The same kernels as :mod:`.torch_cast`, step for step: one program loads a ``[tile_rows, width]``
+tile once, reduces each block's finite amax and NaN flag, applies the scale rule, encodes, and stores
+data and scales. Divisions are ``div.rn.f32`` in inline PTX (the Triton lowering of ``/`` is the
+approximate ``div.full.f32``); ``floor(log2)`` and ``2**e`` are exponent-bit arithmetic; FP8
+encodes clamp and convert with RNE; E2M1 counts RNE thresholds. ``interpret=True`` runs the same
+kernel bodies through Pallas' interpreter on any device (dividing as :class:`JaxBackend` does
+there), which is how the CPU test suite checks their logic.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from ._cast_plan import CastPlan
+
+__all__ = ["launch_cast", "launch_dequantize"]
+
+_FLT_MAX = 3.4028234663852886e38
+_FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
+_OUT = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _bits(a: Any) -> Any:
+    return lax.bitcast_convert_type(a, jnp.int32)
+
+
+def _float(bits: Any) -> Any:
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+class _Ops:
+    """The scalar arithmetic of the kernels, with the division chosen for where they run."""
+
+    def __init__(self, interpret: bool) -> None:
+        self.interpret = interpret
+
+    def div(self, a: Any, b: Any) -> Any:
+        """IEEE float32 ``a / b``, correctly rounded."""
+        a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(b))
+        b = jnp.broadcast_to(b, a.shape)
+        if self.interpret:  # XLA's CPU would turn a division by a constant into a multiply
+            from ..backends import get_backend
+
+            return get_backend("jax").divide(a, b)
+        [q] = pltriton.elementwise_inline_asm(
+            "div.rn.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
+            result_shape_dtypes=[jax.ShapeDtypeStruct(a.shape, jnp.float32)],
+        )
+        return q
+
+    @staticmethod
+    def floor_log2(a: Any) -> Any:
+        """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``."""
+        tiny = a < 1.1754943508222875e-38
+        a = jnp.where(tiny, a * 18446744073709551616.0, a)
+        e = ((_bits(a) >> 23) & 255) - 127
+        return jnp.where(tiny, e - 64, e)
+
+    @staticmethod
+    def pow2(e: Any) -> Any:
+        """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127]."""
+        normal = _float((e + 127) << 23)
+        sub = _float(jnp.left_shift(1, jnp.clip(e + 149, 0, 22)))
+        return jnp.where(e >= -126, normal, sub)
+
+    def ceil_log2(self, v: Any) -> Any:
+        e = self.floor_log2(v)
+        return jnp.where(self.pow2(e) < v, e + 1, e)
+
+    def scale_rule(self, plan: CastPlan, amax: Any) -> tuple[Any, Any]:
+        """(stored scale, encode factor) per block; the factor divides for deepseek, else multiplies."""
+        if plan.rule == "te":
+            a = jnp.maximum(amax, plan.eps) if plan.eps > 0 else amax
+            ok = (a > 0) & (a <= _FLT_MAX)
+            q = self.div(plan.fmax, jnp.where(ok, a, 1.0))
+            q = jnp.where(q > _FLT_MAX, _FLT_MAX, q)
+            q = jnp.where(ok, q, 1.0)
+            if plan.power_2:
+                q = self.pow2(self.floor_log2(q))
+            return self.div(1.0, q), q
+        if plan.rule == "deepseek":
+            s = self.div(jnp.maximum(amax, jnp.float32(1e-4)), jnp.full(amax.shape, plan.fmax, jnp.float32))
+            if plan.power_2:
+                s = self.pow2(self.ceil_log2(s))
+            return s, s
+        positive = amax > 0
+        am = jnp.where(positive, amax, 1.0)
+        if plan.rule == "mx_floor":
+            e = self.floor_log2(am) - plan.emax_elem
+        else:
+            e = self.ceil_log2(self.div(am, jnp.full(am.shape, plan.fmax, jnp.float32)))
+        e = jnp.clip(jnp.where(positive, e, 0), -127, 127)
+        return (e + 127).astype(jnp.uint8), self.pow2(-e)
+
+    @staticmethod
+    def encode(plan: CastPlan, y: Any) -> Any:
+        """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
+        if plan.fmt.name == "E2M1":
+            a = jnp.abs(y)
+            m = sum((t(a, v)).astype(jnp.int32) for t, v in _E2M1_STEPS)
+            sign = (_bits(y) >> 31) & 1
+            return (m | (sign << 3)).astype(jnp.uint8)
+        y = jnp.clip(y, -plan.fmax, plan.fmax)
+        return lax.bitcast_convert_type(y.astype(_FP8[plan.fmt.name]), jnp.uint8)
+
+
+# |y| thresholds of E2M1's round-to-nearest-even: code = number of thresholds passed
+_E2M1_STEPS = (
+    (jnp.greater, 0.25), (jnp.greater_equal, 0.75), (jnp.greater, 1.25), (jnp.greater_equal, 1.75),
+    (jnp.greater, 2.5), (jnp.greater_equal, 3.5), (jnp.greater, 5.0),
+)
+
+
+def _tile(plan: CastPlan) -> tuple[Any, Any, Any, Any]:
+    """Row and column slices of this program's tile, its mask, and the program's block column."""
+    pm, pk = pl.program_id(0), pl.program_id(1)
+    width = plan.tile_blocks * plan.block_pad
+    col0 = pk * (plan.tile_blocks * plan.block_cols)
+    r = pm * plan.tile_rows + lax.broadcasted_iota(jnp.int32, (plan.tile_rows, width), 0)
+    c = col0 + lax.broadcasted_iota(jnp.int32, (plan.tile_rows, width), 1)
+    mask = (r < plan.rows) & (c < plan.cols)
+    return (pl.ds(pm * plan.tile_rows, plan.tile_rows), pl.ds(col0, width)), mask, pm, pk
+
+
+def _tile_max(v: Any) -> Any:
+    """``[R, W] -> [1, 1]``: the max of the whole tile."""
+    return jnp.max(jnp.max(v, axis=1, keepdims=True), axis=0, keepdims=True)
+
+
+def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs):
+    rows_cols, mask, pm, pk = _tile(plan)
+    shape3 = (plan.tile_rows, plan.tile_blocks, plan.block_pad)
+    whole = plan.block_rows > 1 or plan.rule == "given"  # one block (or one partial amax) per tile
+    x = pltriton.load(x_ref.at[rows_cols], mask=mask, other=0.0).astype(jnp.float32)
+    isnan = jnp.isnan(x)
+    magnitude = jnp.abs(x)
+    magnitude = jnp.where(magnitude <= _FLT_MAX, magnitude, 0.0)  # NaN and +-Inf count as 0
+    if whole:
+        amax, nans = _tile_max(magnitude), _tile_max(isnan.astype(jnp.int32))
+    else:
+        amax = jnp.max(magnitude.reshape(shape3), axis=2)
+        nans = jnp.max(isnan.astype(jnp.int32).reshape(shape3), axis=2)
+    x = jnp.where(isnan, 0.0, x)
+    if plan.rule == "given":
+        given_ref, data_ref, amax_ref, nan_ref = refs
+        at = (pl.ds(pm, 1), pl.ds(pk, 1))
+        pltriton.store(amax_ref.at[at], amax)
+        pltriton.store(nan_ref.at[at], nans)
+        if encode:
+            y = x * pltriton.load(given_ref.at[pl.ds(0, 1)]).reshape(1, 1)
+            pltriton.store(data_ref.at[rows_cols], ops.encode(plan, y), mask=mask)
+        return
+    data_ref, scale_ref = refs
+    stored, factor = ops.scale_rule(plan, amax)
+    divide = plan.rule == "deepseek"
+    if whole:
+        y = ops.div(x, jnp.broadcast_to(factor, x.shape)) if divide else x * factor
+        codes = ops.encode(plan, y)
+    else:
+        x3 = x.reshape(shape3)
+        y3 = ops.div(x3, jnp.broadcast_to(factor[:, :, None], shape3)) if divide else x3 * factor[:, :, None]
+        codes = ops.encode(plan, y3).reshape(x.shape)
+    if plan.packed:
+        _store_packed(plan, data_ref, rows_cols, codes, pm, pk)
+    else:
+        pltriton.store(data_ref.at[rows_cols], codes, mask=mask)
+    if plan.scale_e8m0:
+        stored = jnp.where(nans > 0, 255, stored.astype(jnp.int32)).astype(jnp.uint8)
+    else:
+        stored = jnp.where(nans > 0, jnp.nan, stored)
+    groups = plan.tile_rows // plan.block_rows
+    g = pm * groups + lax.broadcasted_iota(jnp.int32, stored.shape, 0)
+    b = pk * plan.tile_blocks + lax.broadcasted_iota(jnp.int32, stored.shape, 1)
+    at = (pl.ds(pm * groups, groups), pl.ds(pk * plan.tile_blocks, plan.tile_blocks))
+    pltriton.store(scale_ref.at[at], stored, mask=(g < plan.scale_rows) & (b < plan.scale_cols))
+
+
+def _store_packed(plan: CastPlan, data_ref: Any, rows_cols: Any, codes: Any, pm: Any, pk: Any) -> None:
+    """Two 4-bit codes per byte, element 2i in the low nibble (as ``low + 16 * high``)."""
+    width = codes.shape[1]
+    pairs = codes.astype(jnp.int32).reshape(plan.tile_rows, width // 2, 2)
+    weights = 1 + 15 * lax.broadcasted_iota(jnp.int32, pairs.shape, 2)
+    packed = jnp.sum(pairs * weights, axis=2).astype(jnp.uint8)
+    col0 = pk * (plan.tile_blocks * plan.block_cols // 2)
+    r = pm * plan.tile_rows + lax.broadcasted_iota(jnp.int32, packed.shape, 0)
+    c = col0 + lax.broadcasted_iota(jnp.int32, packed.shape, 1)
+    at = (rows_cols[0], pl.ds(col0, width // 2))
+    pltriton.store(data_ref.at[at], packed, mask=(r < plan.rows) & (c < plan.cols // 2))
+
+
+def _params(plan: CastPlan, interpret: bool) -> dict[str, Any]:
+    if interpret:
+        return dict(interpret=True)
+    return dict(compiler_params=pltriton.CompilerParams(num_warps=plan.num_warps, num_stages=1))
+
+
+def launch_cast(plan: CastPlan, x: Any, given: Any = None, encode: bool = True, interpret: bool = False):
+    """The cast kernel on ``x`` (``plan.rows * plan.cols`` elements): ``(data, scale, tile amaxes,
+    tile NaN flags)`` as :func:`breccia.kernels.torch_cast.launch_cast` returns them."""
+    x2 = x.reshape(plan.rows, plan.cols)
+    width = plan.cols // 2 if plan.packed else plan.cols
+    data_shape = jax.ShapeDtypeStruct((plan.rows, width), jnp.uint8)
+    body = functools.partial(_cast_body, plan, _Ops(interpret), encode)
+    if plan.rule == "given":
+        tiles = jax.ShapeDtypeStruct(plan.grid, jnp.float32)
+        flags = jax.ShapeDtypeStruct(plan.grid, jnp.int32)
+        out_shape = [data_shape, tiles, flags] if encode else [tiles, flags]
+        given = jnp.ones((1,), jnp.float32) if given is None else given.reshape(1)
+        if encode:
+            kernel = body
+        else:
+            def kernel(x_ref, given_ref, amax_ref, nan_ref):
+                body(x_ref, given_ref, None, amax_ref, nan_ref)
+        call = pl.pallas_call(kernel, out_shape=out_shape, grid=plan.grid, **_params(plan, interpret))
+        outs = call(x2, given)
+        data = outs[0] if encode else None
+        return data, None, outs[-2].reshape(-1), outs[-1].reshape(-1)
+    scale_dtype = jnp.uint8 if plan.scale_e8m0 else jnp.float32
+    out_shape = [data_shape, jax.ShapeDtypeStruct((plan.scale_rows, plan.scale_cols), scale_dtype)]
+    data, scale = pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **_params(plan, interpret))(x2)
+    return data, scale, None, None
+
+
+def _dequantize_body(plan: CastPlan, data_ref, scale_ref, out_ref):
+    rows_cols, mask, pm, pk = _tile(plan)
+    codes = pltriton.load(data_ref.at[rows_cols], mask=mask, other=0)
+    v = lax.bitcast_convert_type(codes, _FP8[plan.fmt.name]).astype(jnp.float32)
+    if plan.rule == "per_tensor":
+        y = v * pltriton.load(scale_ref.at[pl.ds(0, 1)]).astype(jnp.float32).reshape(1, 1)
+    else:
+        groups = plan.tile_rows // plan.block_rows
+        shape = (groups, plan.tile_blocks)
+        g = pm * groups + lax.broadcasted_iota(jnp.int32, shape, 0)
+        b = pk * plan.tile_blocks + lax.broadcasted_iota(jnp.int32, shape, 1)
+        at = (pl.ds(pm * groups, groups), pl.ds(pk * plan.tile_blocks, plan.tile_blocks))
+        s = pltriton.load(scale_ref.at[at], mask=(g < plan.scale_rows) & (b < plan.scale_cols), other=1)
+        if plan.scale_e8m0:
+            s = s.astype(jnp.int32)
+            s = _float(jnp.where(s == 255, 0x7FC00000, jnp.where(s == 0, 0x00400000, s << 23)))
+        else:
+            s = s.astype(jnp.float32)
+        if plan.block_rows > 1:  # one block per tile: s is [1, 1]
+            y = v * s
+        else:
+            y = (v.reshape(plan.tile_rows, plan.tile_blocks, plan.block_pad) * s[:, :, None]).reshape(v.shape)
+    pltriton.store(out_ref.at[rows_cols], y.astype(out_ref.dtype), mask=mask)
+
+
+def launch_dequantize(plan: CastPlan, data: Any, scale: Any, dtype_name: str, interpret: bool = False) -> Any:
+    """``decode(data) * scale`` in float32, rounded to ``dtype_name``: a ``[rows, cols]`` array."""
+    codes = lax.bitcast_convert_type(data, jnp.uint8).reshape(plan.rows, plan.cols)
+    if plan.scale_e8m0:
+        scale = lax.bitcast_convert_type(scale, jnp.uint8)
+    scale = scale.reshape(1) if plan.rule == "per_tensor" else scale.reshape(plan.scale_rows, plan.scale_cols)
+    out_shape = jax.ShapeDtypeStruct((plan.rows, plan.cols), _OUT[dtype_name])
+    body = functools.partial(_dequantize_body, plan)
+    return pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **_params(plan, interpret))(codes, scale)

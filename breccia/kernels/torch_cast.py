@@ -1,0 +1,297 @@
+"""PyTorch on CUDA: the fused cast and dequantize kernels, in Triton (see :mod:`._cast_plan`).
+
+One program loads a ``[tile_rows, tile_blocks * block_pad]`` tile once, reduces each block's amax
+over its finite elements (and whether it holds NaN), applies the recipe's scale rule to the amaxes,
+encodes and stores data and scales. Exactness, operation by operation against :mod:`breccia.scaling`:
+
+- divisions are ``div.rn.f32`` (inline PTX: Triton's ``/`` is the approximate ``div.full.f32``, and
+  libdevice's ``div_rn`` flushes subnormals under Triton's FTZ reflection);
+- ``floor(log2 a)`` and ``2**e`` are read from and written into the exponent bits (subnormals
+  scaled by ``2**64`` first), as the reference's corrected ``log2`` computes them;
+- FP8 encodes clamp to ``+-max`` and convert with round-to-nearest-even (``cvt.rn.satfinite``);
+  E2M1 counts the RNE thresholds of ``|y|`` and writes the sign bit (``-0`` included);
+- there is no multiply-add to contract (and FP fusion is off in every launch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from ._cast_plan import CastPlan
+
+__all__ = ["launch_cast", "launch_dequantize"]
+
+_RULES = {"te": 0, "deepseek": 1, "mx_floor": 2, "mx_ceil": 3, "given": 4, "per_tensor": 5, "blocks": 6}
+_FORMATS = {"E4M3": 0, "E5M2": 1, "E2M1": 2}
+_OUT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@triton.jit
+def _div_rn(a, b):
+    """IEEE float32 ``a / b``, correctly rounded (subnormals kept)."""
+    return tl.inline_asm_elementwise(
+        "div.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _floor_log2(a):
+    """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``."""
+    tiny = a < 1.1754943508222875e-38
+    a = tl.where(tiny, a * 18446744073709551616.0, a)
+    e = ((a.to(tl.int32, bitcast=True) >> 23) & 255) - 127
+    return tl.where(tiny, e - 64, e)
+
+
+@triton.jit
+def _pow2(e):
+    """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127]."""
+    normal = ((e + 127) << 23).to(tl.float32, bitcast=True)
+    sub = (1 << tl.minimum(tl.maximum(e + 149, 0), 22)).to(tl.float32, bitcast=True)
+    return tl.where(e >= -126, normal, sub)
+
+
+@triton.jit
+def _ceil_log2(v):
+    e = _floor_log2(v)
+    return tl.where(_pow2(e) < v, e + 1, e)
+
+
+@triton.jit
+def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr, POW2: tl.constexpr,
+                EMAX: tl.constexpr):
+    """(stored scale, encode factor) of each block; the factor multiplies, or divides for deepseek."""
+    if RULE == 0:  # te: q = max / max(amax, eps)
+        if EPS > 0:
+            a = tl.maximum(amax, EPS)
+        else:
+            a = amax
+        ok = (a > 0) & (a <= 3.4028234663852886e38)
+        q = _div_rn(tl.full(a.shape, FMAX, tl.float32), tl.where(ok, a, 1.0))
+        q = tl.where(q > 3.4028234663852886e38, 3.4028234663852886e38, q)
+        q = tl.where(ok, q, 1.0)
+        if POW2:
+            q = _pow2(_floor_log2(q))
+        return _div_rn(tl.full(q.shape, 1.0, tl.float32), q), q
+    elif RULE == 1:  # deepseek: s = max(amax, 1e-4) / max
+        s = _div_rn(tl.maximum(amax, 1e-4), tl.full(amax.shape, FMAX, tl.float32))
+        if POW2:
+            s = _pow2(_ceil_log2(s))
+        return s, s
+    else:  # MX: e = floor(log2 amax) - emax_elem, or ceil(log2(amax / max))
+        positive = amax > 0
+        am = tl.where(positive, amax, 1.0)
+        if RULE == 2:
+            e = _floor_log2(am) - EMAX
+        else:
+            e = _ceil_log2(_div_rn(am, tl.full(am.shape, FMAX, tl.float32)))
+        e = tl.minimum(tl.maximum(tl.where(positive, e, 0), -127), 127)
+        return (e + 127).to(tl.uint8), _pow2(-e)
+
+
+@triton.jit
+def _encode(y, FMT: tl.constexpr, FMAX: tl.constexpr):
+    """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
+    if FMT == 2:
+        a = tl.abs(y)
+        m = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+             + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+             + (a > 5.0).to(tl.int32))
+        sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
+        return (m | (sign << 3)).to(tl.uint8)
+    y = tl.minimum(tl.maximum(y, -FMAX), FMAX)
+    if FMT == 0:
+        return y.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
+    return y.to(tl.float8e5, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
+
+
+@triton.jit
+def _finite_abs(x):
+    m = tl.abs(x)
+    return tl.where(m <= 3.4028234663852886e38, m, 0.0)  # NaN and +-Inf count as 0
+
+
+@triton.jit
+def _block_max(v, R: tl.constexpr, B: tl.constexpr, P: tl.constexpr):
+    """``[R, B * P] -> [R, B]``: the max of each row's ``B`` runs of ``P``."""
+    return tl.max(tl.reshape(v, (R, B, P)), axis=2)
+
+
+@triton.jit
+def _tile_max(v):
+    """``[R, W] -> [1, 1]``: the max of the whole tile."""
+    return tl.max(tl.max(v, axis=1, keep_dims=True), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _store_scale(scale_ptr, stored, nans, pm, pk, scale_rows, scale_cols, RULE: tl.constexpr,
+                 TILE_ROWS: tl.constexpr, BLOCK_ROWS: tl.constexpr, TILE_BLOCKS: tl.constexpr):
+    """Store the tile's block scales (E8M0 255 or a NaN scale for blocks that held NaN)."""
+    if RULE >= 2:
+        stored = tl.where(nans > 0, 255, stored).to(tl.uint8)
+    else:
+        nan = tl.full(stored.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+        stored = tl.where(nans > 0, nan, stored)
+    GROUPS: tl.constexpr = TILE_ROWS // BLOCK_ROWS
+    g = pm * GROUPS + tl.arange(0, GROUPS)
+    b = pk * TILE_BLOCKS + tl.arange(0, TILE_BLOCKS)
+    tl.store(scale_ptr + g[:, None] * scale_cols + b[None, :], stored,
+             mask=(g[:, None] < scale_rows) & (b[None, :] < scale_cols))
+
+
+@triton.jit
+def _cast_kernel(x_ptr, data_ptr, scale_ptr, given_ptr, amax_ptr, nan_ptr,
+                 rows, cols, scale_rows, scale_cols,
+                 BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_PAD: tl.constexpr,
+                 TILE_ROWS: tl.constexpr, TILE_BLOCKS: tl.constexpr, RULE: tl.constexpr,
+                 FMT: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr, POW2: tl.constexpr,
+                 EMAX: tl.constexpr, ENCODE: tl.constexpr):
+    WIDTH: tl.constexpr = TILE_BLOCKS * BLOCK_PAD
+    WHOLE: tl.constexpr = BLOCK_ROWS > 1 or RULE == 4  # one block (or one partial amax) per tile
+    pm = tl.program_id(0)
+    pk = tl.program_id(1)
+    r = pm * TILE_ROWS + tl.arange(0, TILE_ROWS)
+    col0 = pk * (TILE_BLOCKS * BLOCK_COLS)  # BLOCK_PAD > BLOCK_COLS only for a single block
+    row_offsets = r[:, None].to(tl.int64) * cols
+    c = col0 + tl.arange(0, WIDTH)
+    mask = (r[:, None] < rows) & (c[None, :] < cols)
+    offsets = row_offsets + c[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    isnan = x != x
+    if WHOLE:
+        amax = _tile_max(_finite_abs(x))
+        nans = _tile_max(isnan.to(tl.int32))
+    else:
+        amax = _block_max(_finite_abs(x), TILE_ROWS, TILE_BLOCKS, BLOCK_PAD)
+        nans = _block_max(isnan.to(tl.int32), TILE_ROWS, TILE_BLOCKS, BLOCK_PAD)
+    x = tl.where(isnan, 0.0, x)
+    if RULE == 4:  # per-tensor: this tile's amax and NaN flag; the multiplier from memory
+        part = pm * tl.num_programs(1) + pk + tl.zeros((1, 1), tl.int32)
+        tl.store(amax_ptr + part, amax)
+        tl.store(nan_ptr + part, nans)
+        if ENCODE:
+            tl.store(data_ptr + offsets, _encode(x * tl.load(given_ptr), FMT, FMAX), mask=mask)
+    else:
+        stored, factor = _scale_rule(amax, RULE, FMAX, EPS, POW2, EMAX)
+        if WHOLE:
+            if RULE == 1:
+                y = _div_rn(x, tl.broadcast_to(factor, x.shape))
+            else:
+                y = x * factor
+            codes = _encode(y, FMT, FMAX)
+        else:
+            x3 = tl.reshape(x, (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD))
+            if RULE == 1:
+                y3 = _div_rn(x3, tl.broadcast_to(factor[:, :, None], x3.shape))
+            else:
+                y3 = x3 * factor[:, :, None]
+            codes = tl.reshape(_encode(y3, FMT, FMAX), (TILE_ROWS, WIDTH))
+        if FMT == 2:  # two codes a byte, element 2i in the low nibble (as low + 16 * high)
+            pairs = tl.reshape(codes.to(tl.int32), (TILE_ROWS, WIDTH // 2, 2))
+            packed = tl.sum(pairs * (1 + 15 * tl.arange(0, 2))[None, None, :], axis=2).to(tl.uint8)
+            h = col0 // 2 + tl.arange(0, WIDTH // 2)
+            tl.store(data_ptr + r[:, None].to(tl.int64) * (cols // 2) + h[None, :], packed,
+                     mask=(r[:, None] < rows) & (h[None, :] < cols // 2))
+        else:
+            tl.store(data_ptr + offsets, codes, mask=mask)
+        _store_scale(scale_ptr, stored, nans, pm, pk, scale_rows, scale_cols, RULE, TILE_ROWS, BLOCK_ROWS,
+                     TILE_BLOCKS)
+
+
+@triton.jit
+def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, scale_cols,
+                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_PAD: tl.constexpr,
+                       TILE_ROWS: tl.constexpr, TILE_BLOCKS: tl.constexpr, RULE: tl.constexpr,
+                       FMT: tl.constexpr, E8M0: tl.constexpr, OUT_F32: tl.constexpr):
+    WIDTH: tl.constexpr = TILE_BLOCKS * BLOCK_PAD
+    pm = tl.program_id(0)
+    pk = tl.program_id(1)
+    r = pm * TILE_ROWS + tl.arange(0, TILE_ROWS)
+    c = pk * (TILE_BLOCKS * BLOCK_COLS) + tl.arange(0, WIDTH)
+    mask = (r[:, None] < rows) & (c[None, :] < cols)
+    offsets = r[:, None].to(tl.int64) * cols + c[None, :]
+    codes = tl.load(data_ptr + offsets, mask=mask, other=0)
+    if FMT == 0:
+        v = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    else:
+        v = codes.to(tl.float8e5, bitcast=True).to(tl.float32)
+    if RULE == 5:
+        y = v * tl.load(scale_ptr).to(tl.float32)
+    else:
+        GROUPS: tl.constexpr = TILE_ROWS // BLOCK_ROWS
+        g = pm * GROUPS + tl.arange(0, GROUPS)
+        b = pk * TILE_BLOCKS + tl.arange(0, TILE_BLOCKS)
+        smask = (g[:, None] < scale_rows) & (b[None, :] < scale_cols)
+        s = tl.load(scale_ptr + g[:, None] * scale_cols + b[None, :], mask=smask, other=1)
+        if E8M0:
+            s = s.to(tl.int32)
+            bits = tl.where(s == 0, 0x00400000, s << 23)
+            s = tl.where(s == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
+        else:
+            s = s.to(tl.float32)
+        if BLOCK_ROWS > 1:  # one block per tile: s is [1, 1]
+            y = v * s
+        else:
+            v3 = tl.reshape(v, (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD))
+            y = tl.reshape(v3 * s[:, :, None], (TILE_ROWS, WIDTH))
+    if OUT_F32:
+        tl.store(out_ptr + offsets, y, mask=mask)
+    else:
+        tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+
+def _constants(plan: CastPlan) -> dict[str, Any]:
+    return dict(BLOCK_ROWS=plan.block_rows, BLOCK_COLS=plan.block_cols, BLOCK_PAD=plan.block_pad,
+                TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=_RULES[plan.rule],
+                FMT=_FORMATS[plan.fmt.name], num_warps=plan.num_warps, enable_fp_fusion=False)
+
+
+def launch_cast(plan: CastPlan, x: torch.Tensor, given: torch.Tensor | None = None, encode: bool = True):
+    """Run the cast kernel on ``x`` (contiguous; any shape of ``plan.rows * plan.cols`` elements).
+
+    Returns ``(data [rows, cols or cols/2] uint8, scale [scale_rows, scale_cols] float32 or uint8
+    E8M0 codes, per-tile amaxes, per-tile NaN flags)``; the last two only for the ``given`` rule, the
+    data only when ``encode``.
+    """
+    x = x.contiguous()
+    device = x.device
+    width = plan.cols // 2 if plan.packed else plan.cols
+    data = torch.empty((plan.rows, width), dtype=torch.uint8, device=device) if encode else x
+    n_tiles = plan.grid[0] * plan.grid[1]
+    if plan.rule == "given":
+        scale = None
+        amax = torch.empty((n_tiles,), dtype=torch.float32, device=device)
+        nans = torch.empty((n_tiles,), dtype=torch.int32, device=device)
+    else:
+        scale_dtype = torch.uint8 if plan.scale_e8m0 else torch.float32
+        scale = torch.empty((plan.scale_rows, plan.scale_cols), dtype=scale_dtype, device=device)
+        amax = nans = given = None
+    unused = data  # a pointer the kernel never touches for this rule
+    _cast_kernel[plan.grid](
+        x, data, unused if scale is None else scale, unused if given is None else given,
+        unused if amax is None else amax, unused if nans is None else nans,
+        plan.rows, plan.cols, plan.scale_rows, plan.scale_cols,
+        FMAX=plan.fmax, EPS=plan.eps, POW2=plan.power_2, EMAX=plan.emax_elem, ENCODE=encode,
+        **_constants(plan),
+    )
+    return data, scale, amax, nans
+
+
+def launch_dequantize(
+    plan: CastPlan, data: torch.Tensor, scale: torch.Tensor, dtype_name: str
+) -> torch.Tensor:
+    """``decode(data) * scale`` in float32, rounded to ``dtype_name``: a ``[rows, cols]`` tensor."""
+    out = torch.empty((plan.rows, plan.cols), dtype=_OUT[dtype_name], device=data.device)
+    codes = data.contiguous().view(torch.uint8)
+    scale = scale.contiguous()
+    if plan.scale_e8m0:
+        scale = scale.view(torch.uint8)
+    _dequantize_kernel[plan.grid](
+        codes, scale, out, plan.rows, plan.cols, plan.scale_rows, plan.scale_cols,
+        E8M0=plan.scale_e8m0, OUT_F32=dtype_name == "float32", **_constants(plan),
+    )
+    return out

@@ -1,0 +1,156 @@
+"""The fused GPU cast/dequantize kernels give the bits of the shared (numpy) path.
+
+Three places run them: Pallas' interpreter on the CPU (the JAX kernel bodies, so CI checks their
+logic on every run), and on a CUDA GPU the Triton kernels through torch and the Pallas ones through
+JAX (there the rounding of every instruction is checked too). Inputs carry what the kernels must get
+right: ragged edges, batch axes, values over 2**-20..2**20, zero blocks, NaN and +-Inf.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_same_bits, bits, requires_cuda, to_framework, to_numpy
+
+import breccia as bc
+from breccia.kernels._cast_plan import cast_plan, dequantize_plan
+
+KERNEL_CASES = [
+    (bc.Float8CurrentScaling(), bc.PerTensor(), (67, 300)),
+    (bc.Float8CurrentScaling(fp8_format="E5M2"), bc.PerTensor(), (4, 64, 128)),
+    (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (67, 300)),
+    (bc.Float8CurrentScaling(), bc.PerRow(), (67, 300)),
+    (bc.Float8CurrentScaling(power_2_scale=True, amax_epsilon=1e-3), bc.PerBlockK(128), (3, 20, 256)),
+    (bc.Float8BlockScaling(), None, (67, 300)),
+    (bc.Float8BlockScaling(block_m=128), None, (200, 300)),
+    (bc.Float8BlockScaling(convention="deepseek"), None, (67, 300)),
+    (bc.Float8BlockScaling(convention="deepseek", power_2_scale=True), None, (2, 33, 256)),
+    (bc.Float8BlockScaling(block_m=128, convention="deepseek"), None, (576, 400)),
+    (bc.MXFP8BlockScaling(), None, (67, 300)),
+    (bc.MXFP8BlockScaling(fp8_format="E5M2", scale_rounding="ceil"), None, (3, 5, 64)),
+    (bc.MXFP4BlockScaling(), None, (67, 300)),
+    (bc.MXFP4BlockScaling(scale_rounding="ceil"), None, (6, 96)),
+]
+
+
+def _case_id(case) -> str:
+    recipe, layout, shape = case
+    return f"{recipe.label()}-{layout or recipe.default_layout()}-{'x'.join(map(str, shape))}"
+
+
+def _input(shape: tuple[int, ...], seed: int = 3) -> np.ndarray:
+    """Wide-range values, a zero run, a NaN (in one block only) and +-Inf."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-20, 21, shape)).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[:40] = 0.0
+    flat[flat.size // 2] = np.nan
+    flat[flat.size // 3] = np.inf
+    flat[-7] = -np.inf
+    return x
+
+
+def _on_device(where: str, a: np.ndarray):
+    if where == "torch-cuda":
+        return to_framework("torch", a, device="cuda")
+    import jax
+
+    if where == "jax-cuda":
+        return jax.device_put(a, jax.devices("gpu")[0])
+    return to_framework("jax", a)
+
+
+@pytest.fixture
+def pallas_interpreter(monkeypatch):
+    """Route JAX's CPU casts through the Pallas kernels, run by Pallas' interpreter; yields the
+    list of kernels launched."""
+    from breccia.backends import get_backend
+    from breccia.kernels import jax_cast
+
+    launched = []
+
+    def interpreted(launch, name):
+        def run(*args, **kwargs):
+            launched.append(name)
+            return launch(*args, interpret=True, **kwargs)
+
+        return run
+
+    jax_backend = get_backend("jax")
+    monkeypatch.setattr(jax_backend, "is_cuda", lambda x: True)
+    monkeypatch.setattr(jax_backend, "by_platform", lambda x, cuda, other: cuda())
+    monkeypatch.setattr(jax_backend, "_compiled", {})  # trace afresh, and keep these traces to this test
+    monkeypatch.setattr(jax_cast, "launch_cast", interpreted(jax_cast.launch_cast, "cast"))
+    monkeypatch.setattr(jax_cast, "launch_dequantize", interpreted(jax_cast.launch_dequantize, "dequantize"))
+    return launched
+
+
+WHERE = [
+    pytest.param("pallas-interpret", id="pallas-interpret"),
+    pytest.param("torch-cuda", id="torch-cuda", marks=[pytest.mark.cuda, requires_cuda]),
+    pytest.param("jax-cuda", id="jax-cuda", marks=[pytest.mark.cuda, requires_cuda]),
+]
+
+
+def _cast(x, recipe, layout):
+    if isinstance(recipe, bc.DelayedScaling):
+        from breccia.backends import backend_for
+
+        backend = backend_for(x)
+        history = backend.from_numpy(np.array([0.5, 8.0, 0.0, 2.0], np.float32), device=backend.device(x))
+        st, new_history = bc.cast(x, recipe, layout, history=bc.AmaxHistory(history))
+        return st, to_numpy(new_history.amax)
+    return bc.cast(x, recipe, layout), None
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[_case_id(c) for c in KERNEL_CASES])
+def test_fused_kernels_give_the_shared_paths_bits(case, dtype, where, request):
+    launched = request.getfixturevalue("pallas_interpreter") if where == "pallas-interpret" else None
+    recipe, layout, shape = case
+    layout = layout or recipe.default_layout()
+    assert cast_plan(recipe, layout, shape, dtype) is not None, "this case must take a fused kernel"
+    host = _input(shape)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        host = host.astype(ml_dtypes.bfloat16)
+    reference, reference_history = _cast(host, recipe, layout)
+    got, got_history = _cast(_on_device(where, host), recipe, layout)
+    assert_same_bits(got, reference)
+    if reference_history is not None:
+        np.testing.assert_array_equal(got_history, reference_history)
+    assert dequantize_plan(got, dtype) is not None or recipe.element_format.packed
+    for out_dtype in ("float32", "bfloat16"):
+        _assert_same_values(bc.dequantize(got, out_dtype), bc.dequantize(reference, out_dtype))
+    if launched is not None:
+        assert "cast" in launched and ("dequantize" in launched or recipe.element_format.packed)
+
+
+def _assert_same_values(got, expected) -> None:
+    """Bit for bit, but NaN for any NaN (a GPU writes its canonical NaN, numpy keeps a payload)."""
+    nan_got = np.isnan(to_numpy(got).astype(np.float32))
+    nan_expected = np.isnan(to_numpy(expected).astype(np.float32))
+    np.testing.assert_array_equal(nan_got, nan_expected)
+    itemsize = to_numpy(got).itemsize
+    keep = np.repeat(~nan_got.reshape(-1), itemsize)
+    np.testing.assert_array_equal(bits(got)[keep], bits(expected)[keep])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "layout", "shape", "dtype"),
+    [
+        (bc.Int8Scaling(), None, (64, 256), "float32"),
+        (bc.NVFP4BlockScaling(), None, (64, 256), "float32"),
+        (bc.Float8CurrentScaling(convention="torchao"), bc.PerRow(), (64, 256), "float32"),
+        (bc.Float8BlockScaling(block_k=96), None, (64, 192), "float32"),
+        (bc.Float8BlockScaling(block_m=128), None, (3, 100, 256), "float32"),
+        (bc.MXFP4BlockScaling(), None, (4, 33), "float32"),
+        (bc.MXFP8BlockScaling(), None, (64, 256), "float64"),
+        (bc.Float8CurrentScaling(), bc.PerRow(), (4, 1 << 15), "float32"),
+    ],
+)
+def test_what_the_fused_kernels_leave_to_the_shared_path(recipe, layout, shape, dtype):
+    """Recipes, blocks and dtypes the kernels do not implement get no plan (the shared path)."""
+    assert cast_plan(recipe, layout or recipe.default_layout(), shape, dtype) is None
