@@ -25,15 +25,16 @@ backend, device and framework of the input are kept; the output's logical dtype 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, backend_for
 from .errors import DTypeError, LayoutError, RecipeError, ShapeError
-from .formats import E4M3, E8M0, packed_length, unpack_nibbles
+from .formats import E4M3, E8M0, ElementFormat, packed_length, unpack_nibbles
 from .kernels._fused import fused_cast, fused_dequantize
 from .layouts import Layout, scale_shape
 from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
-from .scaling import AmaxHistory, BlockStats, block_scales, decode_scale
+from .scaling import AmaxHistory, BlockStats, Scales, block_scales, decode_scale
 from .tensor import ScaledTensor
 
 __all__ = ["cast", "dequantize", "from_buffer", "requantize"]
@@ -72,7 +73,56 @@ class _Blocking:
         return xp.reshape(s, self.scale_split_shape)
 
 
-def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe, eager: bool):
+class _Slabs:
+    """Cache-sized slabs of a split-form tensor, for a cast that runs op by op on a CPU.
+
+    A slab is a range along the first split axis that has more than one index (block rows, or the
+    rows inside the only block row), so it cuts no block; an array of per-block values is sliced
+    with it. Slab by slab, every temporary stays in cache and is reused by the allocator: a fresh
+    64 MB temporary costs torch and numpy more in page faults than the arithmetic it holds. Blocks
+    are independent, so the bits are those of one pass over the whole tensor, which is what a traced
+    or GPU cast makes (:meth:`Backend.chunk_elements` is 0 there, and ``whole`` is true).
+    """
+
+    def __init__(self, backend: Backend, x: Any, shape: tuple[int, ...], eager: bool) -> None:
+        self.axis = 0 if shape[0] > 1 else 1
+        self.size = shape[self.axis]
+        limit = backend.chunk_elements(x) if eager else 0
+        per_index = math.prod(shape) // max(1, self.size)
+        self.step = max(1, limit // max(1, per_index))
+        self.whole = not limit or self.step >= self.size or per_index > 4 * limit
+
+    def __iter__(self):
+        for start in range(0, self.size, self.step):
+            yield (slice(None),) * self.axis + (slice(start, start + self.step),)
+
+    def part(self, a: Any, index: tuple[slice, ...]) -> Any:
+        """``a``'s values for the slab ``index``: sliced if ``a`` holds one per block along the
+        slab axis, else ``a`` itself (a scalar, or one value for all blocks on that axis)."""
+        if getattr(a, "ndim", 0) > self.axis and a.shape[self.axis] == self.size > 1:
+            return a[index]
+        return a
+
+    def abs_max(self, backend: Backend, xb: Any, axes: tuple[int, ...]) -> Any:
+        """:meth:`Backend.abs_max` of ``xb`` slab by slab, as float32 (exact: max is exact in the
+        input's dtype, and bfloat16/float16 convert exactly)."""
+        if self.whole:
+            return _float32(backend, backend.abs_max(xb, axes))
+        parts = [_float32(backend, backend.abs_max(xb[index], axes)) for index in self]
+        if self.axis == 0:
+            return backend.xp.concat(parts, axis=0)
+        out = parts[0]  # slabs inside one block row: the block's amax is the largest slab's
+        for p in parts[1:]:
+            out = backend.xp.maximum(out, p)
+        return out
+
+
+def _float32(backend: Backend, x: Any) -> Any:
+    """float32 values of x (bfloat16/float16 convert exactly; float32 is not copied)."""
+    return backend.xp.astype(x, backend.xp.float32, copy=False)
+
+
+def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe, eager: bool, slabs: _Slabs):
     """Finite-only block statistics, the input with NaN zeroed, and the blocks that held NaN.
 
     The common all-finite case costs one reduction: eagerly it is checked on the block amaxes (max
@@ -84,12 +134,12 @@ def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe,
 
     def finite_only(xb: Any) -> tuple[Any, Any]:
         # (XLA's multi-axis max does not always propagate NaN, so NaN is looked for explicitly)
-        magnitude = xp.abs(xb)
+        magnitude = xp.abs(_float32(backend, xb))
         amax = xp.max(xp.where(magnitude < math.inf, magnitude, 0.0), axis=axes, keepdims=True)
         return amax, xp.any(xp.isnan(xb), axis=axes, keepdims=True)
 
     if eager:
-        amax = backend.abs_max(xb, axes)
+        amax = slabs.abs_max(backend, xb, axes)
         nan_blocks = None
         if not backend.known_true(xp.all(xp.isfinite(amax))):  # non-finite, or cannot tell here
             amax, nan_blocks = finite_only(xb)
@@ -112,8 +162,8 @@ def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe,
     stats = BlockStats(amax=amax)
     if recipe.zero_point_kind is not None:
         finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
-        stats.lo = xp.min(finite_x, axis=axes, keepdims=True)
-        stats.hi = xp.max(finite_x, axis=axes, keepdims=True)
+        stats.lo = _float32(backend, xp.min(finite_x, axis=axes, keepdims=True))
+        stats.hi = _float32(backend, xp.max(finite_x, axis=axes, keepdims=True))
     if recipe.scale_format == "E4M3":
         stats.tensor_amax = xp.max(amax)
     return stats, xb, nan_blocks
@@ -143,19 +193,14 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     fmt = recipe.element_format
     shape = tuple(x.shape)
     blocking = _Blocking(shape, layout)
-    xb = blocking.split(backend, xp.astype(x, xp.float32, copy=False))  # float32 input is not copied
-    stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager)
+    slabs = _Slabs(backend, x, blocking.split_shape, eager)
+    # bfloat16/float16 go to float32 slab by slab when there are slabs (exactly: min/max commute)
+    by_slab = not slabs.whole and backend.dtype_name(x) in _HALF_DTYPES
+    xb = blocking.split(backend, x if by_slab else _float32(backend, x))
+    stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager, slabs)
     stats.input_dtype = backend.dtype_name(x)
     scales = block_scales(backend, recipe, stats, history)
-    y = xb
-    if scales.pre_offset is not None:
-        y = y - scales.pre_offset
-    y = y * scales.multiplier if scales.multiplier is not None else backend.divide(y, scales.divisor)
-    if scales.product_dtype is not None:
-        y = backend.astype(backend.astype(y, scales.product_dtype), "float32")
-    if scales.post_offset is not None:
-        y = xp.round(y) + scales.post_offset
-    codes = blocking.merge(xp, backend.encode(y, fmt, consume=True))  # y is this cast's own temporary
+    codes = blocking.merge(xp, _encode_blocks(backend, xb, scales, fmt, slabs))
     if fmt.packed:
         codes = backend.pack_nibbles(codes)
     stored = scales.stored
@@ -175,6 +220,69 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
         current = xp.reshape(xp.max(stats.amax), (1,))
         new_history = xp.concat([current, history[:-1]], axis=0)
     return backend.to_storage(codes, fmt), scale, scales.global_scale, zero_point, new_history
+
+
+def _encode_blocks(backend: Backend, xb: Any, scales: Scales, fmt: ElementFormat, slabs: _Slabs) -> Any:
+    """Codes (split form) of the blocks ``xb`` under ``scales``: the elementwise half of a cast."""
+    if slabs.whole:
+        y = _step(backend, _float32(backend, xb), scales)
+        return backend.encode(y, fmt, consume=True)  # y is this cast's own temporary
+    out = backend.empty(tuple(xb.shape), backend.code_dtype(fmt), like=xb)
+    for index in slabs:
+        part = xb[index]
+        scales_part = Scales(
+            stored=None,
+            multiplier=slabs.part(scales.multiplier, index),
+            divisor=slabs.part(scales.divisor, index),
+            pre_offset=slabs.part(scales.pre_offset, index),
+            post_offset=slabs.part(scales.post_offset, index),
+            product_dtype=scales.product_dtype,
+        )
+        y = _step(backend, part, scales_part, out=backend.scratch(tuple(part.shape), like=xb))
+        backend.encode_into(y, fmt, out[index])
+    return out
+
+
+def _step(backend: Backend, xb: Any, scales: Scales, out: Any = None) -> Any:
+    """The encode step: ``x - pre_offset``, then ``* multiplier`` (or the exact ``/ divisor``), for
+    torchao's convention a rounding to the input's dtype, and ``round(.) + post_offset`` for integer
+    zero points, all in float32 (a bfloat16/float16 ``xb`` is promoted exactly by the first
+    operation). Returns a new array, or ``out`` where given (every operation then writes into it).
+    The element format's RNE encode, saturating, comes next."""
+    xp = backend.xp
+    y = xb
+
+    def then(name: str, *operands: Any) -> None:
+        nonlocal y
+        if out is None:
+            y = _OPERATIONS[name](backend, *operands)
+        elif name == "divide":
+            y = backend.divide(*operands, out=out)
+        else:
+            y = getattr(xp, name)(*operands, out=out)
+
+    if scales.pre_offset is not None:
+        then("subtract", y, scales.pre_offset)
+    if scales.multiplier is not None:
+        then("multiply", y, scales.multiplier)
+    else:
+        then("divide", y, scales.divisor)
+    if scales.product_dtype is not None:
+        y = backend.astype(backend.astype(y, scales.product_dtype), "float32")
+    if scales.post_offset is not None:
+        then("round", y)
+        then("add", y, scales.post_offset)
+    return y
+
+
+#: :func:`_step`'s operations as new arrays (operators: every framework has them)
+_OPERATIONS: dict[str, Callable[..., Any]] = {
+    "subtract": lambda backend, a, b: a - b,
+    "multiply": lambda backend, a, b: a * b,
+    "divide": lambda backend, a, b: backend.divide(a, b),
+    "round": lambda backend, a: backend.xp.round(a),
+    "add": lambda backend, a, b: a + b,
+}
 
 
 _OUTPUTS = ("data", "scale", "global_scale", "zero_point", "history")

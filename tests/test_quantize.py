@@ -99,6 +99,37 @@ def test_every_backend_gives_the_same_bits(recipe, layout, shape):
         np.testing.assert_array_equal(to_numpy(bc.dequantize(got)), expected)
 
 
+SLAB_SHAPES = [(67, 300), (5, 40, 96), (1000,)]
+SLAB_CASES = [
+    (recipe, layout, shape)
+    for recipe, layout in CASES
+    for shape in SLAB_SHAPES
+    if _fits(recipe, layout, shape)
+]
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    ("recipe", "layout", "shape"),
+    SLAB_CASES,
+    ids=[f"{_case_id((r, la))}-{'x'.join(map(str, s))}" for r, la, s in SLAB_CASES],
+)
+def test_a_cast_in_cpu_slabs_gives_the_bits_of_one_pass(monkeypatch, framework, dtype, recipe, layout, shape):
+    """Eager CPU casts go slab by slab (``quantize._Slabs``); with slabs of 1024 elements these
+    shapes cut into many (ragged last slab, slabs along block rows and inside the only block row),
+    and a NaN, an Inf and zero blocks are among them."""
+    x = wide_range(shape, seed=7).reshape(-1)
+    x[100], x[-5] = np.nan, np.inf
+    x = x.reshape(shape).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
+    backend_class = type(get_backend(framework))
+    monkeypatch.setattr(backend_class, "chunk_elements", lambda self, a: 0)
+    whole = _cast(to_framework(framework, x), recipe, layout)
+    monkeypatch.setattr(backend_class, "chunk_elements", lambda self, a: 1024)
+    slabbed = _cast(to_framework(framework, x), recipe, layout)
+    assert_same_bits(slabbed, whole)
+
+
 def _effective_scale(st_: bc.ScaledTensor) -> np.ndarray:
     """Each element's dequantization multiplier, computed independently of breccia (float64)."""
     scale = np.asarray(st_.scale)

@@ -9,6 +9,8 @@ cast only where ``tests/test_backends.py`` proves the bits identical to the shar
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,9 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 DLPACK_CPU = (1, 0)
 DLPACK_CUDA = 2
 
+#: Elements per slab of an eager CPU cast (4 MB of float32: temporaries stay in cache)
+CPU_SLAB_ELEMENTS = 1 << 20
+
 
 class Backend:
     """Base class; subclasses fill in the framework-specific pieces."""
@@ -33,6 +38,7 @@ class Backend:
 
     def __init__(self) -> None:
         self._constants: dict[tuple[str, Any], Any] = {}
+        self._scratch = threading.local()
         self._compiled: dict[Any, Callable[..., Any]] = {}
 
     # --- arrays and dtypes -------------------------------------------------------------------
@@ -88,8 +94,8 @@ class Backend:
         return codes if self.dtype_name(codes) == target else self.bitcast(codes, target)
 
     def to_codes(self, data: Any, fmt: ElementFormat) -> Any:
-        """Inverse of :meth:`to_storage`: the raw codes (uint8; int8 for INT8)."""
-        target = "int8" if fmt.kind == "int" and not fmt.packed else "uint8"
+        """Inverse of :meth:`to_storage`: the raw codes (:meth:`code_dtype`)."""
+        target = self.code_dtype(fmt)
         return data if self.dtype_name(data) == target else self.bitcast(data, target)
 
     # --- exact helpers the array API lacks -------------------------------------------------------
@@ -117,9 +123,24 @@ class Backend:
         """Zeros of ``like``'s dtype, on ``like``'s device."""
         return self.xp.zeros(shape, dtype=like.dtype)
 
-    def divide(self, a: Any, b: Any) -> Any:
-        """IEEE ``a / b`` rounded once (either side may be a Python float)."""
-        return a / b
+    def empty(self, shape: tuple[int, ...], name: str, like: Any) -> Any:
+        """An uninitialised array of dtype ``name`` on ``like``'s device."""
+        return self.xp.empty(shape, dtype=self.dtype(name))
+
+    def scratch(self, shape: tuple[int, ...], like: Any) -> Any:
+        """A float32 work array of ``shape`` on ``like``'s device that this thread's next call reuses
+        (an eager CPU cast works in one slab after slab; see ``quantize._Slabs``)."""
+        n = math.prod(shape)
+        buffers = self._scratch.__dict__.setdefault("buffers", {})
+        device = self.device(like)
+        buffer = buffers.get(device)
+        if buffer is None or buffer.shape[0] < n:
+            buffer = buffers[device] = self.empty((n,), "float32", like)
+        return self.xp.reshape(buffer[:n], shape)
+
+    def divide(self, a: Any, b: Any, out: Any = None) -> Any:
+        """IEEE ``a / b`` rounded once (either side may be a Python float), into ``out`` if given."""
+        return a / b if out is None else self.xp.divide(a, b, out=out)
 
     #: Whether :meth:`cond` branches at run time inside compiled code (``jax.lax.cond``).
     has_cond: bool = False
@@ -149,6 +170,15 @@ class Backend:
         ``consume=True`` says the caller will not use ``x`` again, so a backend may work in place.
         """
         return formats.encode(self.xp, self.pow2, x, fmt)
+
+    def encode_into(self, x: Any, fmt: ElementFormat, out: Any) -> None:
+        """:meth:`encode` of ``x`` (which the caller gives up) written into ``out``, an array of
+        :meth:`code_dtype` (eager backends with item assignment only: numpy and torch)."""
+        out[...] = self.encode(x, fmt, consume=True)
+
+    def code_dtype(self, fmt: ElementFormat) -> str:
+        """Name of the dtype of ``fmt``'s raw codes: int8 for INT8, else uint8 (nibbles unpacked)."""
+        return "int8" if fmt.kind == "int" and not fmt.packed else "uint8"
 
     def decode(self, codes: Any, fmt: ElementFormat) -> Any:
         """float32 values of ``codes`` by the shared table lookup."""
@@ -181,6 +211,11 @@ class Backend:
         """Whether a 0-d boolean array is true; False where its value cannot be read here (inside a
         framework's trace), so that the caller takes its general branch."""
         return bool(predicate)
+
+    def chunk_elements(self, x: Any) -> int:
+        """How many elements an eager cast handles at a time (0: all at once). CPU backends work in
+        cache-sized slabs; see ``quantize._encode_blocks``."""
+        return 0
 
     def compiles(self, x: Any) -> bool:
         """Whether casts of ``x`` run through :meth:`compile` (jax: always; the others run eagerly)."""

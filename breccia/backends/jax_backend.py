@@ -51,7 +51,7 @@ class JaxBackend(Backend):
         bits = (e.astype(jnp.int32) + 127) << 23
         return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
-    def divide(self, a: Any, b: Any) -> Any:
+    def divide(self, a: Any, b: Any, out: Any = None) -> Any:
         """IEEE float32 ``a / b``, computed in float64 and rounded once to float32.
 
         XLA does not divide exactly in float32: on CUDA it emits the approximate ``div.full.f32``
@@ -61,6 +61,7 @@ class JaxBackend(Backend):
         rounding is innocuous), and stays so when XLA multiplies by a float64 reciprocal instead.
         XLA also demotes ``f32(f64(a) / f64(b))`` back to a float32 division, so the (small,
         per-block) divisor crosses an optimization barrier that hides where it came from.
+        ``out`` is never given (JAX arrays are immutable, and JAX casts do not run in slabs).
         """
         with jax.enable_x64(True):
             divisor = jax.lax.optimization_barrier(jnp.asarray(b, jnp.float64))

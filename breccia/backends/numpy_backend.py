@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 
 from ..formats import ElementFormat
-from ._base import DLPACK_CPU, Backend
+from ._base import CPU_SLAB_ELEMENTS, DLPACK_CPU, Backend
 
 _ML_DTYPES = {
     "bfloat16": ml_dtypes.bfloat16,
@@ -63,6 +63,14 @@ def _encode_table(fmt: ElementFormat) -> np.ndarray:
     return table
 
 
+def _table_index(x: Any) -> np.ndarray:
+    """``(bits >> 16) * 2 + (low 16 bits != 0)`` of float32 ``x``: its row in :func:`_encode_table`."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    index = (bits >> 16) << 1
+    index |= (bits & 0xFFFF) != 0
+    return index
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     extra = "numpy"
@@ -89,8 +97,17 @@ class NumpyBackend(Backend):
             return np.ldexp(np.float32(1.0), np.asarray(e).astype(np.int32))
 
     def abs_max(self, x: Any, axes: tuple[int, ...]) -> Any:
-        """``max(|x|)`` directly: numpy's strided max/min over small blocks is slower than ``abs``."""
-        return np.max(np.abs(x), axis=axes, keepdims=True)
+        """``max(|x|)`` directly: numpy's strided max/min over small blocks is slower than ``abs``.
+        A slab's ``|x|`` goes to this thread's float32 scratch (exact for every float input but
+        float64, which is converted before a cast and never gets here in slabs)."""
+        small = x.size <= CPU_SLAB_ELEMENTS and x.dtype != np.float64
+        magnitude = np.abs(x, out=self.scratch(x.shape, like=x)) if small else np.abs(x)
+        with np.errstate(invalid="ignore"):  # NaN is the cast's business (quantize._block_stats)
+            return np.max(magnitude, axis=axes, keepdims=True)
+
+    def chunk_elements(self, x: Any) -> int:
+        """A quarter of torch's slab: numpy's passes run single-threaded, fastest out of L2."""
+        return CPU_SLAB_ELEMENTS // 4
 
     def encode(self, x: Any, fmt: ElementFormat, *, consume: bool = False) -> Any:
         """Float formats by a lookup on the float32 bits (proven equal to the shared code).
@@ -103,10 +120,16 @@ class NumpyBackend(Backend):
         """
         if fmt.kind != "float":
             return super().encode(x, fmt)
-        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-        index = (bits >> 16) << 1
-        index |= (bits & 0xFFFF) != 0
-        return np.take(_encode_table(fmt), index)
+        return np.take(_encode_table(fmt), _table_index(x))
+
+    def encode_into(self, x: Any, fmt: ElementFormat, out: Any) -> None:
+        if fmt.kind != "float":
+            return super().encode_into(x, fmt, out)
+        np.take(_encode_table(fmt), _table_index(x), out=out)
+
+    def empty(self, shape: tuple[int, ...], name: str, like: Any) -> Any:
+        """64-byte aligned (what :meth:`finalize_output` would otherwise copy into)."""
+        return aligned_empty(shape, self.dtype(name))
 
     def decode(self, codes: Any, fmt: ElementFormat) -> Any:
         from ..formats import decode_table

@@ -10,7 +10,7 @@ from array_api_compat import torch as xp_torch
 
 from ..errors import FrameworkError
 from ..formats import ElementFormat
-from ._base import DLPACK_CPU, Backend
+from ._base import CPU_SLAB_ELEMENTS, DLPACK_CPU, Backend
 
 _NATIVE_FP8 = {"E4M3": torch.float8_e4m3fn, "E5M2": torch.float8_e5m2}
 
@@ -50,7 +50,10 @@ class TorchBackend(Backend):
         """torch makes new tensors on the CPU unless told otherwise."""
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
-    def divide(self, a: Any, b: Any) -> Any:
+    def empty(self, shape: tuple[int, ...], name: str, like: Any) -> Any:
+        return torch.empty(shape, dtype=self.dtype(name), device=like.device)
+
+    def divide(self, a: Any, b: Any, out: Any = None) -> Any:
         """IEEE ``a / b``. torch turns a Python-number operand into ``reciprocal`` and a multiply
         (``scalar / t`` on every device, ``t / scalar`` on CUDA): two roundings. As 0-d tensors on
         the other operand's device, both sides go through the true division kernel."""
@@ -59,7 +62,7 @@ class TorchBackend(Backend):
             a = torch.tensor(a, dtype=like.dtype, device=like.device)
         if not isinstance(b, torch.Tensor):
             b = torch.tensor(b, dtype=like.dtype, device=like.device)
-        return torch.div(a, b)
+        return torch.div(a, b, out=out)
 
     def encode(self, x: Any, fmt: ElementFormat, *, consume: bool = False) -> Any:
         """torch's RNE fp8 cast after clamping (proven equal to the shared code); the clamp works in
@@ -69,6 +72,13 @@ class TorchBackend(Backend):
             return super().encode(x, fmt)
         clamped = x.clamp_ if consume else x.clamp
         return clamped(-fmt.max_value, fmt.max_value).to(native).view(torch.uint8)
+
+    def encode_into(self, x: Any, fmt: ElementFormat, out: Any) -> None:
+        """The clamped values converted straight into ``out`` (torch's copy converts to fp8)."""
+        native = _NATIVE_FP8.get(fmt.name)
+        if native is None:
+            return super().encode_into(x, fmt, out)
+        out.view(native).copy_(x.clamp_(-fmt.max_value, fmt.max_value))
 
     def decode(self, codes: Any, fmt: ElementFormat) -> Any:
         native = _NATIVE_FP8.get(fmt.name)
@@ -102,6 +112,9 @@ class TorchBackend(Backend):
 
     def device(self, x: Any) -> Any:
         return x.device
+
+    def chunk_elements(self, x: Any) -> int:
+        return CPU_SLAB_ELEMENTS if x.device.type == "cpu" else 0
 
     def is_cuda(self, x: Any) -> bool:
         return bool(x.is_cuda) and torch.version.hip is None
