@@ -12,7 +12,8 @@ CUDA rows (8192^3 GEMMs unless --quick; TFLOP/s = 2*M*N*K / time):
             Float8BlockScaling 1x128 activations x 128x128 weights (torch), and the same through JAX
   casts     bc.cast of a bf16 16384x8192 tensor, TB/s = (bytes read + bytes written) / time, beside a
             device-to-device copy and the issue's recorded TransformerEngine figures
-Timing: median of CUDA-event (torch) or wall-clock with block_until_ready (JAX) runs after warm-up.
+Timing: median over samples of GPU_BATCH calls back to back, CUDA events (torch) or wall clock with
+block_until_ready (JAX), after warm-up; the anchors are timed the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from _timing import median_seconds
 import breccia as bc
 
 # Measured on the H100 machine before any breccia code existed (issue 8), for reference.
+#: calls back to back per GPU timing sample, for breccia and the anchors alike
+GPU_BATCH = 10
+
 ISSUE_ANCHORS = {
     "te-1x128": 2.07,
     "te-128x128": 2.18,
@@ -55,8 +59,9 @@ def _print_table(title: str, rows: list[list[str]]) -> None:
 # --- timers -------------------------------------------------------------------------------------------
 
 
-def time_torch(fn: Callable[[], Any], reps: int = 20) -> float:
-    """Median seconds of ``fn`` on the current CUDA stream (CUDA events), after warm-up."""
+def time_torch(fn: Callable[[], Any], reps: int = 20, batch: int = GPU_BATCH) -> float:
+    """Median seconds of one ``fn()`` on the current CUDA stream: CUDA events around ``batch`` calls
+    back to back (the device's throughput, the host's dispatch overlapped), after warm-up."""
     import torch
 
     for _ in range(3):
@@ -66,10 +71,11 @@ def time_torch(fn: Callable[[], Any], reps: int = 20) -> float:
     for _ in range(reps):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(batch):
+            fn()
         stop.record()
         stop.synchronize()
-        times.append(start.elapsed_time(stop) / 1e3)
+        times.append(start.elapsed_time(stop) / 1e3 / batch)
     return statistics.median(times)
 
 
@@ -77,6 +83,9 @@ def _jax_sync(r: Any) -> Any:
     import jax
 
     return jax.block_until_ready(r)
+
+
+JAX_TIMING = dict(sync=_jax_sync, repeat=20, warmup=3, batch=GPU_BATCH)
 
 
 # --- CUDA ---------------------------------------------------------------------------------------------
@@ -179,7 +188,7 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
     rows = []
     xq, wq = x.astype(jnp.float8_e4m3fn), w.astype(jnp.float8_e4m3fn)
     dot = jax.jit(lambda a, b: jnp.dot(a, b.T, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
-    plain = tf(median_seconds(lambda: dot(xq, wq), sync=_jax_sync, repeat=20, warmup=3))
+    plain = tf(median_seconds(lambda: dot(xq, wq), **JAX_TIMING))
     rows.append(_row("jnp.dot on fp8 arrays (no breccia)", plain, None, "-", "TFLOP/s"))
     linear = bc.linear  # eager: the fast path compiles its own kernel with the cuBLASLt options
     for name, layout, anchor, anchor_name in [
@@ -189,7 +198,7 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
         xs, ws = bc.cast(x, bc.Float8CurrentScaling(), layout), bc.cast(w, bc.Float8CurrentScaling(), layout)
         ref = np.asarray(xs.dequantize("float32")[:256] @ ws.dequantize("float32").T)
         _check(np.asarray(linear(xs, ws)[:256].astype(jnp.float32)), ref, name)
-        ours = tf(median_seconds(lambda xs=xs, ws=ws: linear(xs, ws), sync=_jax_sync, repeat=20, warmup=3))
+        ours = tf(median_seconds(lambda xs=xs, ws=ws: linear(xs, ws), **JAX_TIMING))
         rows.append(_row(name, ours, anchor, anchor_name, "TFLOP/s"))
     return rows
 
@@ -226,7 +235,7 @@ def cuda_casts(shape: tuple[int, int]) -> list[list[str]]:
         anchor_value = ISSUE_ANCHORS.get(anchor) if anchor else copy
         anchor_name = f"TE 2.20 ({anchor}, issue)" if anchor else "device copy"
         rows.append(_row(f"torch {name}", nbytes / t / 1e12, anchor_value, anchor_name, "TB/s"))
-        tj = median_seconds(lambda recipe=recipe: cast_j(xj, recipe), sync=_jax_sync, repeat=20, warmup=3)
+        tj = median_seconds(lambda recipe=recipe: cast_j(xj, recipe), **JAX_TIMING)
         rows.append(_row(f"jax {name}", nbytes / tj / 1e12, anchor_value, anchor_name, "TB/s"))
     return rows
 

@@ -31,6 +31,14 @@ KERNEL_CASES = [
     (bc.MXFP4BlockScaling(), None, (67, 300)),
     (bc.MXFP4BlockScaling(scale_rounding="ceil"), None, (6, 96)),
 ]
+# per-tensor scales from finite input (with a NaN anywhere the one scale is NaN whatever the rule)
+FINITE_CASES = [
+    (bc.Float8CurrentScaling(), bc.PerTensor(), (67, 300)),
+    (bc.Float8CurrentScaling(power_2_scale=True, amax_epsilon=2.0**30), bc.PerTensor(), (33, 256)),
+    (bc.Float8CurrentScaling(power_2_scale=True), bc.PerTensor(), (3, 40, 96)),
+    (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (67, 300)),
+]
+CASES = [(case, False) for case in KERNEL_CASES] + [(case, True) for case in FINITE_CASES]
 
 
 def _case_id(case) -> str:
@@ -38,15 +46,16 @@ def _case_id(case) -> str:
     return f"{recipe.label()}-{layout or recipe.default_layout()}-{'x'.join(map(str, shape))}"
 
 
-def _input(shape: tuple[int, ...], seed: int = 3) -> np.ndarray:
-    """Wide-range values, a zero run, a NaN (in one block only) and +-Inf."""
+def _input(shape: tuple[int, ...], finite: bool, seed: int = 3) -> np.ndarray:
+    """Wide-range values, a zero run, and unless ``finite`` a NaN (in one block only) and +-Inf."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-20, 21, shape)).astype(np.float32)
     flat = x.reshape(-1)
     flat[:40] = 0.0
-    flat[flat.size // 2] = np.nan
-    flat[flat.size // 3] = np.inf
-    flat[-7] = -np.inf
+    if not finite:
+        flat[flat.size // 2] = np.nan
+        flat[flat.size // 3] = np.inf
+        flat[-7] = -np.inf
     return x
 
 
@@ -105,13 +114,15 @@ def _cast(x, recipe, layout):
 
 @pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=[_case_id(c) for c in KERNEL_CASES])
-def test_fused_kernels_give_the_shared_paths_bits(case, dtype, where, request):
+@pytest.mark.parametrize(
+    ("case", "finite"), CASES, ids=[_case_id(c) + ("-finite" if f else "") for c, f in CASES]
+)
+def test_fused_kernels_give_the_shared_paths_bits(case, finite, dtype, where, request):
     launched = request.getfixturevalue("pallas_interpreter") if where == "pallas-interpret" else None
     recipe, layout, shape = case
     layout = layout or recipe.default_layout()
     assert cast_plan(recipe, layout, shape, dtype) is not None, "this case must take a fused kernel"
-    host = _input(shape)
+    host = _input(shape, finite)
     if dtype == "bfloat16":
         import ml_dtypes
 

@@ -168,7 +168,8 @@ def cast_plan(recipe: Recipe, layout: Layout, shape: tuple[int, ...], dtype_name
         if not (te_current or isinstance(recipe, DelayedScaling)):
             return None
         fmt = recipe.element_format
-        return CastPlan(rule="given", fmt=fmt, fmax=fmt.max_value, **_per_tensor_geometry(shape))
+        rule = dict(eps=float(recipe.amax_epsilon), power_2=recipe.power_2_scale) if te_current else {}
+        return CastPlan(rule="given", fmt=fmt, fmax=fmt.max_value, **rule, **_per_tensor_geometry(shape))
     rule = _rule(recipe)
     if rule is None or (rule["fmt"].packed and shape[-1] % 2):
         return None

@@ -65,19 +65,32 @@ def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout,
 def _per_tensor(backend: Any, kernels: Any, plan: Any, recipe: Recipe, x: Any, history: Any):
     xp = backend.xp
     if history is None:
-        _, _, tiles, _ = kernels.launch_cast(plan, x, encode=False)
-        amax = xp.max(tiles)
-        scales = block_scales(backend, recipe, BlockStats(amax=xp.reshape(amax, (1, 1))))
-        data, _, _, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
-        new_history = None
-    else:
-        placeholder = BlockStats(amax=xp.reshape(history[:1], (1, 1)))  # only its rank is read
-        scales = block_scales(backend, recipe, placeholder, history)
-        data, _, tiles, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
-        amax = xp.max(tiles)
-        new_history = xp.concat([xp.reshape(amax, (1,)), history[:-1]], axis=0)
-    scale = xp.where(xp.any(flags > 0), math.nan, scales.stored)
-    return data, scale, new_history
+        _, _, tiles, flags = kernels.launch_cast(plan, x, encode=False)
+        scale, multiplier = _tensor_scale(backend, kernels, plan, recipe, tiles, flags)
+        data, _, _, _ = kernels.launch_cast(plan, x, given=multiplier)
+        return data, scale, None
+    placeholder = BlockStats(amax=xp.reshape(history[:1], (1, 1)))  # only its rank is read
+    scales = block_scales(backend, recipe, placeholder, history)
+    data, _, tiles, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
+    new_history = xp.concat([xp.reshape(xp.max(tiles), (1,)), history[:-1]], axis=0)
+    return data, _nan_if(xp, flags, scales.stored), new_history
+
+
+def _tensor_scale(backend: Any, kernels: Any, plan: Any, recipe: Recipe, tiles: Any, flags: Any):
+    """``(stored scale, multiplier)`` of a per-tensor current-scaling cast from its per-tile amaxes and
+    NaN flags: the scale rule of :mod:`breccia.scaling` on their maximum, or the kernel module's own
+    launch of the same rule where it has one (torch: one launch for a dozen small eager operations)."""
+    launch = getattr(kernels, "launch_tensor_scale", None)
+    if launch is not None:
+        return launch(plan, tiles, flags)
+    xp = backend.xp
+    scales = block_scales(backend, recipe, BlockStats(amax=xp.reshape(xp.max(tiles), (1, 1))))
+    return _nan_if(xp, flags, scales.stored), scales.multiplier
+
+
+def _nan_if(xp: Any, flags: Any, stored: Any) -> Any:
+    """The per-tensor scale, NaN where any tile held NaN (the NaN rule of docs/numerics.md)."""
+    return xp.where(xp.any(flags > 0), math.nan, stored)
 
 
 def fused_dequantize(backend: Any, st: Any, dtype_name: str, shared: Callable[[], Any]) -> Any:

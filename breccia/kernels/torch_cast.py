@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._cast_plan import CastPlan
 
-__all__ = ["launch_cast", "launch_dequantize"]
+__all__ = ["launch_cast", "launch_dequantize", "launch_tensor_scale"]
 
 _RULES = {"te": 0, "deepseek": 1, "mx_floor": 2, "mx_ceil": 3, "given": 4, "per_tensor": 5, "blocks": 6}
 _FORMATS = {"E4M3": 0, "E5M2": 1, "E2M1": 2}
@@ -244,6 +244,24 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, sca
         tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
 
 
+@triton.jit
+def _tensor_scale_kernel(amax_ptr, nan_ptr, n, out_ptr, FMAX: tl.constexpr, EPS: tl.constexpr,
+                         POW2: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: the max of ``n`` tile amaxes and NaN flags, TransformerEngine's rule on it, and
+    ``out = [stored scale (NaN if a tile held NaN), multiplier]``."""
+    amaxes = tl.zeros((1, CHUNK), tl.float32)
+    flags = tl.zeros((1, CHUNK), tl.int32)
+    for start in range(0, n, CHUNK):
+        i = start + tl.arange(0, CHUNK)[None, :]
+        amaxes = tl.maximum(amaxes, tl.load(amax_ptr + i, mask=i < n, other=0.0))
+        flags = tl.maximum(flags, tl.load(nan_ptr + i, mask=i < n, other=0))
+    stored, q = _scale_rule(tl.max(amaxes, axis=1, keep_dims=True), 0, FMAX, EPS, POW2, 0)
+    nan = tl.full(stored.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+    first = tl.zeros((1, 1), tl.int32)
+    tl.store(out_ptr + first, tl.where(tl.max(flags, axis=1, keep_dims=True) > 0, nan, stored))
+    tl.store(out_ptr + first + 1, q)
+
+
 def _constants(plan: CastPlan) -> dict[str, Any]:
     return dict(BLOCK_ROWS=plan.block_rows, BLOCK_COLS=plan.block_cols, BLOCK_PAD=plan.block_pad,
                 TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=_RULES[plan.rule],
@@ -279,6 +297,18 @@ def launch_cast(plan: CastPlan, x: torch.Tensor, given: torch.Tensor | None = No
         **_constants(plan),
     )
     return data, scale, amax, nans
+
+
+def launch_tensor_scale(plan: CastPlan, amax: torch.Tensor, nans: torch.Tensor):
+    """``(stored scale [1, 1], multiplier [1])`` of a per-tensor current-scaling cast from the
+    per-tile amaxes and NaN flags of its first pass: one launch where the shared rule takes a dozen
+    small torch operations (each a launch and its host work)."""
+    out = torch.empty((2,), dtype=torch.float32, device=amax.device)
+    _tensor_scale_kernel[(1,)](
+        amax, nans, amax.numel(), out, FMAX=plan.fmax, EPS=plan.eps, POW2=plan.power_2, CHUNK=1024,
+        num_warps=4, enable_fp_fusion=False,
+    )
+    return out[:1].reshape(1, 1), out[1:]
 
 
 def launch_dequantize(
