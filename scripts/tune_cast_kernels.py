@@ -4,7 +4,8 @@
 
 Times the kernel launch alone (``launch_cast`` on a planned geometry, bytes read + written), then
 ``bc.cast`` as a user calls it, synchronized after every call and back to back (the difference is the
-host's per-call overhead). The defaults of ``breccia.kernels._cast_plan`` come from this sweep.
+host's per-call overhead), and the warp counts of the 128x128 dequantize kernel. The defaults of
+``breccia.kernels._cast_plan`` come from this sweep.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import numpy as np
 
 import breccia as bc
-from breccia.kernels._cast_plan import cast_plan
+from breccia.kernels._cast_plan import cast_plan, dequantize_plan
 
 SHAPE = (16384, 8192)
 CASES = [
@@ -137,6 +138,26 @@ def main() -> None:
             in_out = 2 * host.size + written
             print(f"{framework:<6} {name:<18} default {default:.2f} TB/s | best {best} | bc.cast synced "
                   f"{in_out / full_synced / 1e12:.2f}, back to back {in_out / full_queued / 1e12:.2f}")
+        _dequantize_sweep(framework, kernels, timer, x, host.size)
+
+
+def _dequantize_sweep(framework, kernels, timer, x, size) -> None:
+    """Warp counts of the 128x128 dequantize (DeepSeek weights -> bf16), the kernel alone."""
+    st = bc.cast(x, bc.Float8BlockScaling(block_m=128, convention="deepseek"))
+    base = dequantize_plan(st, "bfloat16")
+    results = []
+    for warps in (4, 8, 16, 32):
+        plan = dataclasses.replace(base, num_warps=warps)
+        if framework == "torch":
+            call = lambda p=plan: kernels.launch_dequantize(p, st.data, st.scale, "bfloat16")  # noqa: E731
+        else:
+            import jax
+
+            jitted = jax.jit(lambda d, s, p=plan: kernels.launch_dequantize(p, d, s, "bfloat16"))
+            call = lambda f=jitted: f(st.data, st.scale)  # noqa: E731
+        results.append((3 * size / timer(call) / 1e12, warps))
+    line = ", ".join(f"{tb:.2f} ({w} warps{', default' if w == base.num_warps else ''})" for tb, w in results)
+    print(f"{framework:<6} dequant 128x128    {line}")
 
 
 if __name__ == "__main__":
