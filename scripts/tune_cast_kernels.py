@@ -5,7 +5,8 @@
 Times the kernel launch alone (``launch_cast`` on a planned geometry, bytes read + written), then
 ``bc.cast`` as a user calls it, synchronized after every call and back to back (the difference is the
 host's per-call overhead), and the warp counts of the 128x128 dequantize kernel. The defaults of
-``breccia.kernels._cast_plan`` come from this sweep.
+``breccia.kernels._cast_plan`` come from this sweep (JAX's PerRow casts of wide rows take 4 warps
+whatever the plan says: ``jax_cast._cast_warps``).
 """
 
 from __future__ import annotations
