@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .bridges._huggingface import INDEX_NAME
 from .errors import DTypeError, FileFormatError, RecipeError, missing_dependency
 from .tensor import ScaledTensor
 
@@ -384,7 +385,7 @@ def _write_shards(path: str, shards: list[dict[str, Any]]) -> list[str]:
         weight_map.update(dict.fromkeys(shard, name))
     if len(shards) > 1:
         index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
-        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        with open(os.path.join(path, INDEX_NAME), "w") as f:
             json.dump(index, f, indent=2)
     return files
 

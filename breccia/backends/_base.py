@@ -214,7 +214,7 @@ class Backend:
 
     def chunk_elements(self, x: Any) -> int:
         """How many elements an eager cast handles at a time (0: all at once). CPU backends work in
-        cache-sized slabs; see ``quantize._encode_blocks``."""
+        cache-sized slabs; see ``quantize._Slabs``."""
         return 0
 
     def compiles(self, x: Any) -> bool:

@@ -35,15 +35,15 @@ from typing import Any
 import numpy as np
 
 from ..backends import get_backend
+from ..bridges._huggingface import INDEX_NAME
 from ..errors import FileFormatError, RecipeError
 from ..layouts import PerBlock2D, PerTensor
 from ..quantize import cast, dequantize, from_buffer
 from ..recipes import RECIPES, DelayedScaling, Recipe
 from ..tensor import ScaledTensor
 
-__all__ = ["convert", "parse_target", "is_linear_weight", "INDEX_NAME"]
+__all__ = ["convert", "parse_target", "is_linear_weight"]
 
-INDEX_NAME = "model.safetensors.index.json"
 SLAB_ELEMENTS = 1 << 22  # rows are converted in slabs of about this many elements (16 MiB of float32)
 _BF16 = ("bf16", "bfloat16")
 _ALIASES = {"deepseek-fp8": "Float8BlockScaling(block_m=128, convention='deepseek')"}

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bridges._huggingface import INDEX_NAME
 from ..errors import BrecciaError, FileFormatError
 from ..layouts import PerTensor
 from ..tensor import ScaledTensor
@@ -33,7 +34,6 @@ from ..tensor import ScaledTensor
 __all__ = ["register", "inspect_path", "describe"]
 
 CHUNK_ELEMENTS = 1 << 24
-INDEX_NAME = "model.safetensors.index.json"
 
 
 def register(commands: Any) -> None:

@@ -21,9 +21,8 @@ from typing import IO, Any
 import numpy as np
 
 from ..bridges._deepseek import SCALE_SUFFIX, deepseek_recipe, to_deepseek_v3
+from ..bridges._huggingface import INDEX_NAME
 from ..quantize import cast
-
-INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
