@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small input, few repeats")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--framework", action="append", help="only this framework (repeatable)")
     args = parser.parse_args()
 
     if args.device == "cuda":
@@ -85,6 +86,7 @@ def main() -> None:
     else:
         shape, dtype = ((512, 512) if args.quick else (4096, 4096)), "float32"
         frameworks = installed_frameworks()
+    frameworks = [f for f in frameworks if not args.framework or f in args.framework]
     repeat = 3 if args.quick else args.repeat
     rng = np.random.default_rng(0)
     host = rng.standard_normal(shape).astype(np.float32)
