@@ -1,6 +1,6 @@
 """Sweep the fused cast kernels' tile shapes and warp counts on a CUDA GPU; print TB/s of each.
 
-    python scripts/tune_cast_kernels.py [--framework torch|jax|both]
+    python scripts/tune_cast_kernels.py [--framework torch|jax|both] [--case MXFP4 ...]
 
 Times the kernel launch alone (``launch_cast`` on a planned geometry, bytes read + written), then
 ``bc.cast`` as a user calls it, synchronized after every call and back to back (the difference is the
@@ -92,6 +92,8 @@ def _synced(framework, fn, repeat=15):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--framework", default="both", choices=["torch", "jax", "both"])
+    parser.add_argument("--case", action="append", choices=[name for name, _, _ in CASES],
+                        help="only this case (repeatable); default: all, and the dequantize sweep")
     args = parser.parse_args()
     host = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     frameworks = ["torch", "jax"] if args.framework == "both" else [args.framework]
@@ -113,6 +115,8 @@ def main() -> None:
             given = jnp.ones((1, 1), jnp.float32)
         timer = _timer(framework)
         for name, recipe, layout in CASES:
+            if args.case and name not in args.case:
+                continue
             layout = layout or recipe.default_layout()
             base = cast_plan(recipe, layout, SHAPE, "bfloat16")
             written = host.size * (0.5 if base.packed else 1)
@@ -139,7 +143,8 @@ def main() -> None:
             in_out = 2 * host.size + written
             print(f"{framework:<6} {name:<18} default {default:.2f} TB/s | best {best} | bc.cast synced "
                   f"{in_out / full_synced / 1e12:.2f}, back to back {in_out / full_queued / 1e12:.2f}")
-        _dequantize_sweep(framework, kernels, timer, x, host.size)
+        if not args.case:
+            _dequantize_sweep(framework, kernels, timer, x, host.size)
 
 
 def _dequantize_sweep(framework, kernels, timer, x, size) -> None:

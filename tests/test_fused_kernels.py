@@ -13,12 +13,18 @@ import pytest
 from conftest import assert_same_bits, bits, requires_cuda, to_framework, to_numpy
 
 import breccia as bc
+from breccia.backends import get_backend
+from breccia.formats import E2M1
 from breccia.kernels._cast_plan import cast_plan, dequantize_plan
 
 KERNEL_CASES = [
     (bc.Float8CurrentScaling(), bc.PerTensor(), (67, 300)),
     (bc.Float8CurrentScaling(fp8_format="E5M2"), bc.PerTensor(), (4, 64, 128)),
     (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (67, 300)),
+    (bc.DelayedScaling(amax_history_len=3), bc.PerTensor(), (33, 64)),
+    (bc.DelayedScaling(amax_history_len=1500, margin=2), bc.PerTensor(), (33, 64)),
+    (bc.DelayedScaling(amax_history_len=4, amax_compute_algo="most_recent", fp8_format="E5M2"),
+     bc.PerTensor(), (33, 64)),
     (bc.Float8CurrentScaling(), bc.PerRow(), (67, 300)),
     (bc.Float8CurrentScaling(power_2_scale=True, amax_epsilon=1e-3), bc.PerBlockK(128), (3, 20, 256)),
     (bc.Float8BlockScaling(), None, (67, 300)),
@@ -73,7 +79,6 @@ def _on_device(where: str, a: np.ndarray):
 def pallas_interpreter(monkeypatch):
     """Route JAX's CPU casts through the Pallas kernels, run by Pallas' interpreter; yields the
     list of kernels launched."""
-    from breccia.backends import get_backend
     from breccia.kernels import jax_cast
 
     launched = []
@@ -101,19 +106,27 @@ WHERE = [
 ]
 
 
+# amax histories by length: short, with a NaN (the scale rule then gives 1), longer than a kernel chunk
+_HISTORIES = {
+    4: np.array([0.5, 8.0, 0.0, 2.0], np.float32),
+    3: np.array([0.5, np.nan, 2.0], np.float32),
+    1500: np.random.default_rng(5).uniform(0, 64, 1500).astype(np.float32),
+}
+
+
 def _cast(x, recipe, layout):
     if isinstance(recipe, bc.DelayedScaling):
         from breccia.backends import backend_for
 
         backend = backend_for(x)
-        history = backend.from_numpy(np.array([0.5, 8.0, 0.0, 2.0], np.float32), device=backend.device(x))
+        history = backend.from_numpy(_HISTORIES[recipe.amax_history_len], device=backend.device(x))
         st, new_history = bc.cast(x, recipe, layout, history=bc.AmaxHistory(history))
         return st, to_numpy(new_history.amax)
     return bc.cast(x, recipe, layout), None
 
 
 @pytest.mark.parametrize("where", WHERE)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(
     ("case", "finite"), CASES, ids=[_case_id(c) + ("-finite" if f else "") for c, f in CASES]
 )
@@ -123,17 +136,18 @@ def test_fused_kernels_give_the_shared_paths_bits(case, finite, dtype, where, re
     layout = layout or recipe.default_layout()
     assert cast_plan(recipe, layout, shape, dtype) is not None, "this case must take a fused kernel"
     host = _input(shape, finite)
-    if dtype == "bfloat16":
+    if dtype != "float32":
         import ml_dtypes
 
-        host = host.astype(ml_dtypes.bfloat16)
+        with np.errstate(over="ignore"):  # float16 input holds +-Inf where float32 held large values
+            host = host.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16)
     reference, reference_history = _cast(host, recipe, layout)
     got, got_history = _cast(_on_device(where, host), recipe, layout)
     assert_same_bits(got, reference)
     if reference_history is not None:
         np.testing.assert_array_equal(got_history, reference_history)
     assert dequantize_plan(got, dtype) is not None or recipe.element_format.packed
-    for out_dtype in ("float32", "bfloat16"):
+    for out_dtype in ("float32", "bfloat16", "float16"):
         _assert_same_values(bc.dequantize(got, out_dtype), bc.dequantize(reference, out_dtype))
     if launched is not None:
         assert "cast" in launched and ("dequantize" in launched or recipe.element_format.packed)
@@ -165,3 +179,23 @@ def _assert_same_values(got, expected) -> None:
 def test_what_the_fused_kernels_leave_to_the_shared_path(recipe, layout, shape, dtype):
     """Recipes, blocks and dtypes the kernels do not implement get no plan (the shared path)."""
     assert cast_plan(recipe, layout or recipe.default_layout(), shape, dtype) is None
+
+
+def test_the_kernels_e2m1_rounding_on_float32_bits_equals_the_shared_encode():
+    """The kernels' E2M1 encode (bit arithmetic, the JAX body's code, which the Triton kernel copies)
+    against :func:`breccia.formats` on every code, every midpoint and the floats either side of them,
+    both signs, +-Inf and values past the largest code."""
+    import jax.numpy as jnp
+
+    from breccia.kernels import jax_cast
+
+    grid = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], np.float32)
+    points = np.concatenate([grid, (grid[1:] + grid[:-1]) / 2, [7.0, 1e30, np.inf, 2.0**-149]])
+    below, above = np.nextafter(points, np.float32(0)), np.nextafter(points, np.float32(8))
+    points = np.concatenate([points, below, above])
+    rng = np.random.default_rng(0)
+    y = np.concatenate([points, -points, rng.uniform(-8, 8, 4096).astype(np.float32)]).astype(np.float32)
+    plan = cast_plan(bc.MXFP4BlockScaling(), bc.PerBlockK(32), (64,), "float32")
+    got = np.asarray(jax_cast._Ops.encode(plan, jnp.asarray(y)))
+    expected = get_backend("numpy").encode(y, E2M1)
+    np.testing.assert_array_equal(got, expected)

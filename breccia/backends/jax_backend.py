@@ -97,14 +97,15 @@ class JaxBackend(Backend):
         return (a * b_hi + a * (b - b_hi)) + c
 
     def abs_max(self, x: Any, axes: tuple[int, ...]) -> Any:
-        """``max(max(x), -min(x))``, with an all-zero block's ``-0.0`` made ``+0.0``.
+        """``|max(max(x), -min(x))|``: the abs of the small result turns an all-zero block's ``-0.0``
+        into the ``+0.0`` that ``max(|x|)`` gives (XLA may drop a ``where(m == 0, 0, m)``).
 
         XLA's CPU code reduces ``max(|x|)`` over small blocks an order of magnitude slower than the
         two plain reductions (4096x4096 float32 in 1x128 blocks: 18-22 ms against 1.4 ms, one
         multi-output loop that reads ``x`` once); on a GPU both forms fuse into one pass.
         """
-        m = jnp.maximum(jnp.max(x, axis=axes, keepdims=True), -jnp.min(x, axis=axes, keepdims=True))
-        return jnp.where(m == 0, jnp.zeros((), m.dtype), m)
+        high, low = jnp.max(x, axis=axes, keepdims=True), jnp.min(x, axis=axes, keepdims=True)
+        return jnp.abs(jnp.maximum(high, -low))
 
     def encode(self, x: Any, fmt: ElementFormat, *, consume: bool = False) -> Any:
         """XLA's RNE fp8 convert after clamping (proven equal to the shared code)."""

@@ -69,6 +69,11 @@ def _per_tensor(backend: Any, kernels: Any, plan: Any, recipe: Recipe, x: Any, h
         scale, multiplier = _tensor_scale(backend, kernels, plan, recipe, tiles, flags)
         data, _, _, _ = kernels.launch_cast(plan, x, given=multiplier)
         return data, scale, None
+    if hasattr(kernels, "launch_history_scale") and backend.dtype_name(history) == "float32":
+        stored, multiplier = kernels.launch_history_scale(recipe, history)
+        data, _, tiles, flags = kernels.launch_cast(plan, x, given=multiplier)
+        scale, new_history = kernels.launch_history_update(tiles, flags, history, stored)
+        return data, scale, new_history
     placeholder = BlockStats(amax=xp.reshape(history[:1], (1, 1)))  # only its rank is read
     scales = block_scales(backend, recipe, placeholder, history)
     data, _, tiles, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
@@ -79,7 +84,10 @@ def _per_tensor(backend: Any, kernels: Any, plan: Any, recipe: Recipe, x: Any, h
 def _tensor_scale(backend: Any, kernels: Any, plan: Any, recipe: Recipe, tiles: Any, flags: Any):
     """``(stored scale, multiplier)`` of a per-tensor current-scaling cast from its per-tile amaxes and
     NaN flags: the scale rule of :mod:`breccia.scaling` on their maximum, or the kernel module's own
-    launch of the same rule where it has one (torch: one launch for a dozen small eager operations)."""
+    launch of the same rule where it has one (torch: one launch for a dozen small eager operations,
+    which cost more host time than the kernel passes take on the GPU; JAX compiles them into its
+    program, so the shared rule is what it runs). DelayedScaling's history rule and update are the same
+    case (``launch_history_scale``/``launch_history_update``)."""
     launch = getattr(kernels, "launch_tensor_scale", None)
     if launch is not None:
         return launch(plan, tiles, flags)

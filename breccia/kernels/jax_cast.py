@@ -4,7 +4,7 @@ The same kernels as :mod:`.torch_cast`, step for step: one program loads a ``[ti
 tile once, reduces each block's finite amax and NaN flag, applies the scale rule, encodes, and stores
 data and scales. Divisions are ``div.rn.f32`` in inline PTX (the Triton lowering of ``/`` is the
 approximate ``div.full.f32``); ``floor(log2)`` and ``2**e`` are exponent-bit arithmetic; FP8
-encodes clamp and convert with RNE; E2M1 counts RNE thresholds. ``interpret=True`` runs the same
+encodes clamp and convert with RNE; E2M1 rounds on the float32 bits. ``interpret=True`` runs the same
 kernel bodies through Pallas' interpreter on any device (dividing as :class:`JaxBackend` does
 there), which is how the CPU test suite checks their logic.
 """
@@ -105,19 +105,21 @@ class _Ops:
     def encode(plan: CastPlan, y: Any) -> Any:
         """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
         if plan.fmt.name == "E2M1":
-            a = jnp.abs(y)
-            m = sum((t(a, v)).astype(jnp.int32) for t, v in _E2M1_STEPS)
-            sign = (_bits(y) >> 31) & 1
-            return (m | (sign << 3)).astype(jnp.uint8)
+            sign = (_bits(y) >> 28) & 8
+            return (_e2m1_magnitude(jnp.minimum(jnp.abs(y), 6.0)) | sign).astype(jnp.uint8)
         y = jnp.clip(y, -plan.fmax, plan.fmax)
         return lax.bitcast_convert_type(y.astype(_FP8[plan.fmt.name]), jnp.uint8)
 
 
-# |y| thresholds of E2M1's round-to-nearest-even: code = number of thresholds passed
-_E2M1_STEPS = (
-    (jnp.greater, 0.25), (jnp.greater_equal, 0.75), (jnp.greater, 1.25), (jnp.greater_equal, 1.75),
-    (jnp.greater, 2.5), (jnp.greater_equal, 3.5), (jnp.greater, 5.0),
-)
+def _e2m1_magnitude(a: Any) -> Any:
+    """E2M1 code (0..7) of ``a`` in [0, 6], rounded to nearest even, from its float32 bits: at or
+    above 1 the exponent and top mantissa bit rounded at bit 22 (half to even), less 252; below 1,
+    ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23`` (see
+    :func:`breccia.kernels.torch_cast._e2m1_magnitude`)."""
+    b = _bits(a)
+    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
+    small = _bits(a * 2.0 + 8388608.0) & 3
+    return jnp.where(a < 1.0, small, normal)
 
 
 def _tile(plan: CastPlan) -> tuple[Any, Any, Any, Any]:
@@ -131,6 +133,11 @@ def _tile(plan: CastPlan) -> tuple[Any, Any, Any, Any]:
     return (pl.ds(pm * plan.tile_rows, plan.tile_rows), pl.ds(col0, width)), mask, pm, pk
 
 
+def _finite_abs(x: Any) -> Any:
+    m = jnp.abs(x)
+    return jnp.where(m <= _FLT_MAX, m, 0.0)  # NaN and +-Inf count as 0
+
+
 def _tile_max(v: Any) -> Any:
     """``[R, W] -> [1, 1]``: the max of the whole tile."""
     return jnp.max(jnp.max(v, axis=1, keepdims=True), axis=0, keepdims=True)
@@ -142,8 +149,7 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs):
     whole = plan.block_rows > 1 or plan.rule == "given"  # one block (or one partial amax) per tile
     x = pltriton.load(x_ref.at[rows_cols], mask=mask, other=0.0).astype(jnp.float32)
     isnan = jnp.isnan(x)
-    magnitude = jnp.abs(x)
-    magnitude = jnp.where(magnitude <= _FLT_MAX, magnitude, 0.0)  # NaN and +-Inf count as 0
+    magnitude = _finite_abs(x)
     if whole:
         amax, nans = _tile_max(magnitude), _tile_max(isnan.astype(jnp.int32))
     else:
@@ -173,6 +179,11 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs):
         _store_packed(plan, data_ref, rows_cols, codes, pm, pk)
     else:
         pltriton.store(data_ref.at[rows_cols], codes, mask=mask)
+    _store_scales(plan, scale_ref, stored, nans, pm, pk)
+
+
+def _store_scales(plan: CastPlan, scale_ref: Any, stored: Any, nans: Any, pm: Any, pk: Any) -> None:
+    """Store the tile's block scales (E8M0 255 or a NaN scale for blocks that held NaN)."""
     if plan.scale_e8m0:
         stored = jnp.where(nans > 0, 255, stored.astype(jnp.int32)).astype(jnp.uint8)
     else:
@@ -184,8 +195,47 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs):
     pltriton.store(scale_ref.at[at], stored, mask=(g < plan.scale_rows) & (b < plan.scale_cols))
 
 
+def _pair_halves(w: Any, dtype: Any) -> tuple[Any, Any]:
+    """float32 values of elements ``2i`` and ``2i + 1`` from the uint32 word holding both 16-bit
+    elements (little-endian: the even one in the low half). Both conversions are exact."""
+    if dtype == jnp.bfloat16:  # a bfloat16 is the top half of its float32
+        return _float(w << 16), _float(w & jnp.uint32(0xFFFF0000))
+    halves = ((w & 0xFFFF).astype(jnp.uint16), (w >> 16).astype(jnp.uint16))
+    return tuple(lax.bitcast_convert_type(h, jnp.float16).astype(jnp.float32) for h in halves)
+
+
+def _cast_pairs_body(plan: CastPlan, ops: _Ops, dtype: Any, words_ref, data_ref, scale_ref):
+    """:func:`_cast_body` for a packed (4-bit) format and 16-bit input, read as uint32 words that
+    each hold the two elements of one output byte: both codes of a byte come out in one thread's
+    registers and the byte is ``low | high << 4`` (pairing them out of a ``[rows, width]`` tile costs a
+    layout conversion). Packed formats come with the MX rules only, which multiply by the block's
+    factor. float32 input keeps :func:`_store_packed` (a uint64 word needs JAX's x64 mode)."""
+    pm, pk = pl.program_id(0), pl.program_id(1)
+    half = plan.tile_blocks * plan.block_pad // 2
+    col0 = pk * (plan.tile_blocks * plan.block_cols // 2)
+    shape = (plan.tile_rows, half)
+    r = pm * plan.tile_rows + lax.broadcasted_iota(jnp.int32, shape, 0)
+    c = col0 + lax.broadcasted_iota(jnp.int32, shape, 1)
+    mask = (r < plan.rows) & (c < plan.cols // 2)
+    at = (pl.ds(pm * plan.tile_rows, plan.tile_rows), pl.ds(col0, half))
+    lo, hi = _pair_halves(pltriton.load(words_ref.at[at], mask=mask, other=0), dtype)
+    shape3 = (plan.tile_rows, plan.tile_blocks, plan.block_pad // 2)
+    nan_lo, nan_hi = jnp.isnan(lo), jnp.isnan(hi)
+    magnitude = jnp.maximum(_finite_abs(lo), _finite_abs(hi))
+    amax = jnp.max(magnitude.reshape(shape3), axis=2)
+    nans = jnp.max((nan_lo | nan_hi).astype(jnp.int32).reshape(shape3), axis=2)
+    stored, factor = ops.scale_rule(plan, amax)
+    codes = [
+        ops.encode(plan, jnp.where(nan, 0.0, v).reshape(shape3) * factor[:, :, None]).reshape(shape)
+        for v, nan in ((lo, nan_lo), (hi, nan_hi))
+    ]
+    pltriton.store(data_ref.at[at], codes[0] | (codes[1] << 4), mask=mask)
+    _store_scales(plan, scale_ref, stored, nans, pm, pk)
+
+
 def _store_packed(plan: CastPlan, data_ref: Any, rows_cols: Any, codes: Any, pm: Any, pk: Any) -> None:
-    """Two 4-bit codes per byte, element 2i in the low nibble (as ``low + 16 * high``)."""
+    """Two 4-bit codes per byte, element 2i in the low nibble (as ``low + 16 * high``), paired out
+    of a float32 tile (16-bit input takes :func:`_cast_pairs_body`)."""
     width = codes.shape[1]
     pairs = codes.astype(jnp.int32).reshape(plan.tile_rows, width // 2, 2)
     weights = 1 + 15 * lax.broadcasted_iota(jnp.int32, pairs.shape, 2)
@@ -236,6 +286,9 @@ def launch_cast(plan: CastPlan, x: Any, given: Any = None, encode: bool = True, 
     scale_dtype = jnp.uint8 if plan.scale_e8m0 else jnp.float32
     out_shape = [data_shape, jax.ShapeDtypeStruct((plan.scale_rows, plan.scale_cols), scale_dtype)]
     params = _params(plan, interpret, _cast_warps(plan))
+    if plan.packed and x2.dtype.itemsize == 2:
+        body = functools.partial(_cast_pairs_body, plan, _Ops(interpret), x2.dtype)
+        x2 = lax.bitcast_convert_type(x2.reshape(plan.rows, plan.cols // 2, 2), jnp.uint32)
     data, scale = pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **params)(x2)
     return data, scale, None, None
 

@@ -9,7 +9,8 @@ encodes and stores data and scales. Exactness, operation by operation against :m
 - ``floor(log2 a)`` and ``2**e`` are read from and written into the exponent bits (subnormals
   scaled by ``2**64`` first), as the reference's corrected ``log2`` computes them;
 - FP8 encodes clamp to ``+-max`` and convert with round-to-nearest-even (``cvt.rn.satfinite``);
-  E2M1 counts the RNE thresholds of ``|y|`` and writes the sign bit (``-0`` included);
+  E2M1 rounds ``min(|y|, 6)`` on its float32 bits (``_e2m1_magnitude``) and writes the sign bit
+  (``-0`` included);
 - there is no multiply-add to contract (and FP fusion is off in every launch).
 """
 
@@ -23,11 +24,15 @@ import triton.language as tl
 
 from ._cast_plan import CastPlan
 
-__all__ = ["launch_cast", "launch_dequantize", "launch_tensor_scale"]
+__all__ = [
+    "launch_cast", "launch_dequantize", "launch_history_scale", "launch_history_update",
+    "launch_tensor_scale",
+]
 
 _RULES = {"te": 0, "deepseek": 1, "mx_floor": 2, "mx_ceil": 3, "given": 4, "per_tensor": 5, "blocks": 6}
 _FORMATS = {"E4M3": 0, "E5M2": 1, "E2M1": 2}
 _OUT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_PAIRS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}  # how a word holds a pair
 
 
 @triton.jit
@@ -94,15 +99,26 @@ def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr,
 
 
 @triton.jit
+def _e2m1_magnitude(a):
+    """E2M1 code (0..7) of ``a`` in [0, 6], rounded to nearest even, from its float32 bits.
+
+    At or above 1 the code is the exponent and top mantissa bit of ``a`` rounded at bit 22 (round
+    half to even on the bits), less 252 (the bits of 1.0 shifted right by 22 are 254, code 2). Below
+    1 the code is ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23`` (an exact
+    ``2a``, then one RNE addition). About a dozen operations, where counting the seven RNE
+    thresholds takes twenty (the MXFP4 cast is bound by arithmetic, not by memory)."""
+    b = a.to(tl.int32, bitcast=True)
+    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
+    small = (a * 2.0 + 8388608.0).to(tl.int32, bitcast=True) & 3
+    return tl.where(a < 1.0, small, normal)
+
+
+@triton.jit
 def _encode(y, FMT: tl.constexpr, FMAX: tl.constexpr):
     """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
-    if FMT == 2:
-        a = tl.abs(y)
-        m = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-             + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-             + (a > 5.0).to(tl.int32))
-        sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
-        return (m | (sign << 3)).to(tl.uint8)
+    if FMT == 2:  # E2M1: see _e2m1_magnitude
+        sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
+        return (_e2m1_magnitude(tl.minimum(tl.abs(y), 6.0)) | sign).to(tl.uint8)
     y = tl.minimum(tl.maximum(y, -FMAX), FMAX)
     if FMT == 0:
         return y.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
@@ -113,6 +129,20 @@ def _encode(y, FMT: tl.constexpr, FMAX: tl.constexpr):
 def _finite_abs(x):
     m = tl.abs(x)
     return tl.where(m <= 3.4028234663852886e38, m, 0.0)  # NaN and +-Inf count as 0
+
+
+@triton.jit
+def _pair_halves(w, PAIRS: tl.constexpr):
+    """float32 values of elements ``2i`` and ``2i + 1`` from the word holding both (little-endian:
+    the even element in the low half). Every conversion is exact."""
+    if PAIRS == 1:  # bfloat16 pair in an int32: a bfloat16 is the top half of its float32
+        return (w << 16).to(tl.float32, bitcast=True), (w & -65536).to(tl.float32, bitcast=True)
+    elif PAIRS == 2:  # float16 pair in an int32
+        lo = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        return lo, (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:  # float32 pair in an int64
+        lo = w.to(tl.int32).to(tl.float32, bitcast=True)
+        return lo, (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -190,16 +220,43 @@ def _cast_kernel(x_ptr, data_ptr, scale_ptr, given_ptr, amax_ptr, nan_ptr,
             else:
                 y3 = x3 * factor[:, :, None]
             codes = tl.reshape(_encode(y3, FMT, FMAX), (TILE_ROWS, WIDTH))
-        if FMT == 2:  # two codes a byte, element 2i in the low nibble (as low + 16 * high)
-            pairs = tl.reshape(codes.to(tl.int32), (TILE_ROWS, WIDTH // 2, 2))
-            packed = tl.sum(pairs * (1 + 15 * tl.arange(0, 2))[None, None, :], axis=2).to(tl.uint8)
-            h = col0 // 2 + tl.arange(0, WIDTH // 2)
-            tl.store(data_ptr + r[:, None].to(tl.int64) * (cols // 2) + h[None, :], packed,
-                     mask=(r[:, None] < rows) & (h[None, :] < cols // 2))
-        else:
-            tl.store(data_ptr + offsets, codes, mask=mask)
+        tl.store(data_ptr + offsets, codes, mask=mask)
         _store_scale(scale_ptr, stored, nans, pm, pk, scale_rows, scale_cols, RULE, TILE_ROWS, BLOCK_ROWS,
                      TILE_BLOCKS)
+
+
+@triton.jit
+def _cast_pairs_kernel(w_ptr, data_ptr, scale_ptr, rows, cols, scale_rows, scale_cols,
+                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_PAD: tl.constexpr,
+                       TILE_ROWS: tl.constexpr, TILE_BLOCKS: tl.constexpr, RULE: tl.constexpr,
+                       FMT: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr, POW2: tl.constexpr,
+                       EMAX: tl.constexpr, PAIRS: tl.constexpr):
+    """:func:`_cast_kernel` for a packed (4-bit) format: the tile is read as words that each hold
+    the two elements of one output byte, so both codes of a byte are in one thread's registers and
+    the byte is ``low | high << 4`` (pairing them out of a ``[rows, width]`` tile costs a layout
+    conversion). Packed formats come with the MX rules only, which multiply by the block's factor."""
+    HALF: tl.constexpr = TILE_BLOCKS * BLOCK_PAD // 2
+    pm = tl.program_id(0)
+    pk = tl.program_id(1)
+    r = pm * TILE_ROWS + tl.arange(0, TILE_ROWS)
+    h = pk * (TILE_BLOCKS * BLOCK_COLS // 2) + tl.arange(0, HALF)
+    mask = (r[:, None] < rows) & (h[None, :] < cols // 2)
+    offsets = r[:, None].to(tl.int64) * (cols // 2) + h[None, :]
+    lo, hi = _pair_halves(tl.load(w_ptr + offsets, mask=mask, other=0), PAIRS)
+    nan_lo = lo != lo
+    nan_hi = hi != hi
+    amax = _block_max(tl.maximum(_finite_abs(lo), _finite_abs(hi)), TILE_ROWS, TILE_BLOCKS, BLOCK_PAD // 2)
+    nans = _block_max((nan_lo | nan_hi).to(tl.int32), TILE_ROWS, TILE_BLOCKS, BLOCK_PAD // 2)
+    stored, factor = _scale_rule(amax, RULE, FMAX, EPS, POW2, EMAX)
+    f3 = factor[:, :, None]
+    code_lo = _encode(tl.reshape(tl.where(nan_lo, 0.0, lo), (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD // 2)) * f3,
+                      FMT, FMAX)
+    code_hi = _encode(tl.reshape(tl.where(nan_hi, 0.0, hi), (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD // 2)) * f3,
+                      FMT, FMAX)
+    packed = tl.reshape(code_lo | (code_hi << 4), (TILE_ROWS, HALF))
+    tl.store(data_ptr + offsets, packed, mask=mask)
+    _store_scale(scale_ptr, stored, nans, pm, pk, scale_rows, scale_cols, RULE, TILE_ROWS, BLOCK_ROWS,
+                 TILE_BLOCKS)
 
 
 @triton.jit
@@ -262,6 +319,50 @@ def _tensor_scale_kernel(amax_ptr, nan_ptr, n, out_ptr, FMAX: tl.constexpr, EPS:
     tl.store(out_ptr + first + 1, q)
 
 
+@triton.jit
+def _history_scale_kernel(history_ptr, n, out_ptr, FMAX: tl.constexpr, MOST_RECENT: tl.constexpr,
+                          MARGIN: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: DelayedScaling's ``out = [stored scale, multiplier]`` from its amax history (the
+    largest amax, NaN if one is, or the newest; times ``2**margin``) by TransformerEngine's rule."""
+    first = tl.zeros((1, 1), tl.int32)
+    if MOST_RECENT:
+        amax = tl.load(history_ptr + first)
+    else:
+        amaxes = tl.zeros((1, CHUNK), tl.float32)
+        nans = tl.zeros((1, CHUNK), tl.int32)
+        for start in range(0, n, CHUNK):
+            i = start + tl.arange(0, CHUNK)[None, :]
+            h = tl.load(history_ptr + i, mask=i < n, other=0.0)
+            amaxes = tl.maximum(amaxes, h)
+            nans = tl.maximum(nans, (h != h).to(tl.int32))
+        nan = tl.full((1, 1), 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+        amax = tl.where(tl.max(nans, axis=1, keep_dims=True) > 0, nan, tl.max(amaxes, axis=1, keep_dims=True))
+    stored, q = _scale_rule(amax * MARGIN, 0, FMAX, 0.0, False, 0)
+    tl.store(out_ptr + first, stored)
+    tl.store(out_ptr + first + 1, q)
+
+
+@triton.jit
+def _history_update_kernel(amax_ptr, nan_ptr, n, history_ptr, length, scale_ptr, out_ptr,
+                           CHUNK: tl.constexpr):
+    """One program, after a DelayedScaling encode pass: ``out = [stored scale (NaN if a tile held
+    NaN), max of the tile amaxes, history[:-1]]``: the scale and the next history."""
+    amaxes = tl.zeros((1, CHUNK), tl.float32)
+    flags = tl.zeros((1, CHUNK), tl.int32)
+    for start in range(0, n, CHUNK):
+        i = start + tl.arange(0, CHUNK)[None, :]
+        amaxes = tl.maximum(amaxes, tl.load(amax_ptr + i, mask=i < n, other=0.0))
+        flags = tl.maximum(flags, tl.load(nan_ptr + i, mask=i < n, other=0))
+    first = tl.zeros((1, 1), tl.int32)
+    nan = tl.full((1, 1), 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+    scale = tl.where(tl.max(flags, axis=1, keep_dims=True) > 0, nan, tl.load(scale_ptr + first))
+    tl.store(out_ptr + first, scale)
+    tl.store(out_ptr + first + 1, tl.max(amaxes, axis=1, keep_dims=True))
+    for start in range(0, length - 1, CHUNK):
+        i = start + tl.arange(0, CHUNK)[None, :]
+        tl.store(out_ptr + 2 + i, tl.load(history_ptr + i, mask=i < length - 1), mask=i < length - 1)
+
+
 def _constants(plan: CastPlan) -> dict[str, Any]:
     return dict(BLOCK_ROWS=plan.block_rows, BLOCK_COLS=plan.block_cols, BLOCK_PAD=plan.block_pad,
                 TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=_RULES[plan.rule],
@@ -288,6 +389,14 @@ def launch_cast(plan: CastPlan, x: torch.Tensor, given: torch.Tensor | None = No
         scale_dtype = torch.uint8 if plan.scale_e8m0 else torch.float32
         scale = torch.empty((plan.scale_rows, plan.scale_cols), dtype=scale_dtype, device=device)
         amax = nans = given = None
+    if plan.packed:
+        words = x.view(torch.int64 if x.dtype == torch.float32 else torch.int32)
+        _cast_pairs_kernel[plan.grid](
+            words, data, scale, plan.rows, plan.cols, plan.scale_rows, plan.scale_cols,
+            FMAX=plan.fmax, EPS=plan.eps, POW2=plan.power_2, EMAX=plan.emax_elem, PAIRS=_PAIRS[x.dtype],
+            **_constants(plan),
+        )
+        return data, scale, None, None
     unused = data  # a pointer the kernel never touches for this rule
     _cast_kernel[plan.grid](
         x, data, unused if scale is None else scale, unused if given is None else given,
@@ -307,6 +416,31 @@ def launch_tensor_scale(plan: CastPlan, amax: torch.Tensor, nans: torch.Tensor):
     _tensor_scale_kernel[(1,)](
         amax, nans, amax.numel(), out, FMAX=plan.fmax, EPS=plan.eps, POW2=plan.power_2, CHUNK=1024,
         num_warps=4, enable_fp_fusion=False,
+    )
+    return out[:1].reshape(1, 1), out[1:]
+
+
+def launch_history_scale(recipe: Any, history: torch.Tensor):
+    """``(stored scale [1, 1], multiplier [1])`` of a DelayedScaling cast from its float32 amax history:
+    one launch where the shared rule takes a dozen small torch operations."""
+    out = torch.empty((2,), dtype=torch.float32, device=history.device)
+    history = history.contiguous()
+    _history_scale_kernel[(1,)](
+        history, history.numel(), out, FMAX=recipe.element_format.max_value,
+        MOST_RECENT=recipe.amax_compute_algo == "most_recent", MARGIN=float(2**recipe.margin), CHUNK=1024,
+        num_warps=4, enable_fp_fusion=False,
+    )
+    return out[:1].reshape(1, 1), out[1:]
+
+
+def launch_history_update(
+    amax: torch.Tensor, nans: torch.Tensor, history: torch.Tensor, stored: torch.Tensor
+):
+    """``(stored scale [1, 1], NaN if a tile held NaN; next history)`` after a DelayedScaling encode
+    pass: the newest amax (the max of the tile amaxes) in front of ``history[:-1]``, in one launch."""
+    out = torch.empty((1 + history.numel(),), dtype=torch.float32, device=history.device)
+    _history_update_kernel[(1,)](
+        amax, nans, amax.numel(), history.contiguous(), history.numel(), stored, out, CHUNK=1024, num_warps=4,
     )
     return out[:1].reshape(1, 1), out[1:]
 
