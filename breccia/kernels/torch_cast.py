@@ -302,20 +302,27 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, sca
 
 
 @triton.jit
-def _tensor_scale_kernel(amax_ptr, nan_ptr, n, out_ptr, FMAX: tl.constexpr, EPS: tl.constexpr,
-                         POW2: tl.constexpr, CHUNK: tl.constexpr):
-    """One program: the max of ``n`` tile amaxes and NaN flags, TransformerEngine's rule on it, and
-    ``out = [stored scale (NaN if a tile held NaN), multiplier]``."""
+def _tiles_max(amax_ptr, nan_ptr, n, CHUNK: tl.constexpr):
+    """``([1, 1] max of n tile amaxes, [1, 1] whether a tile held NaN)``, read ``CHUNK`` at a time."""
     amaxes = tl.zeros((1, CHUNK), tl.float32)
     flags = tl.zeros((1, CHUNK), tl.int32)
     for start in range(0, n, CHUNK):
         i = start + tl.arange(0, CHUNK)[None, :]
         amaxes = tl.maximum(amaxes, tl.load(amax_ptr + i, mask=i < n, other=0.0))
         flags = tl.maximum(flags, tl.load(nan_ptr + i, mask=i < n, other=0))
-    stored, q = _scale_rule(tl.max(amaxes, axis=1, keep_dims=True), 0, FMAX, EPS, POW2, 0)
+    return tl.max(amaxes, axis=1, keep_dims=True), tl.max(flags, axis=1, keep_dims=True) > 0
+
+
+@triton.jit
+def _tensor_scale_kernel(amax_ptr, nan_ptr, n, out_ptr, FMAX: tl.constexpr, EPS: tl.constexpr,
+                         POW2: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: the max of ``n`` tile amaxes and NaN flags, TransformerEngine's rule on it, and
+    ``out = [stored scale (NaN if a tile held NaN), multiplier]``."""
+    amax, any_nan = _tiles_max(amax_ptr, nan_ptr, n, CHUNK)
+    stored, q = _scale_rule(amax, 0, FMAX, EPS, POW2, 0)
     nan = tl.full(stored.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
     first = tl.zeros((1, 1), tl.int32)
-    tl.store(out_ptr + first, tl.where(tl.max(flags, axis=1, keep_dims=True) > 0, nan, stored))
+    tl.store(out_ptr + first, tl.where(any_nan, nan, stored))
     tl.store(out_ptr + first + 1, q)
 
 
@@ -347,17 +354,11 @@ def _history_update_kernel(amax_ptr, nan_ptr, n, history_ptr, length, scale_ptr,
                            CHUNK: tl.constexpr):
     """One program, after a DelayedScaling encode pass: ``out = [stored scale (NaN if a tile held
     NaN), max of the tile amaxes, history[:-1]]``: the scale and the next history."""
-    amaxes = tl.zeros((1, CHUNK), tl.float32)
-    flags = tl.zeros((1, CHUNK), tl.int32)
-    for start in range(0, n, CHUNK):
-        i = start + tl.arange(0, CHUNK)[None, :]
-        amaxes = tl.maximum(amaxes, tl.load(amax_ptr + i, mask=i < n, other=0.0))
-        flags = tl.maximum(flags, tl.load(nan_ptr + i, mask=i < n, other=0))
+    amax, any_nan = _tiles_max(amax_ptr, nan_ptr, n, CHUNK)
     first = tl.zeros((1, 1), tl.int32)
     nan = tl.full((1, 1), 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
-    scale = tl.where(tl.max(flags, axis=1, keep_dims=True) > 0, nan, tl.load(scale_ptr + first))
-    tl.store(out_ptr + first, scale)
-    tl.store(out_ptr + first + 1, tl.max(amaxes, axis=1, keep_dims=True))
+    tl.store(out_ptr + first, tl.where(any_nan, nan, tl.load(scale_ptr + first)))
+    tl.store(out_ptr + first + 1, amax)
     for start in range(0, length - 1, CHUNK):
         i = start + tl.arange(0, CHUNK)[None, :]
         tl.store(out_ptr + 2 + i, tl.load(history_ptr + i, mask=i < length - 1), mask=i < length - 1)
