@@ -102,7 +102,8 @@ class JaxBackend(Backend):
 
         XLA's CPU code reduces ``max(|x|)`` over small blocks an order of magnitude slower than the
         two plain reductions (4096x4096 float32 in 1x128 blocks: 18-22 ms against 1.4 ms, one
-        multi-output loop that reads ``x`` once); on a GPU both forms fuse into one pass.
+        multi-output loop that reads ``x`` once). On the H100 the shared-path casts that use it (NVFP4,
+        integers) ran as fast as with ``max(|x|)`` (RESULTS.md).
         """
         high, low = jnp.max(x, axis=axes, keepdims=True), jnp.min(x, axis=axes, keepdims=True)
         return jnp.abs(jnp.maximum(high, -low))
