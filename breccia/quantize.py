@@ -122,12 +122,24 @@ def _float32(backend: Backend, x: Any) -> Any:
     return backend.xp.astype(x, backend.xp.float32, copy=False)
 
 
-def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe, eager: bool, slabs: _Slabs):
-    """Finite-only block statistics, the input with NaN zeroed, and the blocks that held NaN.
+def _block_scales(
+    backend: Backend,
+    xb: Any,
+    blocking: _Blocking,
+    recipe: Recipe,
+    eager: bool,
+    slabs: _Slabs,
+    input_dtype: str,
+    history: Any,
+) -> tuple[BlockStats, Scales, Any, Any]:
+    """Finite-only block statistics, their scales, the input with NaN zeroed, and the NaN blocks.
 
     The common all-finite case costs one reduction: eagerly it is checked on the block amaxes (max
     propagates NaN and Inf in numpy and torch); under a trace, a backend with a conditional runs the
     non-finite branch only when ``sum(x)`` is not finite (some element is NaN or +-Inf, or it overflows).
+    The scale rule runs inside the conditional: its outputs are per-block arrays the compiler must
+    materialize, so the encode loop reads one multiplier per block instead of recomputing the rule
+    for every element (XLA's CPU fusion does that to a rule that follows the conditional).
     """
     xp = backend.xp
     axes = blocking.reduce_axes
@@ -138,35 +150,52 @@ def _block_stats(backend: Backend, xb: Any, blocking: _Blocking, recipe: Recipe,
         amax = xp.max(xp.where(magnitude < math.inf, magnitude, 0.0), axis=axes, keepdims=True)
         return amax, xp.any(xp.isnan(xb), axis=axes, keepdims=True)
 
-    if eager:
-        amax = slabs.abs_max(backend, xb, axes)
-        nan_blocks = None
-        if not backend.known_true(xp.all(xp.isfinite(amax))):  # non-finite, or cannot tell here
+    def stats_and_scales(xb: Any, amax: Any, nan_blocks: Any) -> tuple[BlockStats, Scales]:
+        stats = BlockStats(amax=amax, input_dtype=input_dtype)
+        if recipe.zero_point_kind is not None:
+            finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
+            stats.lo = _float32(backend, xp.min(finite_x, axis=axes, keepdims=True))
+            stats.hi = _float32(backend, xp.max(finite_x, axis=axes, keepdims=True))
+        if recipe.scale_format == "E4M3":
+            stats.tensor_amax = xp.max(amax)
+        return stats, block_scales(backend, recipe, stats, history)
+
+    if eager or not backend.has_cond:
+        if eager:
+            amax = slabs.abs_max(backend, xb, axes)
+            nan_blocks = None
+            if not backend.known_true(xp.all(xp.isfinite(amax))):  # non-finite, or cannot tell here
+                amax, nan_blocks = finite_only(xb)
+        else:
             amax, nan_blocks = finite_only(xb)
-    elif backend.has_cond:
+        stats, scales = stats_and_scales(xb, amax, nan_blocks)
+    else:
         # sum(x) is NaN or +-Inf whenever an element is (and, harmlessly, when the sum overflows);
         # only small per-block arrays cross the conditional (a full-size one would be copied)
-        amax = backend.abs_max(xb, axes)
-        nonfinite = xp.logical_not(xp.isfinite(xp.sum(xb)))
-        amax, nan_blocks = backend.cond(
-            nonfinite,
-            lambda xb, amax: finite_only(xb),
-            lambda xb, amax: (amax, xp.zeros(amax.shape, dtype=xp.bool)),
+        product_dtype = []
+
+        def branch(xb: Any, amax: Any, nan_blocks: Any) -> tuple[Any, ...]:
+            stats, scales = stats_and_scales(xb, amax, nan_blocks)
+            product_dtype[:] = [scales.product_dtype]
+            return (stats.amax, nan_blocks, *(getattr(scales, name) for name in _SCALE_ARRAYS))
+
+        outs = backend.cond(
+            xp.logical_not(xp.isfinite(xp.sum(xb))),
+            lambda xb, amax: branch(xb, *finite_only(xb)),
+            lambda xb, amax: branch(xb, amax, xp.zeros(amax.shape, dtype=xp.bool)),
             xb,
-            amax,
+            backend.abs_max(xb, axes),
         )
-    else:
-        amax, nan_blocks = finite_only(xb)
+        amax, nan_blocks = outs[:2]
+        stats = BlockStats(amax=amax, input_dtype=input_dtype)
+        scales = Scales(**dict(zip(_SCALE_ARRAYS, outs[2:])), product_dtype=product_dtype[0])
     if nan_blocks is not None:
         xb = xp.where(xp.isnan(xb), 0.0, xb)
-    stats = BlockStats(amax=amax)
-    if recipe.zero_point_kind is not None:
-        finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
-        stats.lo = _float32(backend, xp.min(finite_x, axis=axes, keepdims=True))
-        stats.hi = _float32(backend, xp.max(finite_x, axis=axes, keepdims=True))
-    if recipe.scale_format == "E4M3":
-        stats.tensor_amax = xp.max(amax)
-    return stats, xb, nan_blocks
+    return stats, scales, xb, nan_blocks
+
+
+#: the array fields of :class:`Scales` (what a conditional returns; ``product_dtype`` is static)
+_SCALE_ARRAYS = ("stored", "multiplier", "divisor", "pre_offset", "post_offset", "zero_point", "global_scale")
 
 
 def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: str) -> Any:
@@ -197,9 +226,9 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     # bfloat16/float16 go to float32 slab by slab when there are slabs (exactly: min/max commute)
     by_slab = not slabs.whole and backend.dtype_name(x) in _HALF_DTYPES
     xb = blocking.split(backend, x if by_slab else _float32(backend, x))
-    stats, xb, nan_blocks = _block_stats(backend, xb, blocking, recipe, eager, slabs)
-    stats.input_dtype = backend.dtype_name(x)
-    scales = block_scales(backend, recipe, stats, history)
+    stats, scales, xb, nan_blocks = _block_scales(
+        backend, xb, blocking, recipe, eager, slabs, backend.dtype_name(x), history
+    )
     codes = blocking.merge(xp, _encode_blocks(backend, xb, scales, fmt, slabs))
     if fmt.packed:
         codes = backend.pack_nibbles(codes)
