@@ -459,6 +459,11 @@ def _check_history(backend: Backend, recipe: DelayedScaling, history: Any, like:
         raise RecipeError(f"history must be a bc.AmaxHistory; got {type(history).__name__}")
     if backend_for(history.amax, "history").name != backend.name:
         raise RecipeError("history must be in the same framework as the input; move it with .to()")
+    if backend.dtype_name(history.amax) != "float32":
+        raise DTypeError(
+            f"history amaxes must be float32; got {backend.dtype_name(history.amax)} "
+            "(start one with bc.AmaxHistory.zeros(recipe, like=x), or pass the one cast returned)"
+        )
     if tuple(history.amax.shape) != (recipe.amax_history_len,):
         raise ShapeError(
             f"history has shape {tuple(history.amax.shape)}; this DelayedScaling keeps "

@@ -390,6 +390,8 @@ def test_delayed_scaling_scales_from_the_history_before_this_tensor():
     np.testing.assert_array_equal(history2.amax, [np.abs(x).max()] * 2 + [0, 0])
     with pytest.raises(bc.ShapeError, match="amax_history_len"):
         bc.cast(x, bc.DelayedScaling(amax_history_len=8), history=history)
+    with pytest.raises(bc.DTypeError, match="history amaxes must be float32; got float64"):
+        bc.cast(x, recipe, history=bc.AmaxHistory(history.amax.astype(np.float64)))
 
 
 def test_delayed_scaling_under_jax_jit_matches_numpy():

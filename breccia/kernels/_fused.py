@@ -3,22 +3,22 @@
 :func:`fused_cast` returns exactly what :func:`breccia.quantize._cast_arrays` returns, computed by the
 kernels of :mod:`.torch_cast` or :mod:`.jax_cast` (the same ``launch_cast``/``launch_dequantize``
 interface). A per-tensor cast needs the whole tensor's amax before any element can be encoded, so it
-is two passes: a kernel pass for per-tile amaxes (and NaN flags), the scale rule of
-:mod:`breccia.scaling` on their maximum (a one-element array: the shared code, unchanged), and the
-encode pass; DelayedScaling takes its scale from the history and so needs only the encode pass, which
-also yields the amax recorded next.
+is two passes: a kernel pass for per-tile amaxes (and NaN flags), the scale rule on their maximum
+(``launch_tensor_scale``), and the encode pass; DelayedScaling takes its scale from the history
+(``launch_history_scale``) and so needs only the encode pass, which also yields the amax recorded
+next (``launch_history_update``). Both kernel modules provide these launches: torch's are one-program
+Triton kernels (a dozen small eager operations would cost more host time than the passes take on
+the GPU), JAX's are :mod:`breccia.scaling`'s rule, which XLA compiles into the caller's program.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
 from ..layouts import Layout, scale_shape
 from ..recipes import SCALE_FORMATS, Recipe
-from ..scaling import BlockStats, block_scales
 from ._cast_plan import cast_plan, dequantize_plan
 
 __all__ = ["fused_cast", "fused_dequantize"]
@@ -50,7 +50,7 @@ def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout,
     shape = tuple(x.shape)
     new_history = None
     if plan.rule == "given":
-        data, scale, new_history = _per_tensor(backend, kernels, plan, recipe, x, history)
+        data, scale, new_history = _per_tensor(kernels, plan, recipe, x, history)
     else:
         data, scale, _, _ = kernels.launch_cast(plan, x)
     fmt = recipe.element_format
@@ -62,43 +62,18 @@ def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout,
     return backend.to_storage(data, fmt), scale, None, None, new_history
 
 
-def _per_tensor(backend: Any, kernels: Any, plan: Any, recipe: Recipe, x: Any, history: Any):
-    xp = backend.xp
+def _per_tensor(kernels: Any, plan: Any, recipe: Recipe, x: Any, history: Any):
+    """A per-tensor cast: current scaling is an amax pass, the scale, and the encode pass; DelayedScaling
+    takes its scale from the history, encodes, and records the amax of that same pass."""
     if history is None:
         _, _, tiles, flags = kernels.launch_cast(plan, x, encode=False)
-        scale, multiplier = _tensor_scale(backend, kernels, plan, recipe, tiles, flags)
+        scale, multiplier = kernels.launch_tensor_scale(recipe, tiles, flags)
         data, _, _, _ = kernels.launch_cast(plan, x, given=multiplier)
         return data, scale, None
-    if hasattr(kernels, "launch_history_scale") and backend.dtype_name(history) == "float32":
-        stored, multiplier = kernels.launch_history_scale(recipe, history)
-        data, _, tiles, flags = kernels.launch_cast(plan, x, given=multiplier)
-        scale, new_history = kernels.launch_history_update(tiles, flags, history, stored)
-        return data, scale, new_history
-    placeholder = BlockStats(amax=xp.reshape(history[:1], (1, 1)))  # only its rank is read
-    scales = block_scales(backend, recipe, placeholder, history)
-    data, _, tiles, flags = kernels.launch_cast(plan, x, given=scales.multiplier)
-    new_history = xp.concat([xp.reshape(xp.max(tiles), (1,)), history[:-1]], axis=0)
-    return data, _nan_if(xp, flags, scales.stored), new_history
-
-
-def _tensor_scale(backend: Any, kernels: Any, plan: Any, recipe: Recipe, tiles: Any, flags: Any):
-    """``(stored scale, multiplier)`` of a per-tensor current-scaling cast from its per-tile amaxes and
-    NaN flags: the scale rule of :mod:`breccia.scaling` on their maximum, or the kernel module's own
-    launch of the same rule where it has one (torch: one launch for a dozen small eager operations,
-    which cost more host time than the kernel passes take on the GPU; JAX compiles them into its
-    program, so the shared rule is what it runs). DelayedScaling's history rule and update are the same
-    case (``launch_history_scale``/``launch_history_update``)."""
-    launch = getattr(kernels, "launch_tensor_scale", None)
-    if launch is not None:
-        return launch(plan, tiles, flags)
-    xp = backend.xp
-    scales = block_scales(backend, recipe, BlockStats(amax=xp.reshape(xp.max(tiles), (1, 1))))
-    return _nan_if(xp, flags, scales.stored), scales.multiplier
-
-
-def _nan_if(xp: Any, flags: Any, stored: Any) -> Any:
-    """The per-tensor scale, NaN where any tile held NaN (the NaN rule of docs/numerics.md)."""
-    return xp.where(xp.any(flags > 0), math.nan, stored)
+    stored, multiplier = kernels.launch_history_scale(recipe, history)
+    data, _, tiles, flags = kernels.launch_cast(plan, x, given=multiplier)
+    scale, new_history = kernels.launch_history_update(tiles, flags, history, stored)
+    return data, scale, new_history
 
 
 def fused_dequantize(backend: Any, st: Any, dtype_name: str, shared: Callable[[], Any]) -> Any:

@@ -6,7 +6,10 @@ data and scales. Divisions are ``div.rn.f32`` in inline PTX (the Triton lowering
 approximate ``div.full.f32``); ``floor(log2)`` and ``2**e`` are exponent-bit arithmetic; FP8
 encodes clamp and convert with RNE; E2M1 rounds on the float32 bits. ``interpret=True`` runs the same
 kernel bodies through Pallas' interpreter on any device (dividing as :class:`JaxBackend` does
-there), which is how the CPU test suite checks their logic.
+there), which is how the CPU test suite checks their logic. The per-tensor scale steps between the
+passes (``launch_tensor_scale`` and DelayedScaling's ``launch_history_scale``/``launch_history_update``)
+are :mod:`breccia.scaling`'s rule on one-element arrays: XLA compiles them into the caller's program
+beside the kernels, so they need no kernel of their own (torch's are Triton kernels to save host time).
 """
 
 from __future__ import annotations
@@ -20,9 +23,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from ..backends import get_backend
+from ..scaling import BlockStats, Scales, block_scales
 from ._cast_plan import CastPlan
 
-__all__ = ["launch_cast", "launch_dequantize"]
+__all__ = [
+    "launch_cast",
+    "launch_dequantize",
+    "launch_history_scale",
+    "launch_history_update",
+    "launch_tensor_scale",
+]
 
 _FLT_MAX = 3.4028234663852886e38
 _FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
@@ -48,8 +59,6 @@ class _Ops:
         a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(b))
         b = jnp.broadcast_to(b, a.shape)
         if self.interpret:  # XLA's CPU would turn a division by a constant into a multiply
-            from ..backends import get_backend
-
             return get_backend("jax").divide(a, b)
         [q] = pltriton.elementwise_inline_asm(
             "div.rn.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
@@ -291,6 +300,34 @@ def launch_cast(plan: CastPlan, x: Any, given: Any = None, encode: bool = True, 
         x2 = lax.bitcast_convert_type(x2.reshape(plan.rows, plan.cols // 2, 2), jnp.uint32)
     data, scale = pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **params)(x2)
     return data, scale, None, None
+
+
+def _tensor_rule(recipe: Any, amax: Any, history: Any = None) -> Scales:
+    return block_scales(get_backend("jax"), recipe, BlockStats(amax=jnp.reshape(amax, (1, 1))), history)
+
+
+def _nan_if(flags: Any, stored: Any) -> Any:
+    """The per-tensor scale, NaN where any tile held NaN (the NaN rule of docs/numerics.md)."""
+    return jnp.where(jnp.any(flags > 0), jnp.nan, stored)
+
+
+def launch_tensor_scale(recipe: Any, amax: Any, nans: Any) -> tuple[Any, Any]:
+    """``(stored scale [1, 1], NaN if a tile held NaN; multiplier [1, 1])`` of a per-tensor
+    current-scaling cast from the per-tile amaxes and NaN flags of its first pass."""
+    scales = _tensor_rule(recipe, jnp.max(amax))
+    return _nan_if(nans, scales.stored), scales.multiplier
+
+
+def launch_history_scale(recipe: Any, history: Any) -> tuple[Any, Any]:
+    """``(stored scale [1, 1], multiplier [1, 1])`` of a DelayedScaling cast from its amax history."""
+    scales = _tensor_rule(recipe, history[0], history)  # the amax placeholder: only its rank is read
+    return scales.stored, scales.multiplier
+
+
+def launch_history_update(amax: Any, nans: Any, history: Any, stored: Any) -> tuple[Any, Any]:
+    """``(stored scale, NaN if a tile held NaN; next history)`` after a DelayedScaling encode pass:
+    the newest amax (the max of the tile amaxes) in front of ``history[:-1]``."""
+    return _nan_if(nans, stored), jnp.concatenate([jnp.reshape(jnp.max(amax), (1,)), history[:-1]])
 
 
 def _dequantize_body(plan: CastPlan, data_ref, scale_ref, out_ref):

@@ -409,14 +409,14 @@ def launch_cast(plan: CastPlan, x: torch.Tensor, given: torch.Tensor | None = No
     return data, scale, amax, nans
 
 
-def launch_tensor_scale(plan: CastPlan, amax: torch.Tensor, nans: torch.Tensor):
-    """``(stored scale [1, 1], multiplier [1])`` of a per-tensor current-scaling cast from the
-    per-tile amaxes and NaN flags of its first pass: one launch where the shared rule takes a dozen
-    small torch operations (each a launch and its host work)."""
+def launch_tensor_scale(recipe: Any, amax: torch.Tensor, nans: torch.Tensor):
+    """``(stored scale [1, 1], NaN if a tile held NaN; multiplier [1])`` of a per-tensor current-scaling
+    cast from the per-tile amaxes and NaN flags of its first pass: one launch where the shared rule
+    takes a dozen small torch operations (each a launch and its host work)."""
     out = torch.empty((2,), dtype=torch.float32, device=amax.device)
     _tensor_scale_kernel[(1,)](
-        amax, nans, amax.numel(), out, FMAX=plan.fmax, EPS=plan.eps, POW2=plan.power_2, CHUNK=1024,
-        num_warps=4, enable_fp_fusion=False,
+        amax, nans, amax.numel(), out, FMAX=recipe.element_format.max_value, EPS=float(recipe.amax_epsilon),
+        POW2=recipe.power_2_scale, CHUNK=1024, num_warps=4, enable_fp_fusion=False,
     )
     return out[:1].reshape(1, 1), out[1:]
 
