@@ -297,7 +297,7 @@ def _step(backend: Backend, xb: Any, scales: Scales, out: Any = None) -> Any:
     else:
         then("divide", y, scales.divisor)
     if scales.product_dtype is not None:
-        y = backend.astype(backend.astype(y, scales.product_dtype), "float32")
+        y = backend.round_to(y, scales.product_dtype)
     if scales.post_offset is not None:
         then("round", y)
         then("add", y, scales.post_offset)
@@ -517,8 +517,7 @@ def _float_zero_point(backend: Backend, q_u: Any, s: Any, zp: Any, stored_scale:
     half = backend.dtype_name(stored_scale)
     if half not in _HALF_DTYPES:
         return backend.multiply_add(q_u, s, zp)
-    product = backend.astype(backend.astype(q_u * s, half), "float32")
-    return backend.astype(backend.astype(product + zp, half), "float32")
+    return backend.round_to(backend.round_to(q_u * s, half) + zp, half)
 
 
 def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:

@@ -199,7 +199,7 @@ def _in_input_dtype(backend: Any, v: Any, stats: BlockStats) -> Any:
     """float32 ``v`` rounded once to the input's dtype: torch's bf16/fp16 arithmetic (computed in
     float32, then rounded) on values that are already of that dtype. Identity for float32 input."""
     if stats.input_dtype in _HALF_DTYPES:
-        return backend.astype(backend.astype(v, stats.input_dtype), "float32")
+        return backend.round_to(v, stats.input_dtype)
     return v
 
 

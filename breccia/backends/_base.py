@@ -84,6 +84,11 @@ class Backend:
     def astype(self, x: Any, name: str) -> Any:
         return self.xp.astype(x, self.dtype(name))
 
+    def round_to(self, x: Any, name: str) -> Any:
+        """float32 ``x`` rounded once (RNE) to the dtype ``name``, as float32: how torch's bfloat16 and
+        float16 arithmetic rounds, and how MLX rounds in a half-precision scale's dtype."""
+        return self.astype(self.astype(x, name), "float32")
+
     def bitcast(self, x: Any, name: str) -> Any:
         """Reinterpret the bits of ``x`` as dtype ``name`` of the same width."""
         raise NotImplementedError

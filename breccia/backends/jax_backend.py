@@ -117,10 +117,21 @@ class JaxBackend(Backend):
         return jax.lax.bitcast_convert_type(clipped.astype(native), jnp.uint8)
 
     def decode(self, codes: Any, fmt: ElementFormat) -> Any:
+        """XLA's exact fp8 -> float32 convert. The codes cross an optimization barrier: codes just
+        encoded (NVFP4's E4M3 block scales) would otherwise be an f32 -> fp8 -> f32 convert pair,
+        which XLA's GPU compiler removes (see :meth:`round_to`), keeping the unrounded value."""
         native = _NATIVE_FP8.get(fmt.name)
         if native is not None:
+            codes = jax.lax.optimization_barrier(codes)
             return jax.lax.bitcast_convert_type(codes, native).astype(jnp.float32)
         return super().decode(codes, fmt)
+
+    def round_to(self, x: Any, name: str) -> Any:
+        """float32 ``x`` rounded once to ``name``, as float32, with the narrow value behind an
+        optimization barrier: XLA's GPU compiler allows excess precision by default
+        (``xla_allow_excess_precision``) and its ``SimplifyFPConversions`` pass then deletes an
+        f32 -> bf16 -> f32 convert pair, skipping the rounding that torch's arithmetic does."""
+        return jax.lax.optimization_barrier(x.astype(self.dtype(name))).astype(jnp.float32)
 
     def constant(self, key: str, value: np.ndarray, like: Any) -> Any:
         if self.is_traced(like):
