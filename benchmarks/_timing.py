@@ -7,6 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+#: calls back to back in one GPU timing sample: a cast of a 256 MB tensor takes ~0.15 ms, and the
+#: first call's host work plus the final wait (tens of microseconds, more for JAX than for torch)
+#: are then about 1% of a sample rather than 3-5% of a sample of 10
+GPU_BATCH = 50
+
 
 def median_seconds(
     fn: Callable[[], Any],

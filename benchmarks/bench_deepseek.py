@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _timing import median_seconds
+from _timing import GPU_BATCH, median_seconds
 
 import breccia as bc
 from breccia.bridges import deepseek_recipe, from_deepseek_v3
@@ -177,8 +177,8 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
     sync_t = lambda r: torch.cuda.synchronize()  # noqa: E731
 
     def bench(fn: Callable[[], Any], sync: Callable[[Any], Any] = sync_t) -> float:
-        """Device throughput: 10 calls back to back per sample (the host's dispatch overlapped)."""
-        return median_seconds(fn, sync=sync, repeat=20, batch=10)
+        """Device throughput: GPU_BATCH calls back to back per sample (the host's dispatch overlapped)."""
+        return median_seconds(fn, sync=sync, repeat=20, batch=GPU_BATCH)
 
     peer = bench(lambda: torch_dequant(td, ts))
     table: list[tuple] = []

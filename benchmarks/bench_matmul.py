@@ -12,8 +12,8 @@ CUDA rows (8192^3 GEMMs unless --quick; TFLOP/s = 2*M*N*K / time):
             Float8BlockScaling 1x128 activations x 128x128 weights (torch), and the same through JAX
   casts     bc.cast of a bf16 16384x8192 tensor, TB/s = (bytes read + bytes written) / time, beside a
             device-to-device copy and the issue's recorded TransformerEngine figures
-Timing: median over samples of GPU_BATCH calls back to back, CUDA events (torch) or wall clock with
-block_until_ready (JAX), after warm-up; the anchors are timed the same way.
+Timing: median over samples of calls back to back (GEMM_BATCH GEMMs, GPU_BATCH casts), CUDA events
+(torch) or wall clock with block_until_ready (JAX), after warm-up; the anchors are timed the same way.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _timing import median_seconds
+from _timing import GPU_BATCH, median_seconds
 
 import breccia as bc
 
-# Measured on the H100 machine before any breccia code existed (issue 8), for reference.
-#: calls back to back per GPU timing sample, for breccia and the anchors alike
-GPU_BATCH = 10
+#: GEMMs back to back per timing sample: one 8192^3 FP8 GEMM takes ~1 ms, so the fixed host and
+#: wait overhead of a sample is ~0.5% of 10 (casts take ~0.15 ms each and use _timing.GPU_BATCH)
+GEMM_BATCH = 10
 
+# Measured on the H100 machine before any breccia code existed (issue 8), for reference.
 ISSUE_ANCHORS = {
     "te-1x128": 2.07,
     "te-128x128": 2.18,
@@ -59,7 +60,7 @@ def _print_table(title: str, rows: list[list[str]]) -> None:
 # --- timers -------------------------------------------------------------------------------------------
 
 
-def time_torch(fn: Callable[[], Any], reps: int = 20, batch: int = GPU_BATCH) -> float:
+def time_torch(fn: Callable[[], Any], batch: int, reps: int = 20) -> float:
     """Median seconds of one ``fn()`` on the current CUDA stream: CUDA events around ``batch`` calls
     back to back (the device's throughput, the host's dispatch overlapped), after warm-up."""
     import torch
@@ -85,7 +86,7 @@ def _jax_sync(r: Any) -> Any:
     return jax.block_until_ready(r)
 
 
-JAX_TIMING = dict(sync=_jax_sync, repeat=20, warmup=3, batch=GPU_BATCH)
+JAX_TIMING = dict(sync=_jax_sync, repeat=20, warmup=3)
 
 
 # --- CUDA ---------------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def cuda_gemms(n: int) -> list[list[str]]:
     x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     rows = []
-    bf16 = tf(time_torch(lambda: x @ w.t()))
+    bf16 = tf(time_torch(lambda: x @ w.t(), GEMM_BATCH))
     rows.append(_row("torch bf16 matmul (no breccia)", bf16, None, "-", "TFLOP/s"))
 
     current = bc.Float8CurrentScaling()
@@ -168,8 +169,8 @@ def cuda_gemms(n: int) -> list[list[str]]:
         xs, ws = bc.cast(x, rx, lx), bc.cast(w, rw_, lw)
         ref = (xs.dequantize("float32")[:256] @ ws.dequantize("float32").t()).cpu()
         _check(bc.linear(xs, ws)[:256].float().cpu(), ref, name)
-        anchor = anchors[name] = tf(time_torch(peer(xs, ws)))
-        ours = tf(time_torch(lambda xs=xs, ws=ws: bc.linear(xs, ws)))
+        anchor = anchors[name] = tf(time_torch(peer(xs, ws), GEMM_BATCH))
+        ours = tf(time_torch(lambda xs=xs, ws=ws: bc.linear(xs, ws), GEMM_BATCH))
         rows.append(_row(name, ours, anchor, f"{anchor_name}, same data", "TFLOP/s"))
     tw, rw = anchors["torch FP8 per-tensor"], anchors["torch FP8 row-wise"]
     rows.extend(_jax_gemms(n, tw, rw))
@@ -188,7 +189,7 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
     rows = []
     xq, wq = x.astype(jnp.float8_e4m3fn), w.astype(jnp.float8_e4m3fn)
     dot = jax.jit(lambda a, b: jnp.dot(a, b.T, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
-    plain = tf(median_seconds(lambda: dot(xq, wq), **JAX_TIMING))
+    plain = tf(median_seconds(lambda: dot(xq, wq), batch=GEMM_BATCH, **JAX_TIMING))
     rows.append(_row("jnp.dot on fp8 arrays (no breccia)", plain, None, "-", "TFLOP/s"))
     linear = bc.linear  # eager: the fast path compiles its own kernel with the cuBLASLt options
     for name, layout, anchor, anchor_name in [
@@ -198,7 +199,7 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
         xs, ws = bc.cast(x, bc.Float8CurrentScaling(), layout), bc.cast(w, bc.Float8CurrentScaling(), layout)
         ref = np.asarray(xs.dequantize("float32")[:256] @ ws.dequantize("float32").T)
         _check(np.asarray(linear(xs, ws)[:256].astype(jnp.float32)), ref, name)
-        ours = tf(median_seconds(lambda xs=xs, ws=ws: linear(xs, ws), **JAX_TIMING))
+        ours = tf(median_seconds(lambda xs=xs, ws=ws: linear(xs, ws), batch=GEMM_BATCH, **JAX_TIMING))
         rows.append(_row(name, ours, anchor, anchor_name, "TFLOP/s"))
     return rows
 
@@ -223,7 +224,7 @@ def cuda_casts(shape: tuple[int, int]) -> list[list[str]]:
 
     x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
     x_bytes = x.numel() * 2
-    copy_s = time_torch(lambda: x.clone())
+    copy_s = time_torch(lambda: x.clone(), GPU_BATCH)
     copy = 2 * x_bytes / copy_s / 1e12
     rows = [_row("device copy (torch clone)", copy, None, "-", "TB/s")]
     xj = jax.random.normal(jax.random.key(1), shape, jnp.bfloat16)
@@ -231,11 +232,11 @@ def cuda_casts(shape: tuple[int, int]) -> list[list[str]]:
     for name, recipe, anchor in CAST_RECIPES:
         st = bc.cast(x, recipe)
         nbytes = _cast_bytes(st, x_bytes)
-        t = time_torch(lambda recipe=recipe: bc.cast(x, recipe))
+        t = time_torch(lambda recipe=recipe: bc.cast(x, recipe), GPU_BATCH)
         anchor_value = ISSUE_ANCHORS.get(anchor) if anchor else copy
         anchor_name = f"TE 2.20 ({anchor}, issue)" if anchor else "device copy"
         rows.append(_row(f"torch {name}", nbytes / t / 1e12, anchor_value, anchor_name, "TB/s"))
-        tj = median_seconds(lambda recipe=recipe: cast_j(xj, recipe), **JAX_TIMING)
+        tj = median_seconds(lambda recipe=recipe: cast_j(xj, recipe), batch=GPU_BATCH, **JAX_TIMING)
         rows.append(_row(f"jax {name}", nbytes / tj / 1e12, anchor_value, anchor_name, "TB/s"))
     return rows
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _timing import median_seconds
+from _timing import GPU_BATCH, median_seconds
 
 import breccia as bc
 from breccia.backends import get_backend
@@ -108,7 +108,7 @@ def main() -> None:
         in_bytes = host.size * (2 if dtype == "bfloat16" else 4)
         sync = _sync(framework)
         anchor_name, anchor = bare_cast(framework, x)
-        batch = 10 if args.device == "cuda" else 1  # GPU: device throughput, dispatch overlapped
+        batch = GPU_BATCH if args.device == "cuda" else 1  # GPU: device throughput, dispatch overlapped
         timing = dict(sync=sync, repeat=repeat, batch=batch)
         anchor_gbs = (in_bytes + host.size) / median_seconds(anchor, **timing) / 1e9
         anchors = {None: (anchor_name, anchor_gbs)}
