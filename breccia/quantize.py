@@ -184,7 +184,7 @@ def _block_scales(
             lambda xb, amax: branch(xb, *finite_only(xb)),
             lambda xb, amax: branch(xb, amax, xp.zeros(amax.shape, dtype=xp.bool)),
             xb,
-            backend.abs_max(xb, axes),
+            _float32(backend, backend.abs_max(xb, axes)),
         )
         amax, nan_blocks = outs[:2]
         stats = BlockStats(amax=amax, input_dtype=input_dtype)
@@ -223,9 +223,11 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     shape = tuple(x.shape)
     blocking = _Blocking(shape, layout)
     slabs = _Slabs(backend, x, blocking.split_shape, eager)
-    # bfloat16/float16 go to float32 slab by slab when there are slabs (exactly: min/max commute)
-    by_slab = not slabs.whole and backend.dtype_name(x) in _HALF_DTYPES
-    xb = blocking.split(backend, x if by_slab else _float32(backend, x))
+    # bfloat16/float16 go to float32 where they are used (exactly: min/max commute with it): slab by
+    # slab when there are slabs, and inside the compiled loops (XLA's CPU reductions would otherwise
+    # read a materialized float32 copy); a whole eager cast converts once
+    keep_half = not (eager and slabs.whole) and backend.dtype_name(x) in _HALF_DTYPES
+    xb = blocking.split(backend, x if keep_half else _float32(backend, x))
     stats, scales, xb, nan_blocks = _block_scales(
         backend, xb, blocking, recipe, eager, slabs, backend.dtype_name(x), history
     )
