@@ -39,3 +39,30 @@ def median_seconds(
         wait(result)
         times.append((time.perf_counter() - start) / batch)
     return statistics.median(times)
+
+
+def paired_median_seconds(
+    first: Callable[[], Any],
+    second: Callable[[], Any],
+    *,
+    repeat: int = 7,
+    warmup: int = 2,
+    sync: Callable[[Any], Any] | None = None,
+    batch: int = 1,
+) -> tuple[float, float]:
+    """:func:`median_seconds` of two calls whose samples alternate (first, second, first, ...), so a
+    ratio of the two is taken under the same machine state: on a shared CPU a bare cast's time
+    drifts by 2x between runs, and an anchor timed once, minutes before, skews every ratio."""
+    wait = sync or (lambda result: result)
+    for fn in (first, second):
+        for _ in range(warmup):
+            wait(fn())
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for fn, out in zip((first, second), times):
+            start = time.perf_counter()
+            for _ in range(batch):
+                result = fn()
+            wait(result)
+            out.append((time.perf_counter() - start) / batch)
+    return statistics.median(times[0]), statistics.median(times[1])

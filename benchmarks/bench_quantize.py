@@ -3,8 +3,10 @@
 GB/s counts bytes read plus bytes written (input, then data and scales). The anchors are the
 frameworks' own casts, which compute no amax and no scale: ``astype(ml_dtypes.float8_e4m3fn)``,
 ``torch .to(float8_e4m3fn)``, jitted ``jnp.astype``, ``mx.to_fp8``, and MLX's ``mx.quantize`` for the
-MX modes. Ratios are breccia / anchor (higher is better). On CUDA a sample is 10 calls back to back
-and one synchronize (the device's throughput, the host's dispatch overlapped), for both sides.
+MX modes. Ratios are breccia / anchor (higher is better), each anchor timed in samples alternating
+with the recipe's (``_timing.paired_median_seconds``), so both see the same machine state. On CUDA a
+sample is ``GPU_BATCH`` calls back to back and one synchronize (the device's throughput, the host's
+dispatch overlapped), for both sides.
 
     python benchmarks/bench_quantize.py                 # 4096x4096 float32 on the CPU
     python benchmarks/bench_quantize.py --device cuda   # bf16 16384x8192 on a CUDA GPU (torch, jax)
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _timing import GPU_BATCH, median_seconds
+from _timing import GPU_BATCH, paired_median_seconds
 
 import breccia as bc
 from breccia.backends import get_backend
@@ -107,19 +109,18 @@ def main() -> None:
         x = backend.astype(backend.from_numpy(host, device=device), dtype)
         in_bytes = host.size * (2 if dtype == "bfloat16" else 4)
         sync = _sync(framework)
-        anchor_name, anchor = bare_cast(framework, x)
-        batch = GPU_BATCH if args.device == "cuda" else 1  # GPU: device throughput, dispatch overlapped
-        timing = dict(sync=sync, repeat=repeat, batch=batch)
-        anchor_gbs = (in_bytes + host.size) / median_seconds(anchor, **timing) / 1e9
-        anchors = {None: (anchor_name, anchor_gbs)}
+        anchors = {None: (*bare_cast(framework, x), in_bytes + host.size)}
         if framework == "mlx":
-            anchors.update(_mlx_quantize_anchors(x, sync, repeat, in_bytes))
+            anchors.update(_mlx_quantize_anchors(x, in_bytes))
+        batch = GPU_BATCH if args.device == "cuda" else 1  # GPU: device throughput, dispatch overlapped
         for recipe in RECIPES:
             cast = _caster(recipe, x)
             result = cast()
-            seconds = median_seconds(cast, **timing)
+            name, anchor, anchor_bytes = anchors.get(_mlx_mode(recipe), anchors[None])
+            timing = dict(sync=sync, repeat=repeat, batch=batch)
+            seconds, anchor_seconds = paired_median_seconds(cast, anchor, **timing)
             gbs = (in_bytes + result.nbytes) / seconds / 1e9
-            name, ref = anchors.get(_mlx_mode(recipe), anchors[None])
+            ref = anchor_bytes / anchor_seconds / 1e9
             print(
                 f"{framework:<8} {recipe.label():<44} {gbs:>8.2f} {name:<28} {ref:>8.2f} {gbs / ref:>5.2f}x"
             )
@@ -145,19 +146,17 @@ def _mlx_mode(recipe: bc.Recipe) -> str | None:
     return None
 
 
-def _mlx_quantize_anchors(x: Any, sync: Callable[[Any], None], repeat: int, in_bytes: int) -> dict:
+def _mlx_quantize_anchors(x: Any, in_bytes: int) -> dict:
+    """``mx.quantize`` of ``x`` in each MLX mode: ``mode -> (name, call, bytes read + written)``."""
     import mlx.core as mx
 
     anchors = {}
     for mode, group, bits in (("mxfp8", 32, 8), ("mxfp4", 32, 4), ("nvfp4", 16, 4)):
 
         def run(mode=mode, group=group, bits=bits):
-            return mx.quantize(x, group_size=group, bits=bits, mode=mode)
+            return [a for a in mx.quantize(x, group_size=group, bits=bits, mode=mode) if a is not None]
 
-        out = run()
-        nbytes = sum(a.nbytes for a in out if a is not None)
-        seconds = median_seconds(run, sync=lambda o: mx.eval(*[a for a in o if a is not None]), repeat=repeat)
-        anchors[mode] = (f"mx.quantize(mode={mode})", (in_bytes + nbytes) / seconds / 1e9)
+        anchors[mode] = (f"mx.quantize(mode={mode})", run, in_bytes + sum(a.nbytes for a in run()))
     return anchors
 
 
