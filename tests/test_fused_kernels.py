@@ -190,11 +190,13 @@ def test_the_kernels_e2m1_rounding_on_float32_bits_equals_the_shared_encode():
     from breccia.kernels import jax_cast
 
     grid = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], np.float32)
-    points = np.concatenate([grid, (grid[1:] + grid[:-1]) / 2, [7.0, 1e30, np.inf, 2.0**-149]])
+    extremes = np.array([7.0, 1e30, np.inf, 2.0**-149], np.float32)
+    points = np.concatenate([grid, (grid[1:] + grid[:-1]) / 2, extremes])
     below, above = np.nextafter(points, np.float32(0)), np.nextafter(points, np.float32(8))
+    assert below.dtype == above.dtype == np.float32  # the float32 neighbours, not float64 ones
     points = np.concatenate([points, below, above])
     rng = np.random.default_rng(0)
-    y = np.concatenate([points, -points, rng.uniform(-8, 8, 4096).astype(np.float32)]).astype(np.float32)
+    y = np.concatenate([points, -points, rng.uniform(-8, 8, 4096).astype(np.float32)])
     plan = cast_plan(bc.MXFP4BlockScaling(), bc.PerBlockK(32), (64,), "float32")
     got = np.asarray(jax_cast._Ops.encode(plan, jnp.asarray(y)))
     expected = get_backend("numpy").encode(y, E2M1)

@@ -10,6 +10,7 @@ import shutil
 import struct
 import tempfile
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,7 +245,7 @@ def _model(framework="numpy") -> dict:
 def test_sharded_save_and_load(tmp):
     model = _model("torch")
     save_safetensors(model, tmp, {"format": "pt"}, max_shard_size="5KB")
-    index = json.load(open(os.path.join(tmp, "model.safetensors.index.json")))
+    index = json.loads(Path(tmp, "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     n = len(shards)
     assert n >= 3 and shards == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
@@ -284,7 +285,7 @@ def test_open_reads_only_the_shards_it_needs(tmp):
     """After opening, deleting a shard breaks only the tensors it holds."""
     model = {"first": np.arange(1000, dtype=np.float32), "second": np.ones(1000, np.float32)}
     save_safetensors(model, tmp, max_shard_size=4000)
-    index = json.load(open(os.path.join(tmp, "model.safetensors.index.json")))
+    index = json.loads(Path(tmp, "model.safetensors.index.json").read_text())
     with open_safetensors(tmp) as m:
         os.remove(os.path.join(tmp, index["weight_map"]["second"]))
         np.testing.assert_array_equal(m["first"], model["first"])
@@ -487,7 +488,7 @@ def test_duplicate_keys_are_rejected(tmp):
 
 def _rewrite(path, edit) -> None:
     """Apply ``edit(header_dict)`` to a file's header and write it back (data unchanged)."""
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     edit(header)
@@ -563,7 +564,7 @@ def _index_edit(tmp, edit):
     tensors = {"a": np.zeros(100, np.float32), "c": np.ones(100, np.float32), "b": np.ones(300, np.float32)}
     save_safetensors(tensors, tmp, max_shard_size=1000)  # shards: [a, c], [b]
     index_path = os.path.join(tmp, "model.safetensors.index.json")
-    index = json.load(open(index_path))
+    index = json.loads(Path(index_path).read_text())
     edit(index)
     with open(index_path, "w") as f:
         json.dump(index, f)
@@ -610,7 +611,7 @@ def _fuzz_seed_file() -> bytes:
             path,
             {"note": "x"},
         )
-        return open(path, "rb").read()
+        return Path(path).read_bytes()
     finally:
         os.remove(path)
 
