@@ -172,7 +172,7 @@ def _block_scales(
     else:
         # sum(x) is NaN or +-Inf whenever an element is (and, harmlessly, when the sum overflows);
         # only small per-block arrays cross the conditional (a full-size one would be copied)
-        product_dtype = []
+        product_dtype = []  # Scales' one static (str) field leaves the traced branches by closure
 
         def branch(xb: Any, amax: Any, nan_blocks: Any) -> tuple[Any, ...]:
             stats, scales = stats_and_scales(xb, amax, nan_blocks)
