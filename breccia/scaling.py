@@ -234,7 +234,11 @@ def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Sc
     else:
         lo = xp.minimum(stats.lo, 0.0)
         hi = xp.maximum(stats.hi, 0.0)
-        s = xp.maximum(r(backend.divide(r(hi - lo), fmt.max_value - fmt.min_value)), eps)
+        span = r(hi - lo)
+        # where the group's range overflows the half dtype, torchao's scale is +inf and its group
+        # decodes to NaN; the float32 range keeps the scale finite there (and changes nothing else)
+        span = xp.where(xp.isinf(span), hi - lo, span)
+        s = xp.maximum(r(backend.divide(span, fmt.max_value - fmt.min_value)), eps)
         zp = xp.clip(fmt.min_value - xp.round(r(backend.divide(lo, s))), fmt.min_value, fmt.max_value)
     multiplier = backend.divide(1.0, s)
     product_dtype = None

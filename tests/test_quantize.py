@@ -276,6 +276,29 @@ def test_dequantize_returns_the_input_dtype(framework, dtype):
     assert backend.dtype_name(quantized.dequantize(backend.dtype("bfloat16"))) == "bfloat16"
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_torchao_asymmetric_float16_group_wider_than_float16_keeps_a_finite_scale(framework, bits):
+    """torchao computes ``max - min`` in float16, which overflows for a group spanning more than
+    65504: its scale is +inf and the group decodes to NaN. breccia keeps that range in float32 there,
+    so the group follows the NaN rule (finite values within a step: half for rounding, half for the
+    rounded zero point that shifts torchao's grid; +inf saturated)."""
+    recipe_type = bc.Int4Scaling if bits == 4 else bc.Int8Scaling
+    recipe = recipe_type(group_size=32, symmetric=False, convention="torchao")
+    host = np.zeros((2, 32), np.float16)
+    host[0, :4] = [60000.0, -60000.0, 1.0, np.inf]
+    host[1] = np.linspace(-3, 3, 32)
+    backend = get_backend(framework)
+    st = bc.cast(backend.astype(to_framework(framework, host.astype(np.float32)), "float16"), recipe)
+    scale = to_numpy(st.scale).astype(np.float32)
+    assert np.all(np.isfinite(scale))
+    y = to_numpy(bc.dequantize(st, "float32"))
+    finite = np.isfinite(host)
+    step = np.repeat(scale, 32, axis=1)
+    assert np.all(np.abs(y[finite] - host[finite].astype(np.float32)) <= step[finite] * 1.01)
+    assert y[0, 3] >= y[0, :3].max()  # +inf saturates to the group's largest value
+
+
 def test_float64_numpy_input_keeps_its_dtype():
     x = wide_range((8, 64)).astype(np.float64)
     assert bc.dequantize(bc.cast(x, bc.Int8Scaling())).dtype == np.float64
