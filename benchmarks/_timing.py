@@ -1,4 +1,5 @@
-"""The one timing helper every benchmark uses: the median wall time of a call, after warm-up."""
+"""The timing helper every benchmark uses: the median wall time of a call (or of calls timed in
+turn), after warm-up."""
 
 from __future__ import annotations
 
@@ -28,17 +29,8 @@ def median_seconds(
     sample is ``batch`` calls back to back and one wait, divided by ``batch``: on a GPU that is the
     device's throughput with the host's dispatch overlapped (``batch=1``: one call's latency).
     """
-    wait = sync or (lambda result: result)
-    for _ in range(warmup):
-        wait(fn())
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(batch):
-            result = fn()
-        wait(result)
-        times.append((time.perf_counter() - start) / batch)
-    return statistics.median(times)
+    [seconds] = interleaved_median_seconds(fn, repeat=repeat, warmup=warmup, sync=sync, batch=batch)
+    return seconds
 
 
 def paired_median_seconds(
@@ -53,16 +45,28 @@ def paired_median_seconds(
     """:func:`median_seconds` of two calls whose samples alternate (first, second, first, ...), so a
     ratio of the two is taken under the same machine state: on a shared CPU a bare cast's time
     drifts by 2x between runs, and an anchor timed once, minutes before, skews every ratio."""
+    a, b = interleaved_median_seconds(first, second, repeat=repeat, warmup=warmup, sync=sync, batch=batch)
+    return a, b
+
+
+def interleaved_median_seconds(
+    *fns: Callable[[], Any],
+    repeat: int = 7,
+    warmup: int = 2,
+    sync: Callable[[Any], Any] | None = None,
+    batch: int = 1,
+) -> list[float]:
+    """:func:`median_seconds` of each of ``fns``, their samples taken in turn."""
     wait = sync or (lambda result: result)
-    for fn in (first, second):
+    for fn in fns:
         for _ in range(warmup):
             wait(fn())
-    times: tuple[list[float], list[float]] = ([], [])
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        for fn, out in zip((first, second), times):
+        for fn, out in zip(fns, times):
             start = time.perf_counter()
             for _ in range(batch):
                 result = fn()
             wait(result)
             out.append((time.perf_counter() - start) / batch)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
