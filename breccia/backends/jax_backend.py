@@ -162,9 +162,9 @@ class JaxBackend(Backend):
 
     def by_platform(self, x: Any, cuda: Callable[[], Any], other: Callable[[], Any]) -> Any:
         """Traced, the choice is made when the computation is lowered for its device."""
-        if self.is_traced(x) and self.is_cuda(x):
-            return jax.lax.platform_dependent(cuda=cuda, default=other)
-        return cuda() if self.is_cuda(x) else other()
+        if not self.is_cuda(x):
+            return other()
+        return jax.lax.platform_dependent(cuda=cuda, default=other) if self.is_traced(x) else cuda()
 
     def compiles(self, x: Any) -> bool:
         return True
