@@ -2,7 +2,8 @@
 
     python scripts/tune_cast_kernels.py [--framework torch|jax|both] [--case MXFP4 ...]
 
-Times the kernel launch alone (``launch_cast`` on a planned geometry, bytes read + written), then
+Times the kernel launches alone (``launch_cast``, or ``launch_per_tensor`` for the per-tensor plan, on a
+planned geometry; bytes read + written), then
 ``bc.cast`` as a user calls it, synchronized after every call and back to back (the difference is the
 host's per-call overhead), and the warp counts of the 128x128 dequantize kernel. The defaults of
 ``breccia.kernels._cast_plan`` come from this sweep (JAX's PerRow casts of wide rows take 4 warps
@@ -29,7 +30,8 @@ CASES = [
     ("MXFP8", bc.MXFP8BlockScaling(), None),
     ("MXFP4", bc.MXFP4BlockScaling(), None),
     ("per-row", bc.Float8CurrentScaling(), bc.PerRow()),
-    ("per-tensor encode", bc.Float8CurrentScaling(), bc.PerTensor()),
+    ("per-tensor", bc.Float8CurrentScaling(), bc.PerTensor()),
+    ("per-tensor delayed", bc.DelayedScaling(amax_history_len=16), bc.PerTensor()),
 ]
 
 
@@ -84,7 +86,7 @@ def _synced(framework, fn, repeat=15):
     for _ in range(repeat):
         t = time.perf_counter()
         out = fn()
-        wait() if wait else jax.block_until_ready(out.data)
+        wait() if wait else jax.block_until_ready(out)
         times.append(time.perf_counter() - t)
     return statistics.median(times[3:])
 
@@ -104,7 +106,6 @@ def main() -> None:
             from breccia.kernels import torch_cast as kernels
 
             x = torch.from_numpy(host).cuda().to(torch.bfloat16)
-            given = torch.ones((1, 1), device="cuda")
         else:
             import jax
             import jax.numpy as jnp
@@ -112,7 +113,6 @@ def main() -> None:
             from breccia.kernels import jax_cast as kernels
 
             x = jax.device_put(host, jax.devices("gpu")[0]).astype(jnp.bfloat16)
-            given = jnp.ones((1, 1), jnp.float32)
         timer = _timer(framework)
         for name, recipe, layout in CASES:
             if args.case and name not in args.case:
@@ -121,12 +121,20 @@ def main() -> None:
             base = cast_plan(recipe, layout, SHAPE, "bfloat16")
             written = host.size * (0.5 if base.packed else 1)
             results = []
+            history = None
+            if isinstance(recipe, bc.DelayedScaling):
+                ones = np.ones((16,), np.float32)
+                history = torch.from_numpy(ones).cuda() if framework == "torch" else jnp.asarray(ones)
             for plan in _variants(base):
-                extra = {"given": given} if plan.rule == "given" else {}
+                def launch(v, p=plan, r=recipe, h=history):  # a per-tensor plan: all its launches
+                    if p.rule == "given":
+                        return kernels.launch_per_tensor(p, r, v, h)
+                    return kernels.launch_cast(p, v)
+
                 if framework == "torch":
-                    call = lambda p=plan, e=extra, x=x: kernels.launch_cast(p, x, **e)  # noqa: E731
+                    call = lambda x=x, f=launch: f(x)  # noqa: E731
                 else:
-                    jitted = jax.jit(lambda v, p=plan, e=extra: kernels.launch_cast(p, v, **e)[0])
+                    jitted = jax.jit(lambda v, f=launch: f(v)[0])
                     call = lambda f=jitted, x=x: f(x)  # noqa: E731
                 try:
                     seconds = timer(call)

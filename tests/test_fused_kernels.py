@@ -23,6 +23,7 @@ KERNEL_CASES = [
     (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (67, 300)),
     (bc.DelayedScaling(amax_history_len=3), bc.PerTensor(), (33, 64)),
     (bc.DelayedScaling(amax_history_len=1500, margin=2), bc.PerTensor(), (33, 64)),
+    (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (512, 2048)),  # 256 programs, one amax
     (bc.DelayedScaling(amax_history_len=4, amax_compute_algo="most_recent", fp8_format="E5M2"),
      bc.PerTensor(), (33, 64)),
     (bc.Float8CurrentScaling(), bc.PerRow(), (67, 300)),
@@ -43,6 +44,7 @@ FINITE_CASES = [
     (bc.Float8CurrentScaling(power_2_scale=True, amax_epsilon=2.0**30), bc.PerTensor(), (33, 256)),
     (bc.Float8CurrentScaling(power_2_scale=True), bc.PerTensor(), (3, 40, 96)),
     (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (67, 300)),
+    (bc.DelayedScaling(amax_history_len=4), bc.PerTensor(), (512, 2048)),
 ]
 CASES = [(case, False) for case in KERNEL_CASES] + [(case, True) for case in FINITE_CASES]
 
@@ -95,6 +97,7 @@ def pallas_interpreter(monkeypatch):
     monkeypatch.setattr(jax_backend, "by_platform", lambda x, cuda, other: cuda())
     monkeypatch.setattr(jax_backend, "_compiled", {})  # trace afresh, and keep these traces to this test
     monkeypatch.setattr(jax_cast, "launch_cast", interpreted(jax_cast.launch_cast, "cast"))
+    monkeypatch.setattr(jax_cast, "launch_per_tensor", interpreted(jax_cast.launch_per_tensor, "cast"))
     monkeypatch.setattr(jax_cast, "launch_dequantize", interpreted(jax_cast.launch_dequantize, "dequantize"))
     return launched
 

@@ -1,14 +1,13 @@
 """The fused GPU casts and dequantizations, framework-neutral: plan, launch, and assemble the arrays.
 
 :func:`fused_cast` returns exactly what :func:`breccia.quantize._cast_arrays` returns, computed by the
-kernels of :mod:`.torch_cast` or :mod:`.jax_cast` (the same ``launch_cast``/``launch_dequantize``
-interface). A per-tensor cast needs the whole tensor's amax before any element can be encoded, so it
-is two passes: a kernel pass for per-tile amaxes (and NaN flags), the scale rule on their maximum
-(``launch_tensor_scale``), and the encode pass; DelayedScaling takes its scale from the history
-(``launch_history_scale``) and so needs only the encode pass, which also yields the amax recorded
-next (``launch_history_update``). Both kernel modules provide these launches: torch's are one-program
-Triton kernels (a dozen small eager operations would cost more host time than the passes take on
-the GPU), JAX's are :mod:`breccia.scaling`'s rule, which XLA compiles into the caller's program.
+kernels of :mod:`.torch_cast` or :mod:`.jax_cast`, which share one interface: ``launch_cast`` (a
+per-block cast), ``launch_per_tensor`` (a per-tensor cast, with DelayedScaling's next history) and
+``launch_dequantize``. A per-tensor cast needs the whole tensor's amax before any element can be
+encoded, so current scaling is two passes over the tensor; DelayedScaling takes its scale from the
+history and needs one, which also yields the amax it records. How each module joins the passes is its
+own: torch's reduce the amax with atomics inside its Triton kernels, JAX's reduce per-tile amaxes with
+:mod:`breccia.scaling`'s rule, which XLA compiles into the caller's program beside the Pallas kernels.
 """
 
 from __future__ import annotations
@@ -50,9 +49,9 @@ def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout,
     shape = tuple(x.shape)
     new_history = None
     if plan.rule == "given":
-        data, scale, new_history = _per_tensor(kernels, plan, recipe, x, history)
+        data, scale, new_history = kernels.launch_per_tensor(plan, recipe, x, history)
     else:
-        data, scale, _, _ = kernels.launch_cast(plan, x)
+        data, scale = kernels.launch_cast(plan, x)
     fmt = recipe.element_format
     data = xp.reshape(data, (*shape[:-1], shape[-1] // 2 if fmt.packed else shape[-1]))
     scale = xp.reshape(scale, scale_shape(layout, shape))
@@ -60,20 +59,6 @@ def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout,
     if scale_fmt is not None:
         scale = backend.to_storage(scale, scale_fmt)
     return backend.to_storage(data, fmt), scale, None, None, new_history
-
-
-def _per_tensor(kernels: Any, plan: Any, recipe: Recipe, x: Any, history: Any):
-    """A per-tensor cast: current scaling is an amax pass, the scale, and the encode pass; DelayedScaling
-    takes its scale from the history, encodes, and records the amax of that same pass."""
-    if history is None:
-        _, _, tiles, flags = kernels.launch_cast(plan, x, encode=False)
-        scale, multiplier = kernels.launch_tensor_scale(recipe, tiles, flags)
-        data, _, _, _ = kernels.launch_cast(plan, x, given=multiplier)
-        return data, scale, None
-    stored, multiplier = kernels.launch_history_scale(recipe, history)
-    data, _, tiles, flags = kernels.launch_cast(plan, x, given=multiplier)
-    scale, new_history = kernels.launch_history_update(tiles, flags, history, stored)
-    return data, scale, new_history
 
 
 def fused_dequantize(backend: Any, st: Any, dtype_name: str, shared: Callable[[], Any]) -> Any:

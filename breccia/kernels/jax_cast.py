@@ -6,10 +6,10 @@ data and scales. Divisions are ``div.rn.f32`` in inline PTX (the Triton lowering
 approximate ``div.full.f32``); ``floor(log2)`` and ``2**e`` are exponent-bit arithmetic; FP8
 encodes clamp and convert with RNE; E2M1 rounds on the float32 bits. ``interpret=True`` runs the same
 kernel bodies through Pallas' interpreter on any device (dividing as :class:`JaxBackend` does
-there), which is how the CPU test suite checks their logic. The per-tensor scale steps between the
-passes (``launch_tensor_scale`` and DelayedScaling's ``launch_history_scale``/``launch_history_update``)
-are :mod:`breccia.scaling`'s rule on one-element arrays: XLA compiles them into the caller's program
-beside the kernels, so they need no kernel of their own (torch's are Triton kernels to save host time).
+there), which is how the CPU test suite checks their logic. A per-tensor cast's passes write per-tile
+amaxes; the steps between them (their maximum, the scale rule, the next history) are
+:mod:`breccia.scaling`'s rule on small arrays, which XLA compiles into the caller's program beside the
+kernels (torch's kernels do them with atomics instead, to save launches and their host time).
 """
 
 from __future__ import annotations
@@ -27,13 +27,7 @@ from ..backends import get_backend
 from ..scaling import BlockStats, Scales, block_scales
 from ._cast_plan import CastPlan
 
-__all__ = [
-    "launch_cast",
-    "launch_dequantize",
-    "launch_history_scale",
-    "launch_history_update",
-    "launch_tensor_scale",
-]
+__all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
 _FLT_MAX = 3.4028234663852886e38
 _FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
@@ -131,9 +125,12 @@ def _e2m1_magnitude(a: Any) -> Any:
     return jnp.where(a < 1.0, small, normal)
 
 
-def _tile(plan: CastPlan) -> tuple[Any, Any, Any, Any]:
-    """Row and column slices of this program's tile, its mask, and the program's block column."""
+def _tile(plan: CastPlan, reverse: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Row and column slices of this program's tile, its mask, and the tile's block row and column
+    (``reverse``: the tiles in the reverse of the launch order)."""
     pm, pk = pl.program_id(0), pl.program_id(1)
+    if reverse:
+        pm, pk = pl.num_programs(0) - 1 - pm, pl.num_programs(1) - 1 - pk
     width = plan.tile_blocks * plan.block_pad
     col0 = pk * (plan.tile_blocks * plan.block_cols)
     r = pm * plan.tile_rows + lax.broadcasted_iota(jnp.int32, (plan.tile_rows, width), 0)
@@ -152,8 +149,8 @@ def _tile_max(v: Any) -> Any:
     return jnp.max(jnp.max(v, axis=1, keepdims=True), axis=0, keepdims=True)
 
 
-def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs):
-    rows_cols, mask, pm, pk = _tile(plan)
+def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: bool = False):
+    rows_cols, mask, pm, pk = _tile(plan, reverse)
     shape3 = (plan.tile_rows, plan.tile_blocks, plan.block_pad)
     whole = plan.block_rows > 1 or plan.rule == "given"  # one block (or one partial amax) per tile
     x = pltriton.load(x_ref.at[rows_cols], mask=mask, other=0.0).astype(jnp.float32)
@@ -270,36 +267,43 @@ def _cast_warps(plan: CastPlan) -> int:
     return 4 if wide_row and plan.block_pad >= 4096 else plan.num_warps
 
 
-def launch_cast(plan: CastPlan, x: Any, given: Any = None, encode: bool = True, interpret: bool = False):
-    """The cast kernel on ``x`` (``plan.rows * plan.cols`` elements): ``(data, scale, tile amaxes,
-    tile NaN flags)`` as :func:`breccia.kernels.torch_cast.launch_cast` returns them."""
+def launch_cast(plan: CastPlan, x: Any, interpret: bool = False) -> tuple[Any, Any]:
+    """The cast kernel of a per-block plan on ``x`` (``plan.rows * plan.cols`` elements): ``(data,
+    scale)`` as :func:`breccia.kernels.torch_cast.launch_cast` returns them."""
     x2 = x.reshape(plan.rows, plan.cols)
     width = plan.cols // 2 if plan.packed else plan.cols
-    data_shape = jax.ShapeDtypeStruct((plan.rows, width), jnp.uint8)
-    body = functools.partial(_cast_body, plan, _Ops(interpret), encode)
-    if plan.rule == "given":
-        tiles = jax.ShapeDtypeStruct(plan.grid, jnp.float32)
-        flags = jax.ShapeDtypeStruct(plan.grid, jnp.int32)
-        out_shape = [data_shape, tiles, flags] if encode else [tiles, flags]
-        given = jnp.ones((1,), jnp.float32) if given is None else given.reshape(1)
-        if encode:
-            kernel = body
-        else:
-            def kernel(x_ref, given_ref, amax_ref, nan_ref):
-                body(x_ref, given_ref, None, amax_ref, nan_ref)
-        params = _params(plan, interpret, _cast_warps(plan))
-        call = pl.pallas_call(kernel, out_shape=out_shape, grid=plan.grid, **params)
-        outs = call(x2, given)
-        data = outs[0] if encode else None
-        return data, None, outs[-2].reshape(-1), outs[-1].reshape(-1)
     scale_dtype = jnp.uint8 if plan.scale_e8m0 else jnp.float32
-    out_shape = [data_shape, jax.ShapeDtypeStruct((plan.scale_rows, plan.scale_cols), scale_dtype)]
-    params = _params(plan, interpret, _cast_warps(plan))
+    out_shape = [jax.ShapeDtypeStruct((plan.rows, width), jnp.uint8),
+                 jax.ShapeDtypeStruct((plan.scale_rows, plan.scale_cols), scale_dtype)]
+    body = functools.partial(_cast_body, plan, _Ops(interpret), True)
     if plan.packed and x2.dtype.itemsize == 2:
         body = functools.partial(_cast_pairs_body, plan, _Ops(interpret), x2.dtype)
         x2 = lax.bitcast_convert_type(x2.reshape(plan.rows, plan.cols // 2, 2), jnp.uint32)
+    params = _params(plan, interpret, _cast_warps(plan))
     data, scale = pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **params)(x2)
-    return data, scale, None, None
+    return data, scale
+
+
+def _given_pass(
+    plan: CastPlan, x: Any, given: Any, encode: bool, interpret: bool, reverse: bool = False
+) -> tuple[Any, Any, Any]:
+    """One pass of a per-tensor (``given``-rule) plan: ``(data or None, tile amaxes, tile NaN
+    flags)``, the data encoded with the multiplier ``given`` when ``encode``; ``reverse`` visits the
+    tiles in the reverse of the launch order."""
+    body = functools.partial(_cast_body, plan, _Ops(interpret), encode, reverse=reverse)
+    tiles = [jax.ShapeDtypeStruct(plan.grid, jnp.float32), jax.ShapeDtypeStruct(plan.grid, jnp.int32)]
+    if encode:
+        kernel = body
+        out_shape = [jax.ShapeDtypeStruct((plan.rows, plan.cols), jnp.uint8), *tiles]
+    else:
+        def kernel(x_ref, given_ref, amax_ref, nan_ref):
+            body(x_ref, given_ref, None, amax_ref, nan_ref)
+
+        out_shape = tiles
+    params = _params(plan, interpret, _cast_warps(plan))
+    call = pl.pallas_call(kernel, out_shape=out_shape, grid=plan.grid, **params)
+    outs = call(x.reshape(plan.rows, plan.cols), given.reshape(1))
+    return (outs[0] if encode else None), outs[-2].reshape(-1), outs[-1].reshape(-1)
 
 
 def _tensor_rule(recipe: Any, amax: Any, history: Any = None) -> Scales:
@@ -311,23 +315,21 @@ def _nan_if(flags: Any, stored: Any) -> Any:
     return jnp.where(jnp.any(flags > 0), jnp.nan, stored)
 
 
-def launch_tensor_scale(recipe: Any, amax: Any, nans: Any) -> tuple[Any, Any]:
-    """``(stored scale [1, 1], NaN if a tile held NaN; multiplier [1, 1])`` of a per-tensor
-    current-scaling cast from the per-tile amaxes and NaN flags of its first pass."""
-    scales = _tensor_rule(recipe, jnp.max(amax))
-    return _nan_if(nans, scales.stored), scales.multiplier
-
-
-def launch_history_scale(recipe: Any, history: Any) -> tuple[Any, Any]:
-    """``(stored scale [1, 1], multiplier [1, 1])`` of a DelayedScaling cast from its amax history."""
+def launch_per_tensor(plan: CastPlan, recipe: Any, x: Any, history: Any = None, interpret: bool = False):
+    """A per-tensor cast of ``x`` by a ``given``-rule plan: ``(data, scale [1, 1], next history or
+    None)``. Current scaling is an amax pass, the rule on the largest tile amax, and the encode pass;
+    DelayedScaling takes the rule on its history, encodes, and puts the largest tile amax of that
+    same pass in front of ``history[:-1]``. The encode pass of current scaling visits the tiles in
+    reverse order, so it starts on those the amax pass read last, still in L2."""
+    if history is None:
+        _, tiles, flags = _given_pass(plan, x, jnp.ones((1,), jnp.float32), False, interpret)
+        scales = _tensor_rule(recipe, jnp.max(tiles))
+        data, _, _ = _given_pass(plan, x, scales.multiplier, True, interpret, reverse=True)
+        return data, _nan_if(flags, scales.stored), None
     scales = _tensor_rule(recipe, history[0], history)  # the amax placeholder: only its rank is read
-    return scales.stored, scales.multiplier
-
-
-def launch_history_update(amax: Any, nans: Any, history: Any, stored: Any) -> tuple[Any, Any]:
-    """``(stored scale, NaN if a tile held NaN; next history)`` after a DelayedScaling encode pass:
-    the newest amax (the max of the tile amaxes) in front of ``history[:-1]``."""
-    return _nan_if(nans, stored), jnp.concatenate([jnp.reshape(jnp.max(amax), (1,)), history[:-1]])
+    data, tiles, flags = _given_pass(plan, x, scales.multiplier, True, interpret)
+    next_history = jnp.concatenate([jnp.reshape(jnp.max(tiles), (1,)), history[:-1]])
+    return data, _nan_if(flags, scales.stored), next_history
 
 
 def _dequantize_body(plan: CastPlan, data_ref, scale_ref, out_ref):
