@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite in one command, for the H100 device machine (run from the repository root):
+# The GPU suite in one command, for the H100 or H200 device machine (run from the repository root):
 #   bash scripts/gpu_suite.sh            # logs under $OUT (the device tool's folder), else ./out
 # It installs the wheels carried in .whl/ (packages the machine's image lacks), runs every CUDA test
 # (pytest -m cuda over tests/), then each benchmark that has a --device cuda mode. Each step's log is
