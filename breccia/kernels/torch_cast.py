@@ -295,8 +295,9 @@ def _history_rule(history_ptr, length, FMAX: tl.constexpr, MOST_RECENT: tl.const
 def _delayed_cast_kernel(x_ptr, data_ptr, work_ptr, history_ptr, rows, cols, length,
                          TILE_ROWS: tl.constexpr, WIDTH: tl.constexpr, FMT: tl.constexpr, FMAX: tl.constexpr,
                          MOST_RECENT: tl.constexpr, MARGIN: tl.constexpr, CHUNK: tl.constexpr):
-    """A DelayedScaling cast's one pass: every program applies the rule to the history (a few
-    hundred bytes from L2 each), encodes its tile and records its amax into ``work``."""
+    """A DelayedScaling cast's one pass: every program applies the rule to the history (read from
+    L2 by each program: 4 KB at the default length of 1024), encodes its tile and records its amax
+    into ``work``."""
     pm, pk = tl.program_id(0), tl.program_id(1)
     x, isnan, offsets, mask = _load_tile(x_ptr, rows, cols, pm, pk * WIDTH, TILE_ROWS, WIDTH)
     _, q = _history_rule(history_ptr, length, FMAX, MOST_RECENT, MARGIN, CHUNK)
@@ -430,7 +431,7 @@ def launch_per_tensor(plan: CastPlan, recipe: Any, x: torch.Tensor, history: tor
     device = x.device
     data = torch.empty((plan.rows, plan.cols), dtype=torch.uint8, device=device)
     scale = torch.empty((1, 1), dtype=torch.float32, device=device)
-    work = torch.zeros((3,), dtype=torch.int32, device=device)  # amax bits, NaN flag, programs done
+    work = torch.zeros((2,), dtype=torch.int32, device=device)  # amax bits, NaN flag
     tile = dict(TILE_ROWS=plan.tile_rows, WIDTH=plan.tile_blocks * plan.block_pad, num_warps=plan.num_warps)
     encode = dict(FMT=_FORMATS[plan.fmt.name], FMAX=plan.fmax, enable_fp_fusion=False, **tile)
     if history is None:
