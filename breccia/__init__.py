@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .checkpoints import convert, open_checkpoint
 from .errors import (
     BrecciaError,
     CopyError,
@@ -46,6 +47,9 @@ __all__ = [
     "from_buffer",
     "requantize",
     "matmul",
+    # model directories
+    "open_checkpoint",
+    "convert",
     "linear",
     # types
     "ScaledTensor",

@@ -9,9 +9,10 @@ The counts come from breccia's own dequantization in float32, so they follow bre
 block whose scale is NaN counts all its elements as NaN. Large tensors are dequantized a slab of rows
 at a time, so memory stays near 2**24 float32 values whatever the tensor's size.
 
-FILE is a .safetensors file or a model.safetensors.index.json; DIR is a directory holding an index or
-.safetensors files. DeepSeek-V3 checkpoints (weight + weight_scale_inv) are read through
-breccia.bridges.load_deepseek_v3, everything else through breccia.bridges.open_safetensors.
+The first line names the checkpoint's format as breccia detects it (hf, breccia, deepseek-fp8,
+mlx-lm, ...) with details, e.g. "format: deepseek-fp8 (128x128 blocks, ue8m0 scales)". FILE is a
+.safetensors file or a model.safetensors.index.json; DIR is a model directory (or a directory of
+unrelated .safetensors files, each listed with its file name).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..bridges._huggingface import INDEX_NAME
-from ..errors import BrecciaError, FileFormatError
+from ..errors import FileFormatError
 from ..layouts import PerTensor
 from ..tensor import ScaledTensor
 
@@ -49,11 +50,12 @@ def register(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rows = inspect_path(args.path)
+    fmt, rows = inspect_checkpoint(args.path)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
     else:
+        print(fmt)
         print(format_table(rows))
     return 0
 
@@ -61,50 +63,39 @@ def _run(args: argparse.Namespace) -> int:
 # --- reading ----------------------------------------------------------------------------------------
 
 
-def _sources(path: Path) -> list[Path]:
-    """The files to open for ``path``: the index if there is one, else every .safetensors file."""
-    if not path.exists():
+def _checkpoints(path: Path) -> list[Any]:
+    """The checkpoints to list for ``path``: its model directory, or each file of a directory of
+    unrelated .safetensors files (no index to tie them together)."""
+    from ..checkpoints import ModelDirectory, open_checkpoint
+
+    if not os.path.lexists(path):
         raise FileFormatError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    index = path / INDEX_NAME
-    if index.is_file():
-        return [index]
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileFormatError(f"{path}: no {INDEX_NAME} and no .safetensors files in this directory")
-    return files
+    directory = ModelDirectory(path)
+    separate = directory.separate_files()
+    if separate:
+        return [open_checkpoint(path / f) for f in separate]
+    return [open_checkpoint(directory)]
 
 
-def _bridge(name: str) -> Any:
-    from .. import bridges
-
-    try:
-        return getattr(bridges, name)
-    except (AttributeError, ModuleNotFoundError) as exc:
-        raise BrecciaError(f"breccia.bridges.{name} is not available in this install ({exc})") from None
-
-
-def _open(source: Path) -> Mapping[str, Any]:
-    """A lazy name -> ScaledTensor | numpy array mapping for one file or index."""
-    checkpoint = _bridge("open_safetensors")(str(source), framework="numpy")
-    if any(n.endswith(".weight_scale_inv") for n in checkpoint.tensor_names()):
-        return _bridge("load_deepseek_v3")(str(source), framework="numpy")
-    return checkpoint
+def inspect_checkpoint(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    """``(format line, rows)``: the convention of ``path`` and one :func:`describe` row per tensor."""
+    checkpoints = _checkpoints(Path(path))
+    rows = []
+    formats = []
+    for checkpoint in checkpoints:
+        with checkpoint:
+            formats.append(checkpoint.format + (f" ({checkpoint.details})" if checkpoint.details else ""))
+            for name in checkpoint:
+                row = describe(name, checkpoint[name])
+                if len(checkpoints) > 1:
+                    row["file"] = os.path.basename(checkpoint.directory.single or "")
+                rows.append(row)
+    return "format: " + ", ".join(dict.fromkeys(formats)), rows
 
 
 def inspect_path(path: str | Path) -> list[dict[str, Any]]:
     """One :func:`describe` row per tensor under ``path`` (file, index or directory), in file order."""
-    sources = _sources(Path(path))
-    rows = []
-    for source in sources:
-        tensors = _open(source)
-        for name in tensors:
-            row = describe(name, tensors[name])
-            if len(sources) > 1:
-                row["file"] = source.name
-            rows.append(row)
-    return rows
+    return inspect_checkpoint(path)[1]
 
 
 # --- describing one tensor --------------------------------------------------------------------------

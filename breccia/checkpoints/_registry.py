@@ -1,0 +1,168 @@
+"""The registry of checkpoint conventions and the lazy :class:`Checkpoint` mapping they all return.
+
+A convention is one module of ``breccia/checkpoints/`` that registers a :class:`Convention`: a name
+(what ``inspect``'s first line and ``Checkpoint.format`` say), ``detect`` (does this model directory
+follow me? the answer is a short description, e.g. ``"128x128 blocks, ue8m0 scales"``, or None) and
+``open`` (a :class:`Checkpoint` over it). Detection asks every convention in registration order; the
+plain-float ``hf`` convention is asked last and refuses tensors that look quantized, so a format
+breccia does not know stops with an error instead of passing through as if it were float.
+
+Conventions that can also be written register :class:`Target` parsers (see ``_targets``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FileFormatError
+from ..tensor import ScaledTensor
+from ._directory import ModelDirectory
+
+__all__ = ["Checkpoint", "Convention", "CONVENTIONS", "detect", "register"]
+
+
+class Checkpoint(Mapping):
+    """A read-only, lazy mapping ``name -> ScaledTensor | array`` over one model directory.
+
+    ``format`` is the convention's name, ``details`` its description of this directory, ``config`` the
+    model config (config.json), ``directory`` the :class:`ModelDirectory`. Values are read when asked
+    for, as arrays of ``framework`` (on ``device``). Subclasses give ``_keys`` and ``_read`` (numpy).
+    """
+
+    def __init__(
+        self, directory: ModelDirectory, fmt: str, details: str, framework: str = "numpy", device: Any = None
+    ) -> None:
+        from ..backends import get_backend
+
+        self.directory = directory
+        self.format = fmt
+        self.details = details
+        self.framework = framework
+        self.device = device
+        self._backend = get_backend(framework)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.directory.config
+
+    def _keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def _read(self, name: str) -> ScaledTensor | Any:
+        """The value of ``name`` as numpy arrays (a ScaledTensor or an array)."""
+        raise NotImplementedError
+
+    def read_numpy(self, name: str) -> ScaledTensor | Any:
+        """``self[name]`` with numpy arrays, whatever this mapping's framework (what conversions use)."""
+        if name not in self:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __getitem__(self, name: str) -> ScaledTensor | Any:
+        value = self.read_numpy(name)
+        if self._backend.name == "numpy":
+            return value
+        if isinstance(value, ScaledTensor):
+            return value.to(self._backend.name, self.device)
+        return self._backend.from_numpy(value, device=self.device)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._key_list)
+
+    def __len__(self) -> int:
+        return len(self._key_list)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._key_set
+
+    @property
+    def _key_list(self) -> list[str]:
+        keys = self.__dict__.get("_cached_keys")
+        if keys is None:
+            keys = self.__dict__["_cached_keys"] = self._keys()
+            self.__dict__["_cached_key_set"] = set(keys)
+        return keys
+
+    @property
+    def _key_set(self) -> set[str]:
+        self._key_list  # noqa: B018 (fills the cache)
+        return self.__dict__["_cached_key_set"]
+
+    def close(self) -> None:
+        """Release the files (arrays already read stay valid)."""
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        details = f" ({self.details})" if self.details else ""
+        return f"Checkpoint({self.directory.root!r}, format={self.format}{details}, tensors={len(self)})"
+
+
+@dataclass(frozen=True)
+class Convention:
+    """One checkpoint convention: ``detect(directory) -> description | None`` and ``open``."""
+
+    name: str
+    detect: Callable[[ModelDirectory], str | None]
+    open: Callable[
+        [ModelDirectory, str, str, str, Any], Checkpoint
+    ]  # (directory, name, details, framework, device)
+    fallback: bool = False  # asked only when no other convention claims the directory
+
+
+CONVENTIONS: dict[str, Convention] = {}
+
+
+def register(convention: Convention) -> Convention:
+    """Add ``convention`` to the registry (its name must be new)."""
+    if convention.name in CONVENTIONS:
+        raise ValueError(f"a checkpoint convention named {convention.name!r} is already registered")
+    CONVENTIONS[convention.name] = convention
+    return convention
+
+
+def detect(directory: ModelDirectory) -> tuple[Convention, str]:
+    """The convention that ``directory`` follows and its description; an error if none does."""
+    from . import _builtin  # noqa: F401 (registers the conventions)
+
+    for convention in CONVENTIONS.values():
+        if not convention.fallback:
+            details = convention.detect(directory)
+            if details is not None:
+                return convention, details
+    method = directory.quantization_config.get("quant_method")
+    if method is not None:
+        known = ", ".join(CONVENTIONS)
+        raise FileFormatError(
+            f"{directory.root}: config.json's quantization_config says quant_method {method!r}, which no "
+            f"breccia convention reads (breccia reads: {known}); nothing was converted"
+        )
+    for convention in CONVENTIONS.values():
+        if convention.fallback:
+            details = convention.detect(directory)
+            if details is not None:
+                return convention, details
+    raise FileFormatError(
+        f"{directory.root}: no checkpoint convention breccia knows describes this directory"
+    )
+
+
+def open_checkpoint(
+    path: str | os.PathLike | ModelDirectory, framework: str = "numpy", *, device: Any = None
+) -> Checkpoint:
+    """A lazy mapping over the model directory (or file) ``path``, in whatever convention it follows.
+
+    ``ck.format`` names the convention (``hf``, ``breccia``, ``deepseek-fp8``, ``mlx-lm``, ...),
+    ``ck.details`` describes it, ``ck.config`` is the model config. ``ck[name]`` reads one tensor: a
+    :class:`~breccia.ScaledTensor` for quantized weights, else an array, of ``framework`` on ``device``.
+    """
+    directory = path if isinstance(path, ModelDirectory) else ModelDirectory(path)
+    convention, details = detect(directory)
+    return convention.open(directory, convention.name, details, framework, device)

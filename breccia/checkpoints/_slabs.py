@@ -1,0 +1,111 @@
+"""Dequantize and cast whole checkpoint tensors a slab of rows at a time, so temporaries stay small.
+
+A conversion holds one output tensor at a time; its float32 temporaries are bounded by
+``SLAB_ELEMENTS``: a tensor is cut along axis 0 into slabs of whole scale blocks (so each slab is a
+ScaledTensor of its own, with the rows of the scale grid that cover it), each slab is dequantized or
+cast, and the results are written into one output array. Per-tensor scales and NVFP4's global scale
+are not cut: such a tensor is cast whole (its amax spans every row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..layouts import PerTensor
+from ..quantize import cast, dequantize, from_buffer
+from ..recipes import Recipe
+from ..tensor import ScaledTensor
+
+__all__ = ["SLAB_ELEMENTS", "cast_rows", "dequantize_rows", "relative_error"]
+
+SLAB_ELEMENTS = 1 << 22  # about 16 MiB of float32 per slab
+
+
+def _row_slices(shape: tuple[int, ...], block_rows: int) -> list[slice]:
+    """Slices of axis 0 in whole blocks of ``block_rows``, each about ``SLAB_ELEMENTS`` elements."""
+    if len(shape) < 2 or shape[0] == 0:
+        return [slice(0, shape[0] if shape else 0)]
+    per_row = max(1, math.prod(shape[1:]))
+    rows = max(block_rows, SLAB_ELEMENTS // per_row // block_rows * block_rows)
+    return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+
+def _block_rows(st: ScaledTensor) -> int:
+    if len(st.shape) < 2 or isinstance(st.layout, PerTensor):
+        return max(1, st.shape[0]) if st.shape else 1
+    return st.layout.block_shape(st.shape)[0]
+
+
+def _rows_of(st: ScaledTensor, rows: slice) -> ScaledTensor:
+    """Rows ``rows`` (whole blocks) of ``st`` as a ScaledTensor over views of its arrays."""
+    if rows.start == 0 and rows.stop == st.shape[0]:
+        return st
+    block = _block_rows(st)
+    grid = slice(rows.start // block, -(-rows.stop // block))
+    return from_buffer(
+        st.data[rows],
+        st.scale[grid],
+        st.recipe,
+        st.layout,
+        shape=(rows.stop - rows.start, *st.shape[1:]),
+        dtype=st.dtype_name,
+        global_scale=st.global_scale,
+        zero_point=None if st.zero_point is None else st.zero_point[grid],
+    )
+
+
+def dequantize_rows(st: ScaledTensor, dtype: str) -> np.ndarray:
+    """``dequantize(st, dtype)`` (numpy), computed a slab of rows at a time."""
+    slabs = _row_slices(st.shape, _block_rows(st))
+    if len(slabs) == 1:
+        return np.asarray(dequantize(st, dtype))
+    from ..backends import get_backend
+
+    out = np.empty(st.shape, dtype=get_backend("numpy").dtype(dtype))
+    for rows in slabs:
+        out[rows] = dequantize(_rows_of(st, rows), dtype)
+    return out
+
+
+def cast_rows(
+    values: Callable[[slice], np.ndarray], shape: tuple[int, ...], recipe: Recipe, source_rows: int = 1
+):
+    """``cast`` of the tensor whose rows ``values(rows)`` gives, a slab at a time where blocks allow.
+
+    ``source_rows`` is the block height of the source (slabs cover whole source blocks too). Recipes
+    whose scale spans the tensor (per-tensor, NVFP4's global scale) are cast in one piece."""
+    layout = recipe.default_layout()
+    spans_tensor = isinstance(layout, PerTensor) or recipe.scale_format == "E4M3" or len(shape) < 2
+    if spans_tensor:
+        return cast(values(slice(0, shape[0] if shape else 0)), recipe)
+    slabs = _row_slices(shape, math.lcm(layout.block_shape(shape)[0], source_rows))
+    parts = [cast(values(rows), recipe) for rows in slabs]
+    if len(parts) == 1:
+        return parts[0]
+
+    def stacked(field: str) -> Any:
+        arrays = [getattr(p, field) for p in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return from_buffer(
+        stacked("data"),
+        stacked("scale"),
+        recipe,
+        layout,
+        shape=shape,
+        dtype=parts[0].dtype_name,
+        zero_point=stacked("zero_point"),
+    )
+
+
+def relative_error(reference: np.ndarray, approx: np.ndarray) -> float:
+    """``||approx - reference|| / ||reference||`` over finite elements, in float64 (0 for a zero tensor)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    diff = np.asarray(approx, dtype=np.float64) - ref
+    finite = np.isfinite(ref) & np.isfinite(diff)
+    norm = float(np.linalg.norm(ref[finite]))
+    return 0.0 if norm == 0 else float(np.linalg.norm(diff[finite])) / norm
