@@ -1,0 +1,437 @@
+"""Model directories end to end: tiny real models (transformers), real loaders (mlx-lm, transformers).
+
+Every flow converts a directory with ``breccia.convert`` and opens the output with the target's own
+loader; mlx outputs are compared bit for bit with ``mlx_lm.convert`` of the same model. Models are
+built from configs with fixed seeds and a tokenizer trained with ``tokenizers``: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import breccia as bc
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+mx = pytest.importorskip("mlx.core")
+mlx_lm = pytest.importorskip("mlx_lm")
+
+LLAMA = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=256,
+    max_position_embeddings=128,
+)
+DEEPSEEK = dict(
+    vocab_size=256,
+    hidden_size=128,
+    intermediate_size=256,
+    moe_intermediate_size=64,
+    num_hidden_layers=2,
+    first_k_dense_replace=1,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    q_lora_rank=64,
+    kv_lora_rank=32,
+    qk_rope_head_dim=16,
+    qk_nope_head_dim=32,
+    v_head_dim=32,
+    n_group=1,
+    topk_group=1,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+)
+
+
+def _tokenizer(path: str) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 10, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    fast.save_pretrained(path)
+
+
+def _save(model, path: str) -> str:
+    model.save_pretrained(path)
+    _tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_dirs(tmp_path_factory):
+    """{tied: directory} of tiny bf16 Llama models."""
+    out = {}
+    for tied in (True, False):
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(**LLAMA, tie_word_embeddings=tied)
+        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+        out[tied] = _save(model, str(tmp_path_factory.mktemp("llama") / ("tied" if tied else "untied")))
+    return out
+
+
+@pytest.fixture(scope="session")
+def deepseek_dirs(tmp_path_factory):
+    """(float32 model directory, its DeepSeek FP8 conversion, the torch model)."""
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**DEEPSEEK)).to(torch.float32)
+    root = tmp_path_factory.mktemp("deepseek")
+    src = _save(model, str(root / "float32"))
+    fp8 = str(root / "fp8")
+    report = bc.convert(src, fp8, to="deepseek-fp8")
+    assert report.count("quantized") > 0
+    return src, fp8, model
+
+
+def _weights(path: str) -> dict:
+    out = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            out.update(mx.load(os.path.join(path, name)))
+    return out
+
+
+def _generate(path: str) -> str:
+    model, tokenizer = mlx_lm.load(path)
+    return mlx_lm.generate(model, tokenizer, "hello world", max_tokens=4)
+
+
+# --- flow 1: Llama -> every mlx target, against mlx_lm.convert -------------------------------------
+
+MLX_CONVERT = {
+    "mlx-affine4": dict(q_mode="affine", q_bits=4),
+    "mlx-affine8-g32": dict(q_mode="affine", q_bits=8, q_group_size=32),
+    "mlx-affine3": dict(q_mode="affine", q_bits=3),
+    "mlx-mxfp8": dict(q_mode="mxfp8"),
+    "mlx-nvfp4": dict(q_mode="nvfp4"),
+    "mlx-mxfp4": dict(q_mode="mxfp4"),
+}
+
+
+@pytest.mark.parametrize(
+    ("target", "tied"),
+    [(t, True) for t in MLX_CONVERT] + [("mlx-affine4", False), ("mlx-mxfp8", False)],
+)
+def test_llama_to_mlx_is_what_mlx_lm_convert_writes(llama_dirs, tmp_path, target, tied):
+    from mlx_lm.convert import convert as mlx_convert
+
+    src = llama_dirs[tied]
+    ours, theirs = str(tmp_path / "breccia"), str(tmp_path / "mlx_lm")
+    report = bc.convert(src, ours, to=target)
+    mlx_convert(src, theirs, quantize=True, **MLX_CONVERT[target])
+    a, b = _weights(ours), _weights(theirs)
+    assert set(a) == set(b)
+    assert ("lm_head.weight" in a) == (not tied)
+    assert report.count("quantized") == sum(1 for k in a if k.endswith(".scales"))
+    differ = [
+        k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or not mx.array_equal(a[k], b[k])
+    ]
+    if target != "mlx-mxfp4":
+        assert differ == []
+    else:  # same scales; codes differ only where MLX rounds an fp4 tie toward zero (or writes +0 for -0)
+        assert differ and all(k.endswith(".weight") for k in differ)
+        for k in differ:
+            _assert_fp4_ties(a, b, k)
+    with open(os.path.join(ours, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(theirs, "config.json")) as f:
+        assert config["quantization"] == json.load(f)["quantization"]
+    for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert os.path.isfile(os.path.join(ours, side))
+    assert isinstance(_generate(ours), str)
+
+
+def _assert_fp4_ties(a: dict, b: dict, name: str) -> None:
+    prefix = name[: -len("weight")]
+    kwargs = dict(group_size=32, bits=4, mode="mxfp4")
+    ours = np.array(mx.dequantize(a[name], a[prefix + "scales"], **kwargs).astype(mx.float32))
+    theirs = np.array(mx.dequantize(b[name], b[prefix + "scales"], **kwargs).astype(mx.float32))
+    scale = np.array(
+        mx.dequantize(mx.full(a[name].shape, 0x22222222, mx.uint32), a[prefix + "scales"], **kwargs).astype(
+            mx.float32
+        )
+    )  # every element 1.0 * its block's scale
+    changed = ours != theirs
+    # at a tie, x/scale is midway between the two fp4 values both sides chose
+    midpoint = (ours[changed] + theirs[changed]) / 2 / scale[changed]
+    grid = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    assert np.isin(np.abs(midpoint), grid).all(), name
+
+
+# --- flow 3: DeepSeek-V3 FP8 -> mlx and -> bf16 ---------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["mlx-affine4", "mlx-mxfp8", "mlx-nvfp4", "mlx-mxfp4"])
+def test_deepseek_fp8_to_mlx_loads_and_generates(deepseek_dirs, tmp_path, target):
+    _, fp8, _ = deepseek_dirs
+    assert bc.open_checkpoint(fp8).format == "deepseek-fp8"
+    out = str(tmp_path / "mlx")
+    report = bc.convert(fp8, out, to=target)
+    weights = _weights(out)
+    assert "model.layers.1.mlp.gate.weight" in weights and "model.layers.1.mlp.gate.scales" not in weights
+    assert not any("kv_b_proj" in k for k in weights)  # split into embed_q / unembed_out as mlx-lm expects
+    assert "model.layers.1.mlp.switch_mlp.up_proj.scales" in weights
+    assert report.count("requantized") > 0 and report.worst[1] < 0.2
+    assert isinstance(_generate(out), str)
+
+
+def test_deepseek_fp8_to_bf16_runs_in_transformers(deepseek_dirs, tmp_path):
+    src, fp8, model = deepseek_dirs
+    out = str(tmp_path / "bf16")
+    report = bc.convert(fp8, out, to="bf16")
+    assert report.count("dequantized") == bc.convert(src, str(tmp_path / "again"), to="deepseek-fp8").count(
+        "quantized"
+    )
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert "quantization_config" not in config and config["torch_dtype"] == "bfloat16"
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([[1, 5, 9, 30, 7]])
+    with torch.no_grad():
+        got = loaded(ids).logits.float()
+        want = model(ids).logits.float()
+    assert torch.linalg.norm(got - want) / torch.linalg.norm(want) < 0.1
+
+
+def test_fp8_to_float32_equals_transformers_own_dequantization(deepseek_dirs, tmp_path):
+    """transformers' FineGrainedFP8 (quant_method fp8, 128x128) decoded on the CPU by transformers.
+
+    transformers 5.23 derives the tile height from the shapes (``rows // scale_rows``), which reads a
+    ragged edge wrongly (192 rows with 2 scale rows become 96-row tiles, not DeepSeek's 128 + 64): only
+    axes that are whole tiles (or one partial tile) can agree, and those must agree bit for bit."""
+    _, fp8, _ = deepseek_dirs
+    out = str(tmp_path / "f32")
+    bc.convert(fp8, out, to="float32")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        fp8, quantization_config=transformers.FineGrainedFP8Config(dequantize=True)
+    ).state_dict()
+    ours = bc.open_checkpoint(out)
+    compared = 0
+    for name in ours:
+        whole_tiles = all(n % 128 == 0 or n < 128 for n in ours[name].shape)
+        if name in theirs and whole_tiles:
+            assert np.array_equal(np.asarray(ours[name]), theirs[name].float().numpy()), name
+            compared += 1
+    assert compared >= 20
+
+
+# --- formats, reading ------------------------------------------------------------------------------
+
+
+def test_finegrained_fp8_scale_fmt_float_and_bf16_scales_are_read(deepseek_dirs, tmp_path):
+    """transformers' ``scale_fmt: "float"`` and scales stored in bfloat16 (some Qwen FP8 releases)."""
+    from breccia.bridges import from_deepseek_v3, open_safetensors, save_safetensors
+
+    _, fp8, _ = deepseek_dirs
+    copy = tmp_path / "qwen-style"
+    shutil.copytree(fp8, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["quantization_config"]["scale_fmt"] = "float"
+    (copy / "config.json").write_text(json.dumps(config))
+    with open_safetensors(fp8) as m:
+        tensors = {n: np.array(m.read_tensor(n)) for n in m.tensor_names()}
+    for name in tensors:
+        if name.endswith("_scale_inv"):
+            tensors[name] = tensors[name].astype("bfloat16")
+    os.remove(copy / "model.safetensors")
+    save_safetensors(tensors, copy / "model.safetensors")
+    ck = bc.open_checkpoint(copy)
+    assert ck.format == "deepseek-fp8" and "bfloat16" in ck.details
+    name = "model.layers.0.self_attn.q_a_proj.weight"
+    widened = tensors[name + "_scale_inv"].astype(np.float32)
+    expected = bc.dequantize(from_deepseek_v3(tensors[name], widened), "float32")
+    assert np.array_equal(np.asarray(bc.dequantize(ck[name], "float32")), np.asarray(expected))
+
+
+@pytest.mark.parametrize("target", ["mlx-affine4", "mlx-mxfp8"])
+def test_mlx_output_reads_back_bit_for_bit(llama_dirs, tmp_path, target):
+    out = str(tmp_path / "mlx")
+    bc.convert(llama_dirs[True], out, to=target)
+    ck = bc.open_checkpoint(out)
+    assert ck.format == "mlx-lm"
+    weights = _weights(out)
+    name = "model.layers.0.mlp.up_proj.weight"
+    q = bc.bridges.to_mlx_quantized(ck[name])
+    assert mx.array_equal(q.weight, weights[name]) and mx.array_equal(q.scales, weights[name[:-6] + "scales"])
+    again = str(tmp_path / "again")
+    report = bc.convert(out, again, to=target)
+    assert report.count("repacked") == sum(1 for k in weights if k.endswith(".scales"))
+    b = _weights(again)
+    assert all(mx.array_equal(weights[k], b[k]) for k in weights)
+
+
+# --- bad input: exit 2, one line, nothing written ---------------------------------------------------
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from breccia.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, err.getvalue()
+
+
+def _tree(path) -> dict:
+    return {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(path) for f in fs
+    }
+
+
+@pytest.fixture
+def small(llama_dirs, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(llama_dirs[True], src)
+    return src
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "link", "parent"])
+def test_destination_aliasing_the_source_is_refused(small, tmp_path, where):
+    before = _tree(small)
+    dst = {"same": small, "inside": small / "out", "parent": tmp_path, "link": tmp_path / "link"}[where]
+    if where == "link":
+        os.symlink(small, dst)
+    rc, err = _cli("convert", str(small), str(dst), "--to", "bf16", "--no-progress", "--overwrite")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "source" in err
+    assert _tree(small) == before
+
+
+def test_non_empty_destination_needs_overwrite(small, tmp_path):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "old.txt").write_text("keep me")
+    rc, err = _cli("convert", str(small), str(dst), "--to", "bf16", "--no-progress")
+    assert rc == 2 and "--overwrite" in err and (dst / "old.txt").read_text() == "keep me"
+    assert _cli("convert", str(small), str(dst), "--to", "float32", "--no-progress", "--overwrite")[0] == 0
+    assert not (dst / "old.txt").exists() and (dst / "model.safetensors").is_file()
+    assert not [n for n in os.listdir(tmp_path) if "breccia-tmp" in n or n.endswith(".old")]
+
+
+def test_failed_conversion_leaves_nothing(small, tmp_path, monkeypatch):
+    from breccia.checkpoints import hf
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hf.ShardWriter, "finish", boom)
+    rc, err = _cli("convert", str(small), str(tmp_path / "dst"), "--to", "bf16", "--no-progress")
+    assert rc == 2 and "disk filled up" in err
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_stale_and_missing_shards_are_errors(llama_dirs, tmp_path):
+    sharded = tmp_path / "sharded"
+    bc.convert(llama_dirs[True], sharded, to="mlx-affine4")
+    (sharded / "model-00009-of-00009.safetensors").write_bytes(b"")
+    with pytest.raises(bc.FileFormatError, match="not listed"):
+        bc.open_checkpoint(sharded)
+    os.remove(sharded / "model-00009-of-00009.safetensors")
+    os.remove(sharded / "model.safetensors")
+    with pytest.raises(bc.FileFormatError, match="missing"):
+        bc.open_checkpoint(sharded)
+
+
+def test_fifo_where_a_shard_should_be_is_an_error(small):
+    os.remove(small / "model.safetensors")
+    os.mkfifo(small / "model.safetensors")
+    with pytest.raises(bc.FileFormatError, match="not a regular file"):
+        bc.open_checkpoint(small)
+
+
+def test_links_out_of_the_tree_are_refused_but_the_hub_cache_layout_reads(small, tmp_path):
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(small / "model.safetensors", outside)
+    os.symlink(outside, small / "model.safetensors")
+    with pytest.raises(bc.FileFormatError, match="outside the model directory"):
+        bc.open_checkpoint(small)
+    cache = tmp_path / "models--org--tiny"
+    snapshot = cache / "snapshots" / "abc123"
+    (cache / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for name in os.listdir(small):
+        target = small / name
+        blob = cache / "blobs" / f"blob-{name}"
+        shutil.copyfile(os.path.realpath(target), blob)
+        os.symlink(os.path.join("..", "..", "blobs", blob.name), snapshot / name)
+    ck = bc.open_checkpoint(snapshot)
+    assert ck.format == "hf" and len(ck) > 0
+    out = tmp_path / "out"
+    bc.convert(snapshot, out, to="mlx-affine4")
+    assert not any(os.path.islink(out / n) for n in os.listdir(out))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("packed", "look quantized"),
+        ("method", "quant_method 'awq'"),
+        ("config", "config.json"),
+    ],
+)
+def test_unexplained_or_malformed_input_stops_the_conversion(small, tmp_path, change, message):
+    if change == "packed":  # a gpt-oss-style block tensor that no convention reads yet
+        from safetensors.numpy import save_file
+
+        save_file(
+            {"model.layers.0.mlp.experts.down_proj_blocks": np.zeros((4, 8, 16), np.uint8)},
+            str(small / "model.safetensors"),
+        )
+    elif change == "method":
+        config = json.loads((small / "config.json").read_text())
+        config["quantization_config"] = {"quant_method": "awq", "bits": 4}
+        (small / "config.json").write_text(json.dumps(config))
+    else:
+        (small / "config.json").write_text("{" * 100_000)
+    rc, err = _cli("convert", str(small), str(tmp_path / "out"), "--to", "bf16", "--no-progress")
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "suggestion"), [("mxfp8", "mlx-mxfp8"), ("bf61", "bf16"), ("mlx-affine7", None)]
+)
+def test_unknown_targets_list_the_valid_ones(small, tmp_path, target, suggestion):
+    rc, err = _cli("convert", str(small), str(tmp_path / "out"), "--to", target, "--no-progress")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    if suggestion:
+        assert f"did you mean {suggestion!r}" in err and "mlx-nvfp4" in err
+
+
+def test_help_reads_as_help(capsys):
+    from breccia.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    out = capsys.readouterr().out
+    assert "mlx-affine4" in out and "breccia." not in out and "``" not in out
+
+
+def test_inspect_first_line_names_the_format(deepseek_dirs, capsys):
+    from breccia.cli import main
+
+    _, fp8, _ = deepseek_dirs
+    assert main(["inspect", fp8]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "format: deepseek-fp8 (128x128 blocks, float scales)"
