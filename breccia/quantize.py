@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .backends import Backend, backend_for
+from .backends import Backend, backend_for, float_dtype_name
 from .errors import DTypeError, LayoutError, RecipeError, ShapeError
 from .formats import E4M3, E8M0, ElementFormat, packed_length, unpack_nibbles
 from .kernels._fused import fused_cast, fused_dequantize
@@ -525,15 +525,17 @@ def _float_zero_point(backend: Backend, q_u: Any, s: Any, zp: Any, stored_scale:
 def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
     """The values ``st`` stands for, as an array of ``st``'s framework and device.
 
-    ``dtype`` defaults to ``st.dtype`` (the dtype the tensor was cast from); any float dtype name
-    ("float32", "bfloat16", ...) or the framework's dtype object works.
+    ``dtype`` defaults to ``st.dtype`` (the dtype the tensor was cast from); float32, bfloat16,
+    float16 or float64 in any framework's spelling: ``"bfloat16"``, ``np.float32``,
+    ``ml_dtypes.bfloat16``, ``jnp.bfloat16``, ``torch.float16``, ``mx.bfloat16``, or Python's
+    ``float`` (float64, as in numpy). Anything else raises DTypeError.
     """
     if not isinstance(st, ScaledTensor):
         raise DTypeError(f"dequantize needs a ScaledTensor; got {type(st).__name__}")
     from .backends import get_backend
 
     backend = get_backend(st.framework)
-    dtype_name = st.dtype_name if dtype is None else _dtype_name(backend, dtype)
+    dtype_name = st.dtype_name if dtype is None else float_dtype_name(dtype)
     if _runs_eagerly(backend, st.data) or backend.is_traced(st.data):
         return _dequantize_arrays(backend, st, dtype_name)
     present = tuple(a is not None for a in st.arrays)
@@ -546,15 +548,6 @@ def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
 
     key = ("dequantize", st.recipe, st.layout, st.shape, dtype_name, present)
     return backend.compile(key, run)(*(a for a in st.arrays if a is not None))
-
-
-def _dtype_name(backend: Backend, dtype: Any) -> str:
-    from .backends._base import FLOAT_DTYPES
-
-    name = dtype if isinstance(dtype, str) else str(dtype).rsplit(".", 1)[-1]
-    if name not in FLOAT_DTYPES:
-        raise DTypeError(f"dequantize can produce {', '.join(FLOAT_DTYPES)}; got {dtype!r}")
-    return name
 
 
 def requantize(
@@ -589,8 +582,9 @@ def from_buffer(
     codes per byte (element 2i low) for FP4/INT4; int8 for INT8. ``scale`` has the layout's grid
     shape (``ceil(dim / block)`` per axis): float32 (bfloat16/float16 are accepted), or E8M0/E4M3
     (native dtype or uint8 bits). ``shape`` is the logical shape (needed only for an odd packed last
-    axis); ``dtype`` the logical dtype (default float32). NVFP4 needs ``global_scale``; asymmetric
-    integer recipes need ``zero_point`` (same shape as ``scale``).
+    axis); ``dtype`` the logical dtype (default float32; any spelling :func:`dequantize` takes).
+    NVFP4 needs ``global_scale``; asymmetric integer recipes need ``zero_point`` (same shape as
+    ``scale``).
     """
     recipe = _check_recipe(recipe)
     backend = backend_for(data, "data")
@@ -631,7 +625,7 @@ def from_buffer(
         zero_point = _check_float_array(backend, zero_point, "zero_point", grid)
     elif zero_point is not None:
         raise RecipeError(f"{recipe!r} is symmetric and takes no zero_point")
-    dtype_name = "float32" if dtype is None else _dtype_name(backend, dtype)
+    dtype_name = "float32" if dtype is None else float_dtype_name(dtype)
     return ScaledTensor(
         data, scale, recipe, layout, logical, dtype_name, backend.name,
         global_scale=global_scale, zero_point=zero_point,

@@ -253,19 +253,28 @@ class Float8BlockScaling(Recipe):
         return PerBlock2D(self.block_m, self.block_k)
 
 
+#: How an MX recipe rounds its E8M0 exponent (see :class:`MXFP8BlockScaling`).
+_E8M0_ROUNDINGS = ("floor", "ceil", "nearest")
+
+
 @dataclass(frozen=True)
 class _MXRecipe(Recipe):
     """OCP Microscaling: 32 elements share one E8M0 (power-of-two) scale.
 
-    ``scale_rounding="floor"`` is the OCP MX v1.0 rule, ``"ceil"`` what TransformerEngine, MLX and
-    torchao's RCEIL produce::
+    ``scale_rounding="floor"`` is the OCP MX v1.0 rule, ``"ceil"`` what TransformerEngine, torchao's
+    RCEIL and MLX (CUDA always; CPU and Metal from 0.32.2) produce, ``"nearest"`` what MLX's CPU and
+    Metal backends produced up to 0.32.1 (see ``docs/recipes.md``)::
 
-        floor: e = floor(log2 amax) - emax_elem      (emax_elem: 8 for E4M3, 15 for E5M2, 2 for E2M1)
-        ceil:  e = ceil(log2(amax / max))            (amax / max rounded to nearest in fp32)
+        floor:   e = floor(log2 amax) - emax_elem  (emax_elem: 8 for E4M3, 15 for E5M2, 2 for E2M1)
+        ceil:    e = ceil(log2 s)                  (s = amax / max rounded to nearest in fp32)
+        nearest: e = round(log2 s)                 (the same s, rounded to nearest in log2:
+                                                    e = k + 1 if s > sqrt(2) * 2**k else k, k = floor(log2 s);
+                                                    exact, as sqrt(2) * 2**k is never a float)
         e    = clip(e, -127, 127); a zero block gets e = 0 (scale 1)
         data = encode(x / 2**e)    scale = 2**e (E8M0)
 
-    ``floor`` may push the block's largest values past ``max``; they saturate.
+    ``floor`` may push the block's largest values past ``max``, and ``nearest`` does so whenever it
+    rounds down (about half the blocks); they saturate.
     """
 
     scale_format: ClassVar[str] = "E8M0"
@@ -283,7 +292,7 @@ class MXFP8BlockScaling(_MXRecipe):
 
     def __post_init__(self) -> None:
         _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
-        _choice(self.name, "scale_rounding", self.scale_rounding, ("floor", "ceil"))
+        _choice(self.name, "scale_rounding", self.scale_rounding, _E8M0_ROUNDINGS)
 
     @property
     def element_format(self) -> ElementFormat:
@@ -296,7 +305,7 @@ class MXFP4BlockScaling(_MXRecipe):
     scale_rounding: str = "floor"
 
     def __post_init__(self) -> None:
-        _choice(self.name, "scale_rounding", self.scale_rounding, ("floor", "ceil"))
+        _choice(self.name, "scale_rounding", self.scale_rounding, _E8M0_ROUNDINGS)
 
     @property
     def element_format(self) -> ElementFormat:

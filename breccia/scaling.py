@@ -107,6 +107,26 @@ def _ceil_log2(xp: Any, pow2: Any, v: Any) -> Any:
     return xp.where(pow2(e) < v, e + 1, e)
 
 
+#: float32 sqrt(2) rounded down (0x3FB504F3); the next float32 lies above sqrt(2)
+_SQRT2_BELOW = float(np.float32(np.sqrt(2.0)))
+_UNDERFLOW_SHIFT = 64.0
+
+
+def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
+    """``round(log2 s)`` for float32 ``s >= 0``, exactly: ``k + (s > sqrt(2) * 2**k)``, ``k = floor(log2 s)``.
+
+    ``s / 2**k`` is a float32 in [1, 2) and ``fl32(sqrt(2)) < sqrt(2) <`` the next float32, so
+    ``s > fl32(sqrt(2)) * 2**k`` (an exact product) decides it; no float lies on the tie. ``s`` below
+    ``2**-64`` (subnormal, or 0 from an underflowed quotient) is scaled by ``2**64`` first, which keeps
+    every product exact; 0 gives a very negative ``e`` that the caller's clip takes to -127.
+    """
+    tiny = s < 2.0**-_UNDERFLOW_SHIFT
+    t = xp.maximum(xp.where(tiny, s, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, s), 2.0**-126)
+    k = formats.floor_log2(xp, pow2, t)
+    e = xp.where(t > pow2(k) * _SQRT2_BELOW, k + 1.0, k)
+    return xp.where(tiny, e - _UNDERFLOW_SHIFT, e)
+
+
 def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
     fmax = recipe.element_format.max_value
@@ -134,6 +154,8 @@ def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
     amax = xp.where(positive, stats.amax, 1.0)
     if recipe.scale_rounding == "floor":
         e = formats.floor_log2(xp, pow2, amax) - float(fmt.e_max)
+    elif recipe.scale_rounding == "nearest":
+        e = _nearest_log2(xp, pow2, backend.divide(amax, fmt.max_value))
     else:
         e = _ceil_log2(xp, pow2, backend.divide(amax, fmt.max_value))
     e = xp.clip(xp.where(positive, e, 0.0), -127.0, 127.0)

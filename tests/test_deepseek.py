@@ -105,6 +105,9 @@ def activations(shape, seed=2) -> np.ndarray:
         ((16, 7168), (16, 56), bc.PerBlockK(128)),
         ((7168,), (56,), bc.PerBlockK(128)),
         ((3, 256, 384), (3, 2, 3), bc.PerBlock2D(128, 128)),  # stacked experts
+        ((1, 129), (1, 2), bc.PerBlock2D(128, 128)),  # one row: both fit; the weight reading wins
+        ((1, 7168), (1, 56), bc.PerBlock2D(128, 128)),
+        ((4, 1, 300), (4, 1, 3), bc.PerBlock2D(128, 128)),
     ],
 )
 def test_layout_is_inferred_from_the_scale_shape(data, scale, layout):
@@ -117,20 +120,24 @@ def test_layout_is_inferred_from_the_scale_shape(data, scale, layout):
         ((576, 7168), (4, 56), "must have shape"),  # a scale that drops the ragged edge tile
         ((576, 7168), (576, 57), "must have shape"),
         ((576, 7168), (5, 56, 1), "must have shape"),
-        ((1, 7168), (1, 56), "fits both"),  # one row: tiles and groups coincide
+        ((1, 129), (2, 2), "must have shape"),
         ((), (), "at least one axis"),
     ],
 )
-def test_unfitting_or_ambiguous_scale_raises(data, scale, message):
+def test_unfitting_scale_raises(data, scale, message):
     with pytest.raises(bc.ShapeError, match=message):
         infer_layout(data, scale, 128)
 
 
-def test_ambiguity_is_resolved_by_naming_the_layout():
-    data, scale = random_fp8((1, 256)), random_scale((1, 2), False)
-    with pytest.raises(bc.ShapeError, match="layout="):
-        from_deepseek_v3(data, scale)
-    assert from_deepseek_v3(data, scale, layout=bc.PerBlockK(128)).layout == bc.PerBlockK(128)
+def test_a_one_row_weight_reads_as_a_weight_and_decodes_as_either_reading():
+    data, scale = random_fp8((1, 129)), random_scale((1, 2), False)
+    st = from_deepseek_v3(data, scale)
+    assert st.layout == bc.PerBlock2D(128, 128) and st.recipe == deepseek_recipe("weight")
+    expected = torch_weight_dequant(data, scale)
+    assert_same_floats(np.asarray(bc.dequantize(st)), expected)
+    activation = from_deepseek_v3(data, scale, layout=bc.PerBlockK(128))
+    assert activation.recipe == deepseek_recipe("activation")
+    assert_same_floats(np.asarray(bc.dequantize(activation)), expected)
     with pytest.raises(bc.LayoutError):
         from_deepseek_v3(data, scale, layout=bc.PerBlockK(32))
 

@@ -43,7 +43,7 @@ def test_recipe_dict_round_trip_through_json(recipe):
         (lambda: bc.Float8BlockScaling(block_k=0), "block_k"),
         (lambda: bc.Float8BlockScaling(block_m=True), "block_m"),
         (lambda: bc.Float8BlockScaling(convention="torchao"), "convention"),
-        (lambda: bc.MXFP8BlockScaling(scale_rounding="nearest"), "scale_rounding"),
+        (lambda: bc.MXFP8BlockScaling(scale_rounding="round"), "scale_rounding"),
         (lambda: bc.MXFP4BlockScaling(scale_rounding="up"), "scale_rounding"),
         (lambda: bc.Int8Scaling(group_size=-4), "group_size"),
         (lambda: bc.Int4Scaling(symmetric="no"), "symmetric"),

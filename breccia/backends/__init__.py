@@ -13,8 +13,17 @@ from typing import Any
 
 from ..errors import FrameworkError, NotAnArrayError, missing_dependency
 from ._base import Backend
+from ._dtypes import canonical_dtype_name, float_dtype_name
 
-__all__ = ["Backend", "FRAMEWORKS", "backend_for", "get_backend", "framework_of"]
+__all__ = [
+    "Backend",
+    "FRAMEWORKS",
+    "backend_for",
+    "get_backend",
+    "framework_of",
+    "canonical_dtype_name",
+    "float_dtype_name",
+]
 
 FRAMEWORKS = ("numpy", "jax", "mlx", "torch")
 

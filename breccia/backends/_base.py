@@ -19,8 +19,7 @@ import numpy as np
 from .. import formats
 from ..errors import DTypeError, FrameworkError
 from ..formats import ElementFormat
-
-FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+from ._dtypes import FLOAT_DTYPES
 
 #: DLPack device of host memory, ``(kDLCPU, 0)``; a CUDA device is ``(kDLCUDA=2, index)``.
 DLPACK_CPU = (1, 0)

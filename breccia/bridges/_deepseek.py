@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import backend_for, get_backend
+from ..backends import backend_for, float_dtype_name, get_backend
 from ..errors import DTypeError, FileFormatError, LayoutError, RecipeError, ShapeError
 from ..layouts import Layout, PerBlock2D, PerBlockK
 from ..quantize import from_buffer
@@ -77,8 +77,14 @@ def infer_layout(data_shape: tuple[int, ...], scale_shape_: tuple[int, ...], blo
     """The layout a DeepSeek scale of ``scale_shape_`` implies for data of ``data_shape``.
 
     ``[..., ceil(M/b), ceil(K/b)]`` is 128x128 weight tiles (``PerBlock2D(b, b)``), ``[..., M, ceil(K/b)]``
-    1x128 activation groups (``PerBlockK(b)``). When both fit (``M <= 1``) or neither, a ShapeError
-    says which shapes would fit.
+    1x128 activation groups (``PerBlockK(b)``). When neither fits, a ShapeError says which shapes
+    would.
+
+    Both fit exactly when ``M <= 1`` (a one-row matrix such as a ``1x129`` weight with a ``(1, 2)``
+    scale). The two readings then decode every element identically, ``W[0, j] = fp32(Wq[0, j]) *
+    S[0, j // b]``, so the weight reading ``PerBlock2D(b, b)`` is chosen: checkpoints hold weights.
+    Pass ``layout=PerBlockK(b)`` to :func:`from_deepseek_v3` for a one-token activation (the choice
+    matters only to a later ``requantize``, which keeps the recipe's block shape).
     """
     data_shape, scale_shape_ = tuple(data_shape), tuple(scale_shape_)
     if not data_shape:
@@ -89,18 +95,13 @@ def infer_layout(data_shape: tuple[int, ...], scale_shape_: tuple[int, ...], blo
         tiles = (*data_shape[:-2], _ceil_div(data_shape[-2], block), _ceil_div(data_shape[-1], block))
         candidates.insert(0, (PerBlock2D(block, block), tiles))
     fits = [layout for layout, shape in candidates if shape == scale_shape_]
-    expected = " or ".join(f"{shape} for {layout!r}" for layout, shape in candidates)
     if not fits:
+        expected = " or ".join(f"{shape} for {layout!r}" for layout, shape in candidates)
         raise ShapeError(
             f"a DeepSeek scale for data of shape {data_shape} with block {block} must have shape {expected}; "
             f"got {scale_shape_}"
         )
-    if len(fits) > 1:
-        raise ShapeError(
-            f"scale shape {scale_shape_} fits both {expected} (data of shape {data_shape} has at most one "
-            "row); pass layout=PerBlock2D(...) for weights or layout=PerBlockK(...) for activations"
-        )
-    return fits[0]
+    return fits[0]  # PerBlock2D comes first: the weight reading wins where both fit
 
 
 def from_deepseek_v3(
@@ -119,7 +120,9 @@ def from_deepseek_v3(
     ``float8_e8m0fnu`` are widened exactly) of the same framework; its shape picks the layout (see
     :func:`infer_layout`) unless ``layout`` is given. Zero-copy for float32 scales. ``scale_fmt``
     only records in the recipe whether the scales were made power-of-two (``"ue8m0"``);
-    ``dtype`` is the logical dtype (``dequantize`` then gives exactly ``fp32(Wq) * S`` cast to it).
+    ``dtype`` is the logical dtype in any spelling (``"bfloat16"``, ``np.float32``, ``jnp.bfloat16``,
+    ``torch.bfloat16``, ``mx.float16``, ...; ``dequantize`` then gives exactly ``fp32(Wq) * S`` cast
+    to it).
     """
     backend = backend_for(data, "data")
     data_shape = tuple(int(d) for d in data.shape)
@@ -227,7 +230,7 @@ class DeepSeekV3Checkpoint(Mapping):
         self.path = path
         self.backend = get_backend(framework)
         self.device = device
-        self.dtype = dtype
+        self.dtype = float_dtype_name(dtype)
         quant = read_quantization_config(path)
         self.block_k = block_k if block_k is not None else _block_from_config(quant, path)
         self.scale_fmt = scale_fmt if scale_fmt is not None else quant.get("scale_fmt")
@@ -346,7 +349,8 @@ def load_deepseek_v3(
     embeddings, router ``gate.weight``, ``e_score_correction_bias``) as a plain array of
     ``framework``. ``*_scale_inv`` names are not keys (``m.raw(name)`` reads one). An FP8 tensor
     without its scale raises FileFormatError naming it. The block size and ``scale_fmt`` default to
-    the ``quantization_config`` of a ``config.json`` beside the files (else 128 and None).
+    the ``quantization_config`` of a ``config.json`` beside the files (else 128 and None). ``dtype``
+    is the weights' logical dtype, in any spelling :func:`breccia.dequantize` takes.
     """
     return DeepSeekV3Checkpoint(
         path, framework, device=device, dtype=dtype, block_k=block_k, scale_fmt=scale_fmt

@@ -35,11 +35,13 @@ Bit-for-bit facts (checked against MLX 0.32.4 on CPU, see ``tests/test_mlx.py``)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..backends import float_dtype_name
 from ..errors import DTypeError, LayoutError, RecipeError, ShapeError, missing_dependency
 from ..layouts import PerBlockK, scale_shape
 from ..recipes import (
@@ -62,6 +64,7 @@ __all__ = [
     "requantize_to_mlx",
     "RequantizeReport",
     "mlx_recipe",
+    "mlx_e8m0_rounding",
     "mlx_modes_for",
     "to_mlx_framework",
     "resolve_mode",
@@ -124,9 +127,12 @@ class MLXQuantized:
         return {"group_size": self.group_size, "bits": self.bits, "mode": self.mode}
 
     def dequantize(self, dtype: Any = None) -> Any:
-        """``mx.dequantize`` of these arrays."""
+        """``mx.dequantize`` of these arrays; ``dtype`` (MLX's default if None) in any spelling
+        :func:`breccia.dequantize` takes."""
         mx = _mx()
         extra = {} if self.global_scale is None else {"global_scale": self.global_scale}
+        if dtype is not None:
+            dtype = getattr(mx, float_dtype_name(dtype))
         return mx.dequantize(self.weight, self.scales, self.biases, dtype=dtype, **self.kwargs(), **extra)
 
 
@@ -149,21 +155,59 @@ def resolve_mode(mode: Any, group_size: int | None, bits: int | None) -> tuple[i
     return group_size, bits
 
 
-def mlx_recipe(mode: str, group_size: int | None = None, bits: int | None = None) -> Recipe:
-    """The breccia recipe whose cast reproduces (or, for fp4, nearly reproduces) ``mx.quantize``.
+#: Block maxima of the E8M0 probe, as multiples of the element format's max: ``s = amax / max`` is
+#: ``1.1 * 2**-3`` (ceil -> -2; nearest and floor -> -3) and ``1.3 * 2**-3`` (nearest -> -3; ceil and
+#: floor -> -2), so the two scale codes tell the three rules apart.
+_PROBE_RATIOS = (1.1 / 8, 1.3 / 8)
+#: E8M0 codes of the probe's two blocks under each rule (127 + e)
+_PROBE_CODES = {(125, 125): "ceil", (124, 124): "nearest", (124, 125): "floor"}
 
-    ``mxfp8`` -> ``MXFP8BlockScaling(scale_rounding="ceil")`` and ``affine`` ->
-    ``Int{4,8}Scaling(group_size, symmetric=False, convention="mlx")`` give MLX's bits exactly.
-    ``mxfp4`` -> ``MXFP4BlockScaling(scale_rounding="ceil")`` gives MLX's scales, but MLX rounds fp4
-    ties toward zero and never writes -0 where breccia rounds to nearest even and keeps the sign.
+
+@functools.cache
+def mlx_e8m0_rounding(mode: str = "mxfp8") -> str:
+    """How the installed MLX rounds the E8M0 scales of ``mode`` (``"mxfp8"`` or ``"mxfp4"``) on its
+    default device: ``"ceil"`` or ``"nearest"`` (``scale_rounding`` of breccia's MX recipes).
+
+    Found once per process by quantizing a two-block golden input with ``mx.quantize`` (see
+    ``_PROBE_RATIOS``), not from the version number: MLX's CPU and Metal backends rounded to nearest
+    in log2 up to 0.32.1 and round up from 0.32.2 (ml-explore/mlx#4353); its CUDA backend always
+    rounded up. A rule breccia does not know raises RecipeError.
+    """
+    if mode not in ("mxfp8", "mxfp4"):
+        raise RecipeError(f"only MLX's mxfp8 and mxfp4 modes have E8M0 scales; got {mode!r}")
+    mx = _mx()
+    fmax = 448.0 if mode == "mxfp8" else 6.0
+    x = np.zeros((len(_PROBE_RATIOS), 32), dtype=np.float32)
+    x[:, 0] = [r * fmax for r in _PROBE_RATIOS]
+    _, scales = mx.quantize(mx.array(x), group_size=32, bits=8 if mode == "mxfp8" else 4, mode=mode)
+    codes = tuple(int(c) for c in np.array(scales).reshape(-1))
+    rule = _PROBE_CODES.get(codes)
+    if rule not in ("ceil", "nearest"):
+        raise RecipeError(
+            f"MLX {mx.__version__} rounds {mode} scales by a rule breccia does not reproduce: its probe "
+            f"gave E8M0 codes {codes}; ceil gives (125, 125), round-to-nearest in log2 (124, 124)"
+        )
+    return rule
+
+
+def mlx_recipe(mode: str, group_size: int | None = None, bits: int | None = None) -> Recipe:
+    """The breccia recipe whose cast reproduces (or, for fp4, nearly reproduces) ``mx.quantize`` of
+    the MLX that is installed.
+
+    ``mxfp8`` -> ``MXFP8BlockScaling(scale_rounding=r)`` and ``affine`` ->
+    ``Int{4,8}Scaling(group_size, symmetric=False, convention="mlx")`` give MLX's bits exactly, where
+    ``r`` is the installed MLX's E8M0 rule (:func:`mlx_e8m0_rounding`): ``"ceil"`` from MLX 0.32.2
+    (and always on CUDA), ``"nearest"`` (round to nearest in log2) for CPU and Metal up to 0.32.1.
+    ``mxfp4`` -> ``MXFP4BlockScaling(scale_rounding=r)`` gives MLX's scales, but MLX rounds fp4 ties
+    toward zero and never writes -0 where breccia rounds to nearest even and keeps the sign.
     ``nvfp4`` -> ``NVFP4BlockScaling()``, whose global scale is ``amax / 2688`` (``mx.quantize`` with
     ``global_scale=amax``), with the same fp4 differences.
     """
     group_size, bits = resolve_mode(mode, group_size, bits)
     if mode == "mxfp8":
-        return MXFP8BlockScaling(scale_rounding="ceil")
+        return MXFP8BlockScaling(scale_rounding=mlx_e8m0_rounding(mode))
     if mode == "mxfp4":
-        return MXFP4BlockScaling(scale_rounding="ceil")
+        return MXFP4BlockScaling(scale_rounding=mlx_e8m0_rounding(mode))
     if mode == "nvfp4":
         return NVFP4BlockScaling()
     cls = Int4Scaling if bits == 4 else Int8Scaling
@@ -439,7 +483,8 @@ def from_mlx_quantized(
     if mode == "nvfp4":
         extra["global_scale"] = _breccia_global(mx, global_scale)
     default = "float32" if mode == "nvfp4" and global_scale is not None else "bfloat16"
-    return from_buffer(data, scales, recipe, layout, shape=shape, dtype=dtype or default, **extra)
+    dtype = default if dtype is None else dtype
+    return from_buffer(data, scales, recipe, layout, shape=shape, dtype=dtype, **extra)
 
 
 def _breccia_global(mx: Any, global_scale: Any) -> Any:
@@ -467,10 +512,8 @@ def _affine_from_mlx(
         data = mx.bitwise_xor(raw, mx.array(0x88, dtype=mx.uint8))
     else:
         data = mx.bitwise_xor(raw, mx.array(0x80, dtype=mx.uint8)).view(mx.int8)
-    dtype_name = str(scales.dtype).rsplit(".", 1)[-1]
-    return from_buffer(
-        data, scales, recipe, layout, shape=shape, dtype=dtype or dtype_name, zero_point=biases
-    )
+    dtype = scales.dtype if dtype is None else dtype
+    return from_buffer(data, scales, recipe, layout, shape=shape, dtype=dtype, zero_point=biases)
 
 
 # --- formats MLX cannot hold: explicit re-encoding ---------------------------------------------------
