@@ -125,7 +125,7 @@ def convert_memory(shard_mb: int, n_shards: int, rows: int) -> None:
     import json
 
     from breccia.bridges import save_safetensors
-    from breccia.commands._convert_checkpoint import convert
+    from breccia import convert
 
     per_shard = max(1, shard_mb * 2**20 // (rows * rows))  # rows x rows fp8 weights per shard
     with tempfile.TemporaryDirectory(prefix="breccia-bench-") as tmp:
@@ -145,10 +145,10 @@ def convert_memory(shard_mb: int, n_shards: int, rows: int) -> None:
         del shards
         with open(os.path.join(src, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
-        convert(src, os.path.join(tmp, "warm"), "bf16", progress=False)  # imports, caches
+        convert(src, os.path.join(tmp, "warm"), to="bf16")  # imports, caches
         tracemalloc.start()
         start = time.perf_counter()
-        convert(src, os.path.join(tmp, "bf16"), "bf16", progress=False)
+        convert(src, os.path.join(tmp, "bf16"), to="bf16")
         seconds = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

@@ -30,8 +30,9 @@ from breccia.bridges._deepseek import (
     load_deepseek_v3,
     to_deepseek_v3,
 )
-from breccia.commands import _convert_checkpoint as convert_module
-from breccia.commands._convert_checkpoint import convert, is_linear_weight, parse_target
+from breccia import checkpoints
+from breccia.checkpoints import _slabs as convert_module
+from breccia.checkpoints.deepseek_fp8 import is_linear_weight
 from breccia.demo import deepseek as demo
 
 E4M3 = ml_dtypes.float8_e4m3fn
@@ -435,6 +436,18 @@ def test_moe_block_in_jax_matches_float32(checkpoint):
 # --- convert -------------------------------------------------------------------------------------------
 
 
+def convert(src, dst, target, progress=False):
+    bc.convert(src, dst, to=target, progress=progress)
+
+
+def parse_target(text):
+    """The recipe a target casts linear weights with (None for a float target)."""
+    target = checkpoints.parse_target(text)
+    if target.convention == "deepseek-fp8":
+        return deepseek_recipe("weight", 128, target.options["scale_fmt"])
+    return target.options.get("recipe")
+
+
 def test_convert_to_bf16_is_exact_streamed_and_indexed(checkpoint, tmp_path, capsys, monkeypatch):
     from safetensors import safe_open
 
@@ -479,13 +492,14 @@ def test_convert_to_bf16_is_exact_streamed_and_indexed(checkpoint, tmp_path, cap
 def test_slab_by_slab_conversion_gives_the_whole_tensor_bits(recipe, monkeypatch):
     monkeypatch.setattr(convert_module, "SLAB_ELEMENTS", 1000)
     source = bc.cast(activations((600, 300)), deepseek_recipe("weight"))
-    assert len(convert_module._row_slabs(source.shape, 128)) == 5
-    got = convert_module._cast_slabs(convert_module._RowView(source), recipe, "bfloat16")
+    assert len(convert_module._row_slices(source.shape, 128)) == 5
+    values = convert_module.dequantize_rows(source, "float32")
+    got = convert_module.cast_rows(lambda rows: values[rows], source.shape, recipe, 128)
     expected = bc.cast(bc.dequantize(source), recipe)
     for a, b in zip(got.arrays, expected.arrays):
         assert (a is None and b is None) or np.array_equal(bits(a), bits(b))
     whole = bc.dequantize(source, "bfloat16").view(np.uint16)
-    assert np.array_equal(convert_module._dequantize_slabs(source, "bfloat16").view(np.uint16), whole)
+    assert np.array_equal(convert_module.dequantize_rows(source, "bfloat16").view(np.uint16), whole)
 
 
 def test_convert_bf16_back_to_deepseek_fp8_and_to_mxfp8(checkpoint, tmp_path):

@@ -318,23 +318,28 @@ def test_state_dict_of_scaled_tensors_and_torchao(tmp_path):
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def test_convert_command(tmp_path):
+def test_export_of_a_state_dict_and_convert_needs_a_model(tmp_path):
     import json
 
     import safetensors.torch
 
-    from breccia.commands._convert_mlx import convert
     from breccia.demo.mlx_flow import mlx_twin, torch_mlp
 
     model = torch_mlp()
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 512}))
-    safetensors.torch.save_file(model.state_dict(), tmp_path / "model.safetensors")
-    convert(str(tmp_path / "model.safetensors"), str(tmp_path / "out"), "mlx-affine4-g32", progress=False)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.json").write_text(json.dumps({"hidden_size": 512}))
+    safetensors.torch.save_file(model.state_dict(), tmp_path / "src" / "model.safetensors")
+    export_mlx_model(model.state_dict(), tmp_path / "out", "affine", group_size=32, bits=4,
+                     config={"hidden_size": 512})
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["quantization"] == {"group_size": 32, "bits": 4, "mode": "affine"}
     assert config["hidden_size"] == 512
     twin = mlx_twin(config)
     twin.load_weights(str(tmp_path / "out" / "model.safetensors"))
     assert twin.fc1.weight.dtype == mx.uint32
+    # a model directory for mlx-lm needs an architecture mlx-lm knows: no model_type, no directory
+    with pytest.raises(bc.FileFormatError, match="model_type"):
+        bc.convert(tmp_path / "src", tmp_path / "bad", to="mlx-affine4-g32")
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(bc.RecipeError, match="mlx-affine4"):
-        convert(str(tmp_path / "model.safetensors"), str(tmp_path / "bad"), "mlx-int3", progress=False)
+        bc.convert(tmp_path / "src", tmp_path / "bad", to="mlx-int3")

@@ -183,6 +183,11 @@ class ModelDirectory:
         return listed
 
     @property
+    def largest_weight_file(self) -> int:
+        """Bytes of the largest weight file (a conversion's outputs are cut into shards this size)."""
+        return max((os.path.getsize(self.file(f)) for f in self.weight_files[0]), default=1)
+
+    @property
     def index_path(self) -> str | None:
         """The checked real path of the index, when the weights come from one."""
         index = self.weight_files[1]

@@ -32,19 +32,16 @@ __all__ = ["convert"]
 
 
 def _progress(enabled: bool, description: str) -> Any:
-    """A function wrapping an iterable in a tqdm bar when ``enabled`` (and tqdm installed)."""
-
-    def plain(items: Iterable[Any]) -> Iterator[Any]:
-        return iter(items)
-
-    if not enabled:
-        return plain
+    """A function wrapping an iterable in a tqdm bar when ``enabled`` (plain iteration otherwise, or
+    when tqdm is not installed). tqdm is imported either way, so both cost the same memory."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return plain
+        tqdm = None
 
     def bar(items: Iterable[Any]) -> Iterator[Any]:
+        if not enabled or tqdm is None:
+            return iter(items)
         return iter(tqdm(items, desc=description, unit="tensor"))
 
     return bar

@@ -35,7 +35,7 @@ from ..errors import BrecciaError, DTypeError, FileFormatError
 from ._directory import INDEX_NAME
 from ._paths import inside
 
-__all__ = ["OutputDirectory", "ShardWriter", "DEFAULT_SHARD_BYTES", "host_array"]
+__all__ = ["DEFAULT_SHARD_BYTES", "OutputDirectory", "ShardWriter", "host_array", "like_source"]
 
 DEFAULT_SHARD_BYTES = 5 << 30  # what transformers and mlx-lm write by default
 
@@ -190,6 +190,16 @@ def _header_in_order(
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text, order
+
+
+def like_source(source: Any) -> dict[str, Any]:
+    """``ShardWriter`` options that keep the source's layout: shards of its largest file's size, and an
+    index when it had one."""
+    directory = source.directory
+    return {
+        "max_shard_bytes": directory.largest_weight_file,
+        "always_index": directory.weight_files[1] is not None,
+    }
 
 
 class ShardWriter:

@@ -94,7 +94,7 @@ def read_json(path: str, what: str) -> Any:
     if size > MAX_JSON_BYTES:
         raise FileFormatError(f"{path}: {size} bytes is too large for {what} (limit {MAX_JSON_BYTES})")
     with open(path, "rb") as f:
-        raw = f.read(MAX_JSON_BYTES + 1)
+        raw = f.read(size + 1)  # never more than the file's size (a larger read preallocates it)
     try:
         return loads_strict(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

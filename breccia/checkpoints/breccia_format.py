@@ -26,7 +26,7 @@ from ..layouts import PerBlock2D
 from ..recipes import RECIPES, DelayedScaling, Recipe
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
-from ._output import OutputDirectory, ShardWriter
+from ._output import OutputDirectory, ShardWriter, like_source
 from ._registry import Checkpoint, Convention, register
 from ._slabs import cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
@@ -121,7 +121,7 @@ def write_breccia(
     from .hf import to_float
 
     dtype = model_dtype(source.config)
-    writer = ShardWriter(out, metadata={"format": "pt"})
+    writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
         value = source.read_numpy(name)
         if is_linear_weight(name, tuple(value.shape)):

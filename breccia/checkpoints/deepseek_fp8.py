@@ -31,7 +31,7 @@ from ..errors import FileFormatError
 from ..layouts import PerBlock2D
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
-from ._output import OutputDirectory, ShardWriter
+from ._output import OutputDirectory, ShardWriter, like_source
 from ._registry import Checkpoint, Convention, register
 from ._slabs import cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
@@ -169,7 +169,7 @@ def write_deepseek(
 
     recipe = deepseek_recipe("weight", 128, scale_fmt)
     dtype = model_dtype(source.config)
-    writer = ShardWriter(out, metadata={"format": "pt"})
+    writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
         value = source.read_numpy(name)
         if is_linear_weight(name, tuple(value.shape)) and value.ndim == 2:

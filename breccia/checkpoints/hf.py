@@ -20,7 +20,7 @@ import numpy as np
 
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
-from ._output import OutputDirectory, ShardWriter
+from ._output import OutputDirectory, ShardWriter, like_source
 from ._registry import Checkpoint, Convention, register
 from ._slabs import dequantize_rows
 from ._targets import ConversionReport, Target, TargetParser, register_target
@@ -31,14 +31,7 @@ __all__ = ["HFCheckpoint", "FLOAT_TARGETS", "QUANTIZED_STORAGE", "float_config",
 QUANTIZED_STORAGE = ("I8", "U8", "I16", "U16", "I32", "U32", "U64", "F4", "F6_E2M3", "F6_E3M2")
 _FP8 = ("F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ")
 #: target name -> numpy dtype name
-FLOAT_TARGETS = {
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "float32": "float32",
-    "fp32": "float32",
-}
+FLOAT_TARGETS = {"bf16": "bfloat16", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 _KEEP_FLOAT32 = ("e_score_correction_bias",)
 #: files of quantized formats that a float output must not carry
 QUANTIZATION_SIDE_FILES = ("hf_quant_config.json", "quant_config.json", "quantization_config.json")
@@ -136,7 +129,7 @@ def write_float(
     source: Checkpoint, out: OutputDirectory, report: ConversionReport, dtype: str, progress: Any
 ) -> None:
     """Every tensor of ``source`` as a float checkpoint of ``dtype`` (see the module docstring)."""
-    writer = ShardWriter(out, metadata={"format": "pt"})
+    writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
         writer.add(name, to_float(name, source.read_numpy(name), dtype, report))
     report.files = writer.finish()

@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=1)
         print()
     else:
-        print(fmt)
+        print(printable(fmt))
         print(format_table(rows))
     return 0
 
@@ -210,12 +210,21 @@ def _range_text(row: dict[str, Any]) -> str:
     return f"{row['scale_min']:.3g} .. {row['scale_max']:.3g}"
 
 
+def printable(text: str) -> str:
+    """``text`` with every control or other non-printable character escaped (``\\x1b``, ``\\n``,
+    ``\\u202e``...), as ``repr`` escapes it: a name read from a file cannot move the cursor, clear the
+    screen, reorder the line or start a new row of the table."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table with a totals line."""
     header = ("name", "recipe", "layout", "shape", "bytes", "scale range", "NaN", "Inf")
     body = [
         (
-            row["name"] if "file" not in row else f"{row['file']}:{row['name']}",
+            printable(row["name"] if "file" not in row else f"{row['file']}:{row['name']}"),
             row["recipe"] or f"- ({row['dtype']})",
             row["layout"] or "-",
             "x".join(str(d) for d in row["shape"]) or "scalar",

@@ -217,7 +217,7 @@ def run(out: IO[str]) -> bool:
         print("JAX is not installed; skipping (pip install 'breccia[jax]')", file=out)
         return True
     from ..bridges._deepseek import load_deepseek_v3
-    from ..commands._convert_checkpoint import convert
+    from ..checkpoints import convert
     from ..quantize import dequantize
 
     config = TinyV3Config()
@@ -255,7 +255,7 @@ def run(out: IO[str]) -> bool:
               f"({'ok' if err < 0.1 else 'TOO LARGE'})", file=out)
 
         dst = os.path.join(tmp, "bf16")
-        convert(src, dst, "bf16", progress=False)
+        convert(src, dst, to="bf16")
         converted = load_deepseek_v3(dst, framework="numpy")
         same = all(
             np.array_equal(
