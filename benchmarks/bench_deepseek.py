@@ -124,8 +124,8 @@ def convert_memory(shard_mb: int, n_shards: int, rows: int) -> None:
     """Peak traced memory of ``breccia convert --to bf16`` against the largest output shard."""
     import json
 
-    from breccia.bridges import save_safetensors
     from breccia import convert
+    from breccia.bridges import save_safetensors
 
     per_shard = max(1, shard_mb * 2**20 // (rows * rows))  # rows x rows fp8 weights per shard
     with tempfile.TemporaryDirectory(prefix="breccia-bench-") as tmp:

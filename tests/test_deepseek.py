@@ -21,6 +21,7 @@ import torch
 from conftest import FRAMEWORKS, bits, requires_cuda, to_framework, to_numpy
 
 import breccia as bc
+from breccia import checkpoints
 from breccia.backends import get_backend
 from breccia.bridges._deepseek import (
     SCALE_SUFFIX,
@@ -30,7 +31,6 @@ from breccia.bridges._deepseek import (
     load_deepseek_v3,
     to_deepseek_v3,
 )
-from breccia import checkpoints
 from breccia.checkpoints import _slabs as convert_module
 from breccia.checkpoints.deepseek_fp8 import is_linear_weight
 from breccia.demo import deepseek as demo
