@@ -32,6 +32,8 @@ __all__ = [
     "load_deepseek_v3",
     "deepseek_recipe",
     "shard_jax",
+    "save_gguf",
+    "open_gguf",
 ]
 
 # public name -> private module that defines it
@@ -58,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "load_deepseek_v3": "_deepseek",
     "deepseek_recipe": "_deepseek",
     "shard_jax": "_deepseek",
+    "save_gguf": "_gguf",
+    "open_gguf": "_gguf",
 }
 
 

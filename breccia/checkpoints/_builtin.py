@@ -5,9 +5,14 @@ Detection asks conventions in this order; ``hf`` is the fallback and is asked la
 
 from __future__ import annotations
 
+from . import deepseek_v4  # noqa: F401 (asked before deepseek_fp8: both say quant_method "fp8")
+
+# isort: split
 from . import (
     breccia_format,  # noqa: F401
     deepseek_fp8,  # noqa: F401
+    gguf,  # noqa: F401
+    gpt_oss,  # noqa: F401
     hf,  # noqa: F401
     mlx_lm,  # noqa: F401
 )

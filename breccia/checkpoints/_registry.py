@@ -55,6 +55,11 @@ class Checkpoint(Mapping):
         """The value of ``name`` as numpy arrays (a ScaledTensor or an array)."""
         raise NotImplementedError
 
+    def mlx_tensors(self, values: dict[str, Any]) -> dict[str, Any]:
+        """One layer's ``values`` named (and split) as mlx-lm's loader wants them, where the convention
+        can do it on ScaledTensors (so they are repacked, not requantized); by default unchanged."""
+        return values
+
     def read_numpy(self, name: str) -> ScaledTensor | Any:
         """``self[name]`` with numpy arrays, whatever this mapping's framework (what conversions use)."""
         if name not in self:

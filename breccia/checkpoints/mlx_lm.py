@@ -295,7 +295,7 @@ def _decision(name: str, w: Any, modules: dict[str, Any], predicate: Any, defaul
     if not answer:
         return None
     if isinstance(answer, dict):
-        return answer.get("mode", mode), answer.get("group_size", group), answer.get("bits", bits)
+        return answer.get("mode", "affine"), answer.get("group_size", group), answer.get("bits", bits)
     return default
 
 
@@ -331,7 +331,7 @@ class _MLXWriter:
         self.writer = ShardWriter(out, metadata={"format": "mlx"}, always_index=True)
 
     def layer(self, names: list[str]) -> None:
-        values = {name: self.source.read_numpy(name) for name in names}
+        values = self.source.mlx_tensors({name: self.source.read_numpy(name) for name in names})
         floats = {name: _mlx_float(v) for name, v in values.items()}
         sanitized = self.model.sanitize(floats) if hasattr(self.model, "sanitize") else floats
         for name, w in sanitized.items():
