@@ -31,8 +31,12 @@ __all__ = [
     "PerBlockK",
     "PerBlock2D",
     "layout_from_dict",
+    "oversized_axes",
     "scale_shape",
 ]
+
+#: how far a block may run past its axis in a layout read from a file (see :func:`oversized_axes`)
+MAX_OVERHANG = 2**16
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -155,3 +159,14 @@ def layout_from_dict(d: Any) -> Layout:
 def scale_shape(layout: Layout, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of the scale array for a tensor of logical ``shape``: ``ceil(dim / block)`` per axis."""
     return tuple(_ceil_div(d, b) for d, b in zip(shape, layout.block_shape(tuple(shape))))
+
+
+def oversized_axes(layout: Layout, shape: tuple[int, ...], limit: int = MAX_OVERHANG) -> list[int]:
+    """The axes along which ``layout``'s block is longer than both the axis and ``limit``.
+
+    A block may run past its axis (a short axis is one partial edge block: ``PerBlockK(32)`` on a
+    16-long bias), but a block of ``2**27`` over 8 elements describes no tensor a writer made; a
+    reader refuses such a layout (:class:`~breccia.errors.FileFormatError`). Memory never depends on
+    it: quantize clamps every block to its axis before splitting a tensor into blocks.
+    """
+    return [a for a, (n, b) in enumerate(zip(shape, layout.block_shape(tuple(shape)))) if b > max(n, limit)]

@@ -5,6 +5,12 @@ The tensor is reshaped into "split" form: an axis of size ``n`` with block ``b``
 DeepSeek's "zero-pad to 128"). Block statistics reduce the odd axes with ``keepdims``, so a block's
 scale broadcasts against its elements with no gather. Everything else is elementwise.
 
+Memory is bounded by the tensor, whatever the layout says: a block longer than its axis is clamped
+to the axis (``b' = min(b, n)``: the same single block), so a cast pads an axis to at most
+``n + b' - 1``; dequantize pads nothing where a block does not divide its axis: it spreads the scale
+to the elements one axis at a time instead (each intermediate at most the data's size plus one
+block row), and multiplies elementwise as before (the same bits).
+
 cast, per block (the scale rule of each recipe is in :mod:`breccia.scaling`)::
 
     amax = max |x| over the block's finite elements
@@ -14,6 +20,7 @@ cast, per block (the scale rule of each recipe is in :mod:`breccia.scaling`)::
 dequantize::
 
     y = decode(data) * scale [* global_scale]        # computed in float32, then cast to st.dtype
+    y = decode(data) * (scale / global_scale)        # NVFP4BlockScaling(convention="compressed-tensors")
     y = (decode(data) - zero_point) * scale          # integer zero point
     y = (decode(data) + 2**(bits-1)) * scale + zero_point   # MLX-style float zero point
 
@@ -29,12 +36,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, backend_for, float_dtype_name
-from .errors import DTypeError, LayoutError, RecipeError, ShapeError
+from .errors import DTypeError, LayoutError, NotAnArrayError, RecipeError, ShapeError
 from .formats import E4M3, E8M0, ElementFormat, packed_length, unpack_nibbles
 from .kernels._fused import fused_cast, fused_dequantize
 from .layouts import Layout, scale_shape
 from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
-from .scaling import AmaxHistory, BlockStats, Scales, block_scales, decode_scale
+from .scaling import FLT_MAX, AmaxHistory, BlockStats, Scales, block_scales, decode_scale
 from .tensor import ScaledTensor
 
 __all__ = ["cast", "dequantize", "from_buffer", "requantize"]
@@ -45,7 +52,8 @@ class _Blocking:
 
     def __init__(self, shape: tuple[int, ...], layout: Layout) -> None:
         self.shape = shape
-        self.block = layout.block_shape(shape)
+        # a block longer than its axis is that axis' one block: clamped, it pads nothing
+        self.block = tuple(min(b, max(n, 1)) for n, b in zip(shape, layout.block_shape(shape)))
         self.grid = tuple(-(-n // b) for n, b in zip(shape, self.block))
         self.padded = tuple(g * b for g, b in zip(self.grid, self.block))
         self.split_shape = tuple(v for gb in zip(self.grid, self.block) for v in gb)
@@ -71,6 +79,24 @@ class _Blocking:
 
     def expand(self, xp: Any, s: Any) -> Any:
         return xp.reshape(s, self.scale_split_shape)
+
+    def spread(self, backend: Backend, s: Any) -> Any:
+        """Per-block values ``s`` (grid shape) repeated over their blocks: an array of ``shape``.
+
+        One axis at a time: ``s`` becomes ``(..., g, 1, ...)``, plus zeros ``(..., g, b, ...)``
+        broadcasts it over the block, merged to ``g * b`` and cut to ``n``; no intermediate holds
+        more than the data's size plus one block row."""
+        xp = backend.xp
+        for axis, (n, g, b) in enumerate(zip(self.shape, self.grid, self.block)):
+            if b == 1:
+                continue
+            dims = tuple(s.shape)
+            split = (*dims[:axis], g, 1, *dims[axis + 1 :])
+            s = xp.reshape(s, split) + backend.zeros((*dims[:axis], g, b, *dims[axis + 1 :]), like=s)
+            s = xp.reshape(s, (*dims[:axis], g * b, *dims[axis + 1 :]))
+            if g * b != n:
+                s = s[(slice(None),) * axis + (slice(0, n),)]
+        return s
 
 
 class _Slabs:
@@ -424,7 +450,10 @@ def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxH
     """
     recipe = _check_recipe(recipe)
     backend = backend_for(x, "cast input")
+    _check_dense(x)
     dtype_name = backend.check_float_input(x)
+    if dtype_name == "float64" and not backend.is_traced(x):
+        _check_float32_range(backend, x)
     shape = tuple(int(d) for d in x.shape)
     delayed = isinstance(recipe, DelayedScaling)
     if history is not None and not delayed:
@@ -452,6 +481,33 @@ def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxH
     if delayed:
         return st, AmaxHistory(out["history"])
     return st
+
+
+def _check_dense(x: Any) -> None:
+    """Refuse arrays that hold no dense values to quantize: ``np.matrix`` (its operators are not the
+    array API's), torch meta tensors (no values) and sparse tensors (COO, CSR, CSC, BSR, BSC)."""
+    import numpy as np
+
+    if isinstance(x, np.matrix):
+        raise NotAnArrayError("cannot quantize an np.matrix; pass np.asarray(m), a plain ndarray")
+    if getattr(x, "is_meta", False):
+        raise NotAnArrayError("cannot quantize a meta tensor: it has a shape but no values")
+    if str(getattr(x, "layout", "")).startswith("torch.sparse") or getattr(x, "is_sparse", False) is True:
+        raise NotAnArrayError("cannot quantize a sparse tensor; densify it first (x.to_dense())")
+
+
+def _check_float32_range(backend: Backend, x: Any) -> None:
+    """float64 input is quantized in float32 (every scale rule is float32), so a finite value beyond
+    float32's range would become +-Inf there and be saturated as Inf: refuse it instead."""
+    xp = backend.xp
+    magnitude = xp.abs(x)
+    finite = xp.where(magnitude < math.inf, magnitude, 0.0)
+    if backend.known_true(xp.any(finite > FLT_MAX)):
+        raise DTypeError(
+            f"this float64 tensor holds finite values up to {float(xp.max(finite)):.3g}, beyond "
+            f"float32's range ({FLT_MAX:.4g}); breccia computes scales in float32. Divide the "
+            "tensor by a power of two first (and multiply the dequantized result back)"
+        )
 
 
 def _check_history(backend: Backend, recipe: DelayedScaling, history: Any, like: Any) -> AmaxHistory:
@@ -493,19 +549,29 @@ def _shared_dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: st
     blocking = _Blocking(shape, st.layout)
     scale = decode_scale(backend, xp.reshape(st.scale, blocking.grid), recipe.scale_format)
     if st.global_scale is not None:
-        scale = scale * backend.astype(st.global_scale, "float32")
-    vb = blocking.split(backend, values)
-    sb = blocking.expand(xp, scale)
+        global_scale = backend.astype(st.global_scale, "float32")
+        scale = scale / global_scale if recipe.global_scale_divides else scale * global_scale
+    zero_point = None if st.zero_point is None else backend.astype(st.zero_point, "float32")
+    if blocking.padded == blocking.shape:  # whole blocks: a reshape, the scale broadcasts
+        def per_element(a: Any) -> Any:
+            return blocking.expand(xp, a)
+
+        values = blocking.split(backend, values)
+    else:  # edge blocks: the scale spread over the elements (no padded copy of the data)
+        def per_element(a: Any) -> Any:
+            return blocking.spread(backend, xp.reshape(a, blocking.grid))
+
+    sb = per_element(scale)
     kind = recipe.zero_point_kind
     if kind is None:
-        yb = vb * sb
+        yb = values * sb
     else:
-        zb = blocking.expand(xp, backend.astype(st.zero_point, "float32"))
+        zb = per_element(zero_point)
         if kind == "int":
-            yb = (vb - zb) * sb
+            yb = (values - zb) * sb
         else:
-            yb = _float_zero_point(backend, vb + float(2 ** (fmt.bits - 1)), sb, zb, st.scale)
-    y = blocking.merge(xp, yb)
+            yb = _float_zero_point(backend, values + float(2 ** (fmt.bits - 1)), sb, zb, st.scale)
+    y = blocking.merge(xp, yb) if blocking.padded == blocking.shape else yb
     y = backend.astype(y, dtype_name)
     return xp.reshape(y, st.shape)
 

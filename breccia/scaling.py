@@ -7,6 +7,13 @@ statistics kept with ``keepdims``. The math of each rule is stated in its recipe
 
 Non-finite input (the rule documented in ``docs/numerics.md``): ``amax``, ``lo`` and ``hi`` are taken
 over the finite elements of a block; ``quantize.py`` marks a block holding NaN by storing a NaN scale.
+
+Finite input decodes finite, up to float32's largest value ``FLT_MAX``: every rule keeps
+``max|code| * scale`` within float32. The MX rules cap the exponent at ``127 - e_max`` (so
+``max * 2**e <= FLT_MAX``; only the ceil rule can reach past it, for amax above ``max * 2**(127 -
+e_max)``); the integer rules cap the scale at :func:`largest_scale` of the largest code magnitude
+the decode can meet, and where ``hi - lo`` overflows float32 an asymmetric block takes the largest
+scale for which its codes still decode finite (values outside that window saturate).
 """
 
 from __future__ import annotations
@@ -34,6 +41,32 @@ FLT_MAX = float(np.finfo(np.float32).max)
 FLT_EPS = float(np.finfo(np.float32).eps)
 NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3 max * E2M1 max
 DEEPSEEK_AMAX_FLOOR = 1e-4
+
+
+def largest_scale(q: float) -> float:
+    """The largest float32 ``s`` whose float32 product ``q * s`` is finite (``q > 0``): a block scale
+    at most this decodes every code of magnitude at most ``q`` to a finite value."""
+    q32 = np.float32(q)
+    s = np.float32(FLT_MAX) / q32
+    with np.errstate(over="ignore"):
+        while not np.isfinite(q32 * s):
+            s = np.nextafter(s, np.float32(0))
+    return float(s)
+
+
+def _cap(xp: Any, s: Any, q: float) -> Any:
+    """``min(s, largest_scale(q))``: the same ``s`` except within a few ulps of float32's limit."""
+    return xp.minimum(s, largest_scale(q))
+
+
+def _cap_asymmetric(xp: Any, s: Any, span: Any, fmt: Any) -> Any:
+    """An asymmetric integer scale made safe: where ``hi - lo`` overflowed float32 (``span`` is Inf)
+    the largest scale that keeps the codes of one sign, ``|q - zp| <= -min_value``, finite (the
+    zero point then centres the window, since ``lo / s >= min_value``); elsewhere ``s`` capped so
+    that ``|q - zp| <= max_value - min_value`` decodes finite."""
+    return xp.where(
+        xp.isinf(span), largest_scale(-fmt.min_value), _cap(xp, s, fmt.max_value - fmt.min_value)
+    )
 MLX_AFFINE_EPS = float(np.float32(1e-7))  # the smallest |scale| mx.quantize gives an affine group
 
 
@@ -158,12 +191,15 @@ def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
         e = _nearest_log2(xp, pow2, backend.divide(amax, fmt.max_value))
     else:
         e = _ceil_log2(xp, pow2, backend.divide(amax, fmt.max_value))
-    e = xp.clip(xp.where(positive, e, 0.0), -127.0, 127.0)
+    # the top exponent 127 - e_max keeps max * 2**e <= FLT_MAX (max < 2**(e_max + 1)): finite decode
+    e = xp.clip(xp.where(positive, e, 0.0), -127.0, float(127 - fmt.e_max))
     # x / 2**e == x * 2**-e exactly; -e >= -126 always holds for a float32 amax (see tests).
     return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
 
 
-def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
+def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
+    if recipe.global_scale_divides:
+        return _nvfp4_divisor_rule(backend, stats)
     xp = backend.xp
     t = stats.tensor_amax
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
@@ -172,6 +208,19 @@ def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
     # the encode multiplier (1 / global_scale) / s_b, as torchao and NVIDIA's kernels compute it
     multiplier = backend.divide(backend.divide(1.0, global_scale), backend.decode(codes, E4M3))
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
+
+
+def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
+    """compressed-tensors' NVFP4 (``generate_gparam``, ``calculate_qparams``, ``quantize``), in float32:
+    the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps)."""
+    xp = backend.xp
+    g = backend.divide(NVFP4_GLOBAL_DIVISOR, stats.tensor_amax)
+    global_scale = xp.where(xp.isfinite(g), g, 1.0)
+    block = xp.minimum(global_scale * backend.divide(stats.amax, 6.0), E4M3.max_value)
+    rounds_to_zero = backend.decode(backend.encode(block, E4M3), E4M3) == 0
+    codes = backend.encode(xp.where(rounds_to_zero, 0.125, block), E4M3)
+    divisor = backend.divide(backend.decode(codes, E4M3), global_scale)
+    return Scales(stored=codes, divisor=divisor, global_scale=global_scale)
 
 
 def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
@@ -184,12 +233,15 @@ def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
     xp = backend.xp
     n_bins = float(2**fmt.bits - 1)
     mask = xp.abs(stats.lo) > xp.abs(stats.hi)
-    s = xp.maximum(backend.divide(stats.hi - stats.lo, n_bins), MLX_AFFINE_EPS)
+    span = stats.hi - stats.lo
+    cap = largest_scale(n_bins)  # |q_u * s| <= FLT_MAX for every code q_u in [0, n_bins]
+    s = xp.where(xp.isinf(span), cap, xp.maximum(backend.divide(span, n_bins), MLX_AFFINE_EPS))
     s = xp.where(mask, s, -s)
     edge = xp.where(mask, stats.lo, stats.hi)
     q0 = xp.round(backend.divide(edge, s))
     nonzero = q0 != 0
     s = xp.where(nonzero, backend.divide(edge, xp.where(nonzero, q0, 1.0)), s)
+    s = xp.clip(s, -cap, cap)
     bias = xp.where(nonzero, edge, 0.0)
     offset = -float(2 ** (fmt.bits - 1))
     return Scales(stored=s, divisor=s, pre_offset=bias, post_offset=offset, zero_point=bias)
@@ -204,11 +256,13 @@ def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
         return _torchao_int_rule(backend, recipe, stats)
     if recipe.symmetric:
         s = backend.divide(stats.amax, fmt.max_value)
-        s = xp.where(s > 0, s, 1.0)
+        s = _cap(xp, xp.where(s > 0, s, 1.0), -fmt.min_value)
         return Scales(stored=s, divisor=s)
     lo = xp.minimum(stats.lo, 0.0)
     hi = xp.maximum(stats.hi, 0.0)
-    s = xp.maximum(backend.divide(hi - lo, fmt.max_value - fmt.min_value), FLT_EPS)
+    span = hi - lo
+    s = xp.maximum(backend.divide(span, fmt.max_value - fmt.min_value), FLT_EPS)
+    s = _cap_asymmetric(xp, s, span, fmt)
     zp = xp.clip(fmt.min_value - xp.round(backend.divide(lo, s)), fmt.min_value, fmt.max_value)
     return Scales(stored=s, divisor=s, post_offset=zp, zero_point=zp)
 
@@ -252,6 +306,7 @@ def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Sc
     eps = _SMALLEST_NORMAL.get(stats.input_dtype, 2.0**-126) if intx else FLT_EPS
     if recipe.symmetric:
         s = xp.maximum(r(backend.divide(stats.amax, (fmt.max_value - fmt.min_value) / 2.0)), eps)
+        s = _cap(xp, s, -fmt.min_value)
         zp = None
     else:
         lo = xp.minimum(stats.lo, 0.0)
@@ -261,6 +316,7 @@ def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Sc
         # decodes to NaN; the float32 range keeps the scale finite there (and changes nothing else)
         span = xp.where(xp.isinf(span), hi - lo, span)
         s = xp.maximum(r(backend.divide(span, fmt.max_value - fmt.min_value)), eps)
+        s = _cap_asymmetric(xp, s, hi - lo, fmt)
         zp = xp.clip(fmt.min_value - xp.round(r(backend.divide(lo, s))), fmt.min_value, fmt.max_value)
     multiplier = backend.divide(1.0, s)
     product_dtype = None
@@ -276,7 +332,7 @@ def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any =
     if isinstance(recipe, _MXRecipe):
         return _mx_rule(backend, recipe, stats)
     if isinstance(recipe, NVFP4BlockScaling):
-        return _nvfp4_rule(backend, stats)
+        return _nvfp4_rule(backend, recipe, stats)
     if isinstance(recipe, _IntRecipe):
         return _int_rule(backend, recipe, stats)
     raise TypeError(f"no scale rule for {type(recipe).__name__}")

@@ -101,7 +101,7 @@ class _Ops:
             e = self.floor_log2(am) - plan.emax_elem
         else:
             e = self.ceil_log2(self.div(am, jnp.full(am.shape, plan.fmax, jnp.float32)))
-        e = jnp.clip(jnp.where(positive, e, 0), -127, 127)
+        e = jnp.clip(jnp.where(positive, e, 0), -127, 127 - plan.emax_elem)  # max * 2**e finite
         return (e + 127).astype(jnp.uint8), self.pow2(-e)
 
     @staticmethod

@@ -100,7 +100,7 @@ def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr,
             e = _floor_log2(am) - EMAX
         else:
             e = _ceil_log2(_div_rn(am, tl.full(am.shape, FMAX, tl.float32)))
-        e = tl.minimum(tl.maximum(tl.where(positive, e, 0), -127), 127)
+        e = tl.minimum(tl.maximum(tl.where(positive, e, 0), -127), 127 - EMAX)  # max * 2**e finite
         return (e + 127).to(tl.uint8), _pow2(-e)
 
 
