@@ -4,8 +4,18 @@
 zero-point forms). The arrays belong to one framework (``framework``) and device; ``shape`` and
 ``dtype`` are the logical (dequantized) shape and dtype.
 
+The constructor checks the invariants once, with breccia's errors: ``recipe`` a Recipe and
+``layout`` a Layout that recipe takes and that fits ``shape`` (non-negative ints); ``dtype_name`` a
+float dtype; ``framework`` a known one and every array one of its arrays; ``data`` of the recipe's
+storage dtype and of ``shape`` (the last axis halved, rounded up, for packed 4-bit data); ``scale``
+of the layout's grid shape (``ceil(dim / block)`` per axis; ``()`` for a 0-d tensor) and the scale
+format's dtype; ``global_scale`` (one value) present exactly when the recipe has one (NVFP4);
+``zero_point`` (grid-shaped, float) exactly when the recipe is asymmetric.
+
 A ScaledTensor is a JAX pytree (its arrays are the leaves, everything else static), so it passes
-through ``jax.jit``, ``jax.vmap`` and sharding. Registration happens as soon as JAX is in use by
+through ``jax.jit``, ``jax.vmap`` and sharding. Unflattening does not check: JAX rebuilds pytrees
+with placeholder leaves (``None``, ``object()``, in_axes integers) and, around ``vmap``, with leaves
+that carry a batch axis the static shape does not. Registration happens as soon as JAX is in use by
 breccia, or at import if JAX was imported first, so ``import breccia`` never imports JAX.
 """
 
@@ -15,6 +25,7 @@ import math
 import sys
 from typing import Any
 
+from .errors import DTypeError, FrameworkError, LayoutError, RecipeError, ShapeError
 from .layouts import Layout
 from .recipes import Recipe
 
@@ -67,6 +78,13 @@ class ScaledTensor:
         global_scale: Any = None,
         zero_point: Any = None,
     ) -> None:
+        shape = _check_description(recipe, layout, shape, dtype_name, framework)
+        _check_arrays(recipe, layout, shape, framework, data, scale, global_scale, zero_point)
+        self._set(data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point)
+
+    def _set(
+        self, data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point
+    ) -> None:
         self.data = data
         self.scale = scale
         self.global_scale = global_scale
@@ -76,6 +94,14 @@ class ScaledTensor:
         self.shape = tuple(shape)
         self.dtype_name = dtype_name
         self.framework = framework
+
+    @classmethod
+    def _unchecked(cls, data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point):
+        """A ScaledTensor built without the constructor's checks: JAX's unflatten only (its leaves
+        may be placeholders, or carry a vmap batch axis)."""
+        st = object.__new__(cls)
+        st._set(data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point)
+        return st
 
     # --- derived properties -------------------------------------------------------------------------
     @property
@@ -162,6 +188,89 @@ class ScaledTensor:
         )
 
 
+def _check_description(
+    recipe: Any, layout: Any, shape: Any, dtype_name: Any, framework: Any
+) -> tuple[int, ...]:
+    """The static half of the invariants; returns ``shape`` as a tuple of ints."""
+    from .backends import FRAMEWORKS
+    from .backends._base import FLOAT_DTYPES
+
+    if not isinstance(recipe, Recipe):
+        raise RecipeError(f"a ScaledTensor's recipe must be a breccia recipe; got {type(recipe).__name__}")
+    if not isinstance(layout, Layout):
+        raise LayoutError(f"a ScaledTensor's layout must be a breccia layout; got {type(layout).__name__}")
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"a ScaledTensor's shape must be a tuple of ints; got {shape!r}") from None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ShapeError(f"a ScaledTensor's shape must hold non-negative ints; got {shape!r}")
+    recipe.check_layout(layout)
+    layout.check_shape(shape)
+    if dtype_name not in FLOAT_DTYPES:
+        raise DTypeError(
+            f"a ScaledTensor's logical dtype must be one of {', '.join(FLOAT_DTYPES)}; got {dtype_name!r}"
+        )
+    if framework not in FRAMEWORKS:
+        raise FrameworkError(f"unknown framework {framework!r}; valid frameworks are {', '.join(FRAMEWORKS)}")
+    return shape
+
+
+def _check_arrays(
+    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str,
+    data: Any, scale: Any, global_scale: Any, zero_point: Any,
+) -> None:
+    """The arrays' half of the invariants (see the module docstring)."""
+    from .backends import backend_for, get_backend
+    from .formats import packed_length
+    from .layouts import scale_shape
+    from .recipes import SCALE_FORMATS
+
+    backend = get_backend(framework)
+    fmt = recipe.element_format
+    floats = ("float32", "bfloat16", "float16")
+
+    def check(what: str, a: Any, dims: tuple[int, ...] | None, dtypes: tuple[str, ...]) -> None:
+        if backend_for(a, f"{recipe.name} {what}").name != framework:
+            raise FrameworkError(
+                f"the ScaledTensor is a {framework} tensor but its {what} is not a {framework} array"
+            )
+        got = tuple(int(d) for d in a.shape)
+        if dims is None:  # one value, any shape
+            if math.prod(got) != 1:
+                raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {got}")
+        elif got != dims:
+            raise ShapeError(
+                f"{recipe.name} {what} of a tensor of shape {shape} under {layout!r} must have shape "
+                f"{dims}; got {got}"
+            )
+        name = backend.dtype_name(a)
+        if name not in dtypes:
+            raise DTypeError(f"{recipe.name} {what} must be {' or '.join(dtypes)}; got {name}")
+
+    def codes(fmt: Any) -> tuple[str, ...]:  # the storage dtype, or the uint8 bits of an 8-bit float
+        native = backend.storage_dtype(fmt)
+        return (native, "uint8") if fmt.kind != "int" and native != "uint8" else (native,)
+
+    stored = (*shape[:-1], packed_length(shape[-1])) if fmt.packed and shape else shape
+    check("data", data, stored, codes(fmt))
+    grid = scale_shape(layout, shape) if shape else ()
+    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    check("scale", scale, grid, floats if scale_fmt is None else codes(scale_fmt))
+    if recipe.scale_format == "E4M3":
+        if global_scale is None:
+            raise RecipeError(f"{recipe.name} needs its global_scale (the fp32 second-level scale)")
+        check("global_scale", global_scale, None, floats)
+    elif global_scale is not None:
+        raise RecipeError(f"{recipe.name} has no global scale; only NVFP4BlockScaling does")
+    if recipe.zero_point_kind is not None:
+        if zero_point is None:
+            raise RecipeError(f"{recipe!r} is asymmetric and needs its zero_point (shape {grid})")
+        check("zero_point", zero_point, grid, floats)
+    elif zero_point is not None:
+        raise RecipeError(f"{recipe!r} is symmetric and has no zero_point")
+
+
 _JAX_REGISTERED = False
 
 
@@ -181,9 +290,8 @@ def register_jax_pytrees() -> None:
     def unflatten(aux, children) -> ScaledTensor:
         recipe, layout, shape, dtype_name, framework = aux
         data, scale, global_scale, zero_point = children
-        return ScaledTensor(
-            data, scale, recipe, layout, shape, dtype_name, framework,
-            global_scale=global_scale, zero_point=zero_point,
+        return ScaledTensor._unchecked(
+            data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point
         )
 
     jax.tree_util.register_pytree_node(ScaledTensor, flatten, unflatten)
