@@ -18,6 +18,10 @@ __all__ = [
     "CopyError",
     "DLPackError",
     "FileFormatError",
+    "FileAccessError",
+    "FileMissingError",
+    "ScaleValueError",
+    "PathTypeError",
     "MissingDependencyError",
 ]
 
@@ -60,6 +64,24 @@ class DLPackError(BrecciaError, ValueError):
 
 class FileFormatError(BrecciaError, ValueError):
     """A file is malformed, truncated, or disagrees with itself; the message names file and tensor."""
+
+
+class FileAccessError(BrecciaError, OSError):
+    """A path cannot be read as a file: not a regular file (FIFO, socket, device, directory), a
+    symlink loop, or the operating system refused (permissions)."""
+
+
+class FileMissingError(FileAccessError, FileNotFoundError):
+    """A path that should name a file or directory does not exist."""
+
+
+class ScaleValueError(FileFormatError):
+    """A file holds a scale that cannot be a dequantization multiplier (NaN, +-Inf, zero, or negative
+    where the recipe's scales are positive); the message names the tensor and its first bad block."""
+
+
+class PathTypeError(BrecciaError, TypeError):
+    """A path argument is not a ``str`` or ``os.PathLike``."""
 
 
 class MissingDependencyError(BrecciaError, ImportError):

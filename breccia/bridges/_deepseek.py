@@ -124,6 +124,7 @@ def from_deepseek_v3(
     ``torch.bfloat16``, ``mx.float16``, ...; ``dequantize`` then gives exactly ``fp32(Wq) * S`` cast
     to it).
     """
+    _check_block_k(block_k)
     backend = backend_for(data, "data")
     data_shape = tuple(int(d) for d in data.shape)
     scale_shape_ = tuple(int(d) for d in getattr(scale, "shape", ()))
@@ -211,6 +212,12 @@ def _block_from_config(quant: dict[str, Any], path: str) -> int:
     return block[0]
 
 
+def _check_block_k(block_k: Any) -> None:
+    """A DeepSeek block size must be a positive int (LayoutError otherwise)."""
+    if isinstance(block_k, bool) or not isinstance(block_k, int) or block_k < 1:
+        raise LayoutError(f"block_k must be a positive int (DeepSeek uses 128); got {block_k!r}")
+
+
 class DeepSeekV3Checkpoint(Mapping):
     """A lazy, read-only mapping over a DeepSeek-V3 checkpoint (see :func:`load_deepseek_v3`)."""
 
@@ -223,10 +230,15 @@ class DeepSeekV3Checkpoint(Mapping):
         dtype: Any = "float32",
         block_k: int | None = None,
         scale_fmt: str | None = None,
+        check_scales: bool = True,
     ) -> None:
         from ._huggingface import open_safetensors
+        from ._safetensors_format import fspath
 
-        path = os.fspath(path)
+        path = fspath(path)
+        if block_k is not None:
+            _check_block_k(block_k)
+        self.check_scales = check_scales
         self.path = path
         self.backend = get_backend(framework)
         self.device = device
@@ -236,7 +248,7 @@ class DeepSeekV3Checkpoint(Mapping):
         self.scale_fmt = scale_fmt if scale_fmt is not None else quant.get("scale_fmt")
         if self.scale_fmt not in _SCALE_FMTS:
             raise FileFormatError(f"{path}: unknown scale_fmt {self.scale_fmt!r}; DeepSeek uses 'ue8m0'")
-        self._source = open_safetensors(path, "numpy")
+        self._source = open_safetensors(path, "numpy", check_scales=check_scales)
         raw = list(self._source)
         present = set(raw)
         for name in raw:
@@ -273,6 +285,7 @@ class DeepSeekV3Checkpoint(Mapping):
                     "cannot be dequantized (refusing to upcast it unscaled)"
                 )
             scale = self._source[scale_name]
+            self._check_pair(name, data.shape, scale_name, scale)
             return from_deepseek_v3(
                 self._move(data.view("uint8")),
                 self._move(scale),
@@ -322,6 +335,23 @@ class DeepSeekV3Checkpoint(Mapping):
             f"quantized={sum(1 for n in self._names if n + SCALE_SUFFIX in self._present)})"
         )
 
+    def _check_pair(self, name: str, shape: tuple[int, ...], scale_name: str, scale: np.ndarray) -> None:
+        """FileFormatError for a block size (the config's, or the one passed for it) far larger than
+        the weight (:func:`~breccia.layouts.oversized_axes`); ScaleValueError for a
+        ``weight_scale_inv`` that is NaN, +-Inf, zero or negative, unless ``check_scales=False``."""
+        from ..layouts import oversized_axes
+        from ._huggingface import check_scales
+
+        if len(shape) >= 2 and oversized_axes(
+            PerBlock2D(self.block_k, self.block_k), tuple(shape)
+        ):
+            raise FileFormatError(
+                f"{self.path}: block size {self.block_k} (quantization_config.weight_block_size) is far "
+                f"larger than {name!r} of shape {tuple(shape)}; it does not describe this checkpoint"
+            )
+        if self.check_scales:
+            check_scales(f"{self.path}: {scale_name!r}", deepseek_recipe(), {"scale": scale})
+
     def _move(self, a: Any) -> Any:
         if self.backend.name == "numpy":
             return a
@@ -340,6 +370,7 @@ def load_deepseek_v3(
     dtype: Any = "float32",
     block_k: int | None = None,
     scale_fmt: str | None = None,
+    check_scales: bool = True,
 ) -> DeepSeekV3Checkpoint:
     """A lazy mapping over a DeepSeek-V3 checkpoint: a directory, its ``model.safetensors.index.json``,
     or one ``.safetensors`` file.
@@ -351,9 +382,15 @@ def load_deepseek_v3(
     without its scale raises FileFormatError naming it. The block size and ``scale_fmt`` default to
     the ``quantization_config`` of a ``config.json`` beside the files (else 128 and None). ``dtype``
     is the weights' logical dtype, in any spelling :func:`breccia.dequantize` takes.
+
+    Arrays handed out never share writable memory with the mapping (numpy: read-only views; other
+    frameworks: arrays of their own). A ``weight_scale_inv`` (or breccia scale) that is NaN, +-Inf,
+    zero or negative raises ScaleValueError naming it and its first bad block, unless
+    ``check_scales=False`` (``breccia inspect`` reads that way, to count them).
     """
     return DeepSeekV3Checkpoint(
-        path, framework, device=device, dtype=dtype, block_k=block_k, scale_fmt=scale_fmt
+        path, framework, device=device, dtype=dtype, block_k=block_k, scale_fmt=scale_fmt,
+        check_scales=check_scales,
     )
 
 

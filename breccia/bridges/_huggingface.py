@@ -15,12 +15,26 @@ round trip is bit for bit.
 
 Reading parses and validates the header with :mod:`._safetensors_format` (safetensors' own numpy,
 flax and MLX loaders fail on F8), maps the file copy-on-write (``mmap.ACCESS_COPY``: pages are read
-when touched, writes never reach the file) and views the bytes as the stored dtype. numpy and torch
-arrays are views of that map (zero-copy; they keep it alive after ``close()``); JAX and MLX copy out
-of it. MLX, which has no fp8 dtype, gets FP8/E8M0 tensors as uint8 bits. A memory-mapped array reads
-whatever the file holds when it is touched: replacing the file (``os.replace``, as
-:func:`save_safetensors` does) is safe, truncating it in place while arrays are alive is not (the same
-holds for ``safetensors.torch.load_file``).
+when touched, writes never reach the file) and views the bytes as the stored dtype. numpy arrays are
+**read-only** views of that map (zero-copy; they keep it alive after ``close()``), so no caller can
+change what the next read returns; torch, which has no read-only tensors, gets a tensor of its own:
+a private copy-on-write map of just that tensor's bytes (a copy for tensors under 64 KiB); JAX and
+MLX copy out of it. :func:`load_safetensors` and :func:`load_plain_safetensors`, which read each
+tensor once and close, return writable views of their own copy-on-write map (writes stay in memory). MLX, which has no fp8 dtype, gets FP8/E8M0 tensors as uint8 bits. A
+memory-mapped array reads whatever the file holds when it is touched: replacing the file
+(``os.replace``, as :func:`save_safetensors` does) is safe, truncating it in place while arrays are
+alive is not (the same holds for ``safetensors.torch.load_file``).
+
+Scales read from a file are checked when their ScaledTensor is read: a NaN, +-Inf or zero scale, or
+a negative one (except MLX's affine mode, whose scales are negative in about half the groups), and a
+non-finite global scale or zero point raise :class:`~breccia.errors.ScaleValueError` naming the tensor
+and its first bad block. ``check_scales=False`` keeps them (``breccia inspect`` counts them); breccia
+writes a NaN scale for a block whose input held NaN, so such a tensor reads back only that way.
+
+Writing goes to a temporary file beside the target, named with the process id, the thread id and
+random bytes (created exclusively), renamed over the target when complete and removed on any error:
+concurrent saves to one path never share a temporary file, and the last rename wins whole. A process
+killed mid-save leaves at most its own ``.NAME.*.tmp`` file; the target is untouched.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ import math
 import mmap
 import os
 import re
+import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,24 +55,37 @@ import numpy as np
 
 from ..backends import backend_for, get_backend
 from ..backends._base import FLOAT_DTYPES
-from ..errors import BrecciaError, DTypeError, FileFormatError, FrameworkError, NotAnArrayError, RecipeError
+from ..errors import (
+    BrecciaError,
+    DTypeError,
+    FileAccessError,
+    FileFormatError,
+    FileMissingError,
+    FrameworkError,
+    NotAnArrayError,
+    RecipeError,
+    ScaleValueError,
+)
 from ..formats import packed_length
-from ..layouts import Layout, layout_from_dict, scale_shape
+from ..layouts import Layout, layout_from_dict, oversized_axes, scale_shape
 from ..quantize import _prepare_layout, from_buffer
 from ..recipes import SCALE_FORMATS, Recipe, recipe_from_dict
+from ..scaling import decode_scale
 from ..tensor import ScaledTensor
 from ._safetensors_format import (
     DTYPES,
-    MAX_HEADER_SIZE,
     Header,
     TensorEntry,
     dtype_for,
     encode_header,
     file_stamp,
+    fspath,
     loads_strict,
     nbytes_of,
     numpy_dtype,
+    open_regular,
     read_header,
+    read_json_file,
 )
 
 __all__ = [
@@ -80,6 +109,8 @@ SINGLE_NAME = "model.safetensors"
 _FLOAT_ST = ("F32", "BF16", "F16")
 _MAX_NDIM = 32  # numpy 1.x holds at most 32 dimensions
 _MAX_DIM = np.iinfo(np.intp).max
+_MLX_MAX_DIM = 2**31 - 1  # MLX's dims are int32
+_PRIVATE_MAP_BYTES = 1 << 16  # torch tensors this large get a private map of their own, smaller ones a copy
 
 # ==================================================================================================
 # writing
@@ -230,6 +261,17 @@ def _collect(tensors: Mapping[str, Any]) -> tuple[list[_Part], dict[str, str]]:
                 f"{part.owner or part.name}); rename one"
             )
         seen[part.name] = part.owner or part.name
+    # a name the reader would pair with a ScaledTensor as one of its parts (one it has or not)
+    scaled_names = [name for name, value in tensors.items() if isinstance(value, ScaledTensor)]
+    reserved = {f"{name}.{part}": name for name in scaled_names for part in PARTS}
+    for name in tensors:
+        owner = reserved.get(name)
+        if owner is not None:
+            part = name[len(owner) + 1 :]
+            raise FileFormatError(
+                f"{name!r} is the name of ScaledTensor {owner!r}'s {part} part (a ScaledTensor "
+                f"{owner!r} is stored as {', '.join(repr(owner + '.' + p) for p in PARTS)}); rename {name!r}"
+            )
     return parts, configs
 
 
@@ -246,30 +288,60 @@ def _check_metadata(extra: Mapping[str, str] | None, configs: Mapping[str, str])
     return dict(extra)
 
 
+def _check_target(path: str) -> None:
+    """A file may be written at ``path``: it is not a directory and its directory exists."""
+    if os.path.isdir(path):
+        raise FileAccessError(
+            f"{path}: is a directory; save_safetensors writes one file (pass max_shard_size= to write "
+            "shards into a directory)"
+        )
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise FileMissingError(f"{path}: the directory {parent!r} does not exist")
+
+
+def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Call ``write(f)`` on a new temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary name holds the process id, the thread id and random bytes and is created
+    exclusively, so concurrent writers never share one; on any error it is removed and ``path`` is
+    untouched. The rename is atomic: a reader sees the old file or the new one, never a mix."""
+    directory, base = os.path.split(path)
+    tmp = os.path.join(
+        directory or ".", f".{base}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(6)}.tmp"
+    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def _write_file(path: str, parts: list[_Part], metadata: Mapping[str, str]) -> None:
     """Write one file: the header first, then each tensor's bytes, one tensor in memory at a time.
 
-    The file is written beside ``path`` and renamed over it when complete, so a failure never
-    leaves a truncated file and readers that memory-mapped the old file keep its bytes."""
+    Written through :func:`_atomic_write`, so a failure never leaves a truncated file, readers that
+    memory-mapped the old file keep its bytes, and of concurrent saves the last one wins whole."""
     header, order = encode_header(((p.name, p.dtype, p.shape) for p in parts), metadata)
     by_name = {p.name: p for p in parts}
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            for name, begin, end in order:
-                data = by_name[name].host()
-                if data.nbytes != end - begin:
-                    raise FileFormatError(
-                        f"tensor {name!r}: holds {data.nbytes} bytes, expected {end - begin}"
-                    )
-                f.write(data)
-                del data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _check_target(path)
+
+    def write(f: Any) -> None:
+        f.write(header)
+        for name, begin, end in order:
+            data = by_name[name].host()
+            if data.nbytes != end - begin:
+                raise FileFormatError(f"tensor {name!r}: holds {data.nbytes} bytes, expected {end - begin}")
+            f.write(data)
+            del data
+
+    _atomic_write(path, write)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
@@ -341,11 +413,13 @@ def save_safetensors(
     """
     parts, configs = _collect(tensors)
     extra = _check_metadata(extra_metadata, configs)
-    path = os.fspath(path)
+    path = fspath(path)
     if max_shard_size is None:
         _write_file(path, parts, {**extra, **configs})
         return
     groups = _shard_groups(parts, parse_size(max_shard_size))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileAccessError(f"{path}: is a file; with max_shard_size= the target is a directory of shards")
     os.makedirs(path, exist_ok=True)
     weight_map: dict[str, str] = {}
     for i, group in enumerate(groups):
@@ -356,10 +430,8 @@ def save_safetensors(
         _write_file(os.path.join(path, shard), group, {**extra, **{k: configs[k] for k in sorted(owned)}})
         weight_map.update((p.name, shard) for p in group)
     index = {"metadata": {"total_size": sum(p.nbytes for p in parts), **extra}, "weight_map": weight_map}
-    tmp = os.path.join(path, f".{INDEX_NAME}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
-    os.replace(tmp, os.path.join(path, INDEX_NAME))
+    text = json.dumps(index, indent=2).encode("utf-8")
+    _atomic_write(os.path.join(path, INDEX_NAME), lambda f: f.write(text))
 
 
 # ==================================================================================================
@@ -378,20 +450,33 @@ class _Shard:
     def path(self) -> str:
         return self.header.path
 
+    def _open_checked(self) -> int:
+        """A descriptor of the file, checked to be the version whose header was read."""
+        fd, stat = open_regular(self.path)
+        if file_stamp(stat) != self.header.stamp:
+            os.close(fd)
+            raise FileFormatError(
+                f"{self.path}: the file was replaced or modified since its header was read; open it again"
+            )
+        return fd
+
     def buffer(self) -> mmap.mmap:
         if self._map is None:
-            with open(self.path, "rb") as f:
-                if file_stamp(os.fstat(f.fileno())) != self.header.stamp:
-                    raise FileFormatError(
-                        f"{self.path}: the file was replaced or modified since its header was read; "
-                        "open it again"
-                    )
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            fd = self._open_checked()
+            try:
+                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            finally:
+                os.close(fd)
         return self._map
 
-    def array(self, entry: TensorEntry) -> np.ndarray:
-        """Tensor ``entry`` as a numpy array of its stored dtype (a view of the map when aligned).
+    def array(self, entry: TensorEntry, private: bool = False, once: bool = False) -> np.ndarray:
+        """Tensor ``entry`` as a numpy array of its stored dtype.
 
+        By default a read-only view of the shared map (a read-only copy where the bytes are not
+        aligned for the dtype). ``private=True`` gives a writable array no other read shares: a
+        copy-on-write map of just this tensor's bytes (a plain copy under 64 KiB). ``once=True``
+        (a caller that reads each tensor once, then closes) gives a writable view of the shared map:
+        no other read will see its region, and writes stay in memory (the map is copy-on-write).
         Sub-byte dtypes come back as their bytes: F4 as uint8 ``[..., n/2]`` (when ``n`` is even),
         F6 (and an odd F4 last axis) as a flat uint8 array."""
         dtype = numpy_dtype(entry.dtype)
@@ -404,12 +489,33 @@ class _Shard:
         if len(shape) > _MAX_NDIM or any(d > _MAX_DIM for d in shape):
             raise FileFormatError(f"{where}: shape {list(entry.shape)} is beyond what arrays can hold")
         if entry.nbytes == 0:
-            return np.zeros(shape, dtype)
+            out = np.zeros(shape, dtype)
+            out.flags.writeable = private or once
+            return out
         offset = self.header.data_start + entry.begin
-        raw = np.frombuffer(self.buffer(), np.uint8, entry.nbytes, offset)
+        if once:
+            private = False
+        if private and entry.nbytes >= _PRIVATE_MAP_BYTES:
+            raw = self._private_bytes(offset, entry.nbytes)
+        else:
+            raw = np.frombuffer(self.buffer(), np.uint8, entry.nbytes, offset)
+            if private:
+                raw = raw.copy()
         if offset % dtype.itemsize:
             raw = raw.copy()  # unaligned (a foreign writer): an aligned copy
-        return raw.view(dtype).reshape(shape)
+        out = raw.view(dtype).reshape(shape)
+        out.flags.writeable = private or once
+        return out
+
+    def _private_bytes(self, offset: int, nbytes: int) -> np.ndarray:
+        """The file's bytes ``[offset, offset + nbytes)`` in a copy-on-write map of their own."""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        fd = self._open_checked()
+        try:
+            region = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+        finally:
+            os.close(fd)
+        return np.frombuffer(region, np.uint8, nbytes, offset - start)
 
     def close(self) -> None:
         self._map = None  # arrays viewing the map keep it alive; it is unmapped with the last of them
@@ -425,9 +531,12 @@ _ML_DTYPE_NAMES = (
 )
 
 
-def _to_framework(a: np.ndarray, framework: str, device: Any) -> Any:
-    """numpy array ``a`` (a map view) as an array of ``framework`` on ``device``, same bits."""
+def _to_framework(a: np.ndarray, framework: str, device: Any, where: str) -> Any:
+    """numpy array ``a`` (a map view; writable only if private to this read) as an array of
+    ``framework`` on ``device``, same bits. ``where`` names the tensor in errors."""
     name = a.dtype.name
+    if framework == "mlx" and any(d > _MLX_MAX_DIM for d in a.shape):
+        raise FileFormatError(f"{where}: shape {list(a.shape)} has a dim beyond MLX's limit of 2**31 - 1")
     if framework == "numpy":
         if device not in (None, "cpu"):
             raise FrameworkError(
@@ -437,6 +546,8 @@ def _to_framework(a: np.ndarray, framework: str, device: Any) -> Any:
     if framework == "torch":
         import torch
 
+        if not a.flags.writeable:  # torch has no read-only tensors: never share a map view
+            a = a.copy()
         if name in _ML_DTYPE_NAMES:
             t = torch.from_numpy(a.view(np.uint16 if a.itemsize == 2 else np.uint8)).view(
                 getattr(torch, name)
@@ -539,6 +650,8 @@ def _config(text: str) -> _Config:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise FileFormatError(f"config shape must be a list of non-negative ints; got {shape!r}")
+    if len(shape) > _MAX_NDIM or math.prod(max(d, 1) for d in shape) * 8 > _MAX_DIM:
+        raise FileFormatError(f"config shape {shape} is larger than any array can be")
     if config["dtype"] not in FLOAT_DTYPES:
         raise FileFormatError(f"config dtype must be one of {FLOAT_DTYPES}; got {config['dtype']!r}")
     try:
@@ -546,6 +659,12 @@ def _config(text: str) -> _Config:
         layout = _prepare_layout(recipe, layout_from_dict(config["layout"]), tuple(shape))
     except BrecciaError as exc:
         raise FileFormatError(str(exc)) from None
+    oversized = oversized_axes(layout, tuple(shape))
+    if oversized:
+        raise FileFormatError(
+            f"its layout {layout!r} has blocks far larger than the tensor of shape {tuple(shape)} along "
+            f"axis {oversized}; a file's layout must describe its tensor"
+        )
     fmt, scale_fmt = recipe.element_format, SCALE_FORMATS[recipe.scale_format]
     views = {}
     if fmt.kind == "float" and not fmt.packed:
@@ -579,12 +698,24 @@ class SafetensorsCheckpoint(Mapping):
     """A read-only, lazy mapping over safetensors files (see :func:`open_safetensors`)."""
 
     def __init__(
-        self, source: str, shards: list[Header], weight_map: dict[str, int], framework: str, device: Any
+        self,
+        source: str,
+        shards: list[Header],
+        weight_map: dict[str, int],
+        framework: str,
+        device: Any,
+        *,
+        check_scales: bool = True,
     ):
+        if not isinstance(framework, str):
+            raise FrameworkError(f"framework must be a name such as 'numpy' or 'torch'; got {framework!r}")
         get_backend(framework)  # unknown framework or missing dependency: fail now
+        _check_device(framework, device)
         self.source = source
         self.framework = framework
         self.device = device
+        self.check_scales = check_scales
+        self._once = False  # load_*: every tensor read once, then closed (see _Shard.array)
         self._shards = [_Shard(h) for h in shards]
         self._closed = False
         self._entries: dict[str, tuple[_Shard, TensorEntry]] = {}
@@ -627,7 +758,7 @@ class SafetensorsCheckpoint(Mapping):
         for part in PARTS:
             if part not in parts and f"{name}.{part}" in self._entries:
                 raise FileFormatError(
-                    f"{where}: {config.recipe!r} has no {part}, yet the file holds {name}.{part!r}"
+                    f"{where}: {config.recipe!r} has no {part}, yet the file holds {name + '.' + part!r}"
                 )
         return _ScaledSpec(config, parts)
 
@@ -677,7 +808,12 @@ class SafetensorsCheckpoint(Mapping):
         if found is None:
             raise KeyError(raw_name)
         shard, entry = found
-        return _to_framework(shard.array(entry), self.framework, self.device)
+        where = f"{shard.path}: tensor {raw_name!r}"
+        return _to_framework(self._array(shard, entry), self.framework, self.device, where)
+
+    def _array(self, shard: _Shard, entry: TensorEntry) -> np.ndarray:
+        """A stored tensor as numpy: a read-only view, or for torch an array of this read's own."""
+        return shard.array(entry, private=self.framework == "torch", once=self._once)
 
     def _read_scaled(self, spec: _ScaledSpec) -> ScaledTensor:
         """The ScaledTensor of ``spec``, whose parts were checked against its config on opening (the
@@ -685,15 +821,23 @@ class SafetensorsCheckpoint(Mapping):
         if self._closed:
             raise FileFormatError(f"{self.source}: this checkpoint is closed; open it again")
         config = spec.config
-        arrays = {}
+        host = {}
         for part, raw in spec.parts.items():
             shard, entry = self._entries[raw]
-            a = shard.array(entry)
+            a = self._array(shard, entry)
             if part in config.views and a.dtype != config.views[part]:
                 a = a.view(config.views[part])
             if part == "global_scale":
                 a = a.reshape(())
-            arrays[part] = _to_framework(a, self.framework, self.device)
+            host[part] = a
+        if self.check_scales:
+            name = spec.parts["data"][: -len(".data")]
+            path = self._entries[spec.parts["scale"]][0].path
+            check_scales(f"{path}: ScaledTensor {name!r}", config.recipe, host)
+        arrays = {
+            part: _to_framework(a, self.framework, self.device, f"{self.source}: {spec.parts[part]!r}")
+            for part, a in host.items()
+        }
         return ScaledTensor(
             arrays["data"],
             arrays["scale"],
@@ -725,17 +869,61 @@ class SafetensorsCheckpoint(Mapping):
         )
 
 
+def _check_device(framework: str, device: Any) -> None:
+    """Refuse a device ``framework`` cannot place arrays on, before any tensor is read."""
+    if device is None:
+        return
+    if framework == "numpy" and device != "cpu":
+        raise FrameworkError(f"numpy arrays live on the host; device must be None or 'cpu', got {device!r}")
+    if framework == "mlx":
+        raise FrameworkError(f"MLX arrays live in unified memory; device must be None, got {device!r}")
+    if framework == "torch":
+        import torch
+
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            raise FrameworkError(f"torch cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
+
+
+def check_scales(where: str, recipe: Recipe, parts: Mapping[str, np.ndarray]) -> None:
+    """Raise ScaleValueError if a ScaledTensor's stored scales cannot be dequantization multipliers.
+
+    ``parts`` are its numpy arrays (``scale``, and ``global_scale``/``zero_point`` where the recipe
+    has them). A block scale must decode to a finite value ``> 0`` (``!= 0`` for MLX's affine mode,
+    whose scales carry a sign); a global scale finite and ``> 0``; a zero point finite."""
+    numpy = get_backend("numpy")
+    scale = np.asarray(decode_scale(numpy, parts["scale"], recipe.scale_format), dtype=np.float32)
+    signed = recipe.zero_point_kind == "float"
+    checks = [("scale", scale, "finite and nonzero" if signed else "finite and positive")]
+    if "global_scale" in parts:
+        checks.append(("global scale", np.asarray(parts["global_scale"], np.float32), "finite and positive"))
+    if "zero_point" in parts:
+        checks.append(("zero point", np.asarray(parts["zero_point"], np.float32), "finite"))
+    for what, values, rule in checks:
+        with np.errstate(invalid="ignore"):
+            if rule == "finite":
+                good = np.isfinite(values)
+            elif rule == "finite and nonzero":
+                good = np.isfinite(values) & (values != 0)
+            else:
+                good = np.isfinite(values) & (values > 0)
+        if good.all():
+            continue
+        bad = np.argwhere(~good.reshape(values.shape or (1,)))
+        index = tuple(int(i) for i in bad[0]) if values.shape else ()
+        value = float(values.reshape(-1)[np.flatnonzero(~good.reshape(-1))[0]])
+        count = int(np.count_nonzero(~good))
+        raise ScaleValueError(
+            f"{where}: {what} at block {index} is {value!r} ({count} of {good.size} bad); a {what} must "
+            f"be {rule}. The file is damaged, or (a NaN scale) breccia "
+            "marked a block whose input held NaN; pass check_scales=False to read it anyway"
+        )
+
+
 def _read_index(path: str) -> tuple[list[str], dict[str, str]]:
     """Shard paths and ``weight_map`` (raw name -> shard file) of an index, each checked."""
-    size = os.path.getsize(path)
-    if size > MAX_HEADER_SIZE:
-        raise FileFormatError(f"{path}: {size} bytes is too large for an index (limit {MAX_HEADER_SIZE})")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        index = loads_strict(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"{path}: not a valid JSON index ({exc})") from None
+    index = read_json_file(path, "JSON index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise FileFormatError(
@@ -750,14 +938,18 @@ def _read_index(path: str) -> tuple[list[str], dict[str, str]]:
         if not shard or os.path.isabs(shard) or ".." in parts:
             raise FileFormatError(f"{path}: shard {shard!r} is not a file name inside the index's directory")
         full = os.path.join(root, shard)
-        if not os.path.isfile(full):
+        if not os.path.lexists(full):
             raise FileFormatError(f"{path}: shard {shard!r} listed in weight_map does not exist")
         files.append(full)
     return files, weight_map
 
 
 def open_safetensors(
-    path_or_index: str | os.PathLike, framework: str = "numpy", *, device: Any = None
+    path_or_index: str | os.PathLike,
+    framework: str = "numpy",
+    *,
+    device: Any = None,
+    check_scales: bool = True,
 ) -> SafetensorsCheckpoint:
     """A read-only, lazy ``Mapping`` over a ``.safetensors`` file, a directory holding
     ``model.safetensors.index.json`` (or one ``model.safetensors``), or an index JSON.
@@ -770,8 +962,16 @@ def open_safetensors(
     files merged; where files disagree on a key that is not a config, the first file wins), and
     ``m.close()`` / ``with``. An index must list every tensor of its shards, each in the shard that
     holds it.
+
+    Arrays handed out never share writable memory with the mapping (numpy: read-only views; torch:
+    tensors of their own), so editing one never changes what the next read returns. A ScaledTensor
+    whose stored scales are NaN, +-Inf, zero or negative raises ScaleValueError when read, unless
+    ``check_scales=False`` (see the module docstring). Only regular files are read; a missing path
+    raises FileMissingError (a ``FileNotFoundError``).
     """
-    path = os.fspath(path_or_index)
+    path = fspath(path_or_index, "path_or_index")
+    if not os.path.lexists(path):
+        raise FileMissingError(f"{path}: No such file or directory")
     if os.path.isdir(path):
         path = _find_in_directory(path)
     if path.endswith(".json"):
@@ -794,7 +994,7 @@ def open_safetensors(
     else:
         headers = [read_header(path)]
         owner = dict.fromkeys(headers[0].entries, 0)
-    return SafetensorsCheckpoint(path, headers, owner, framework, device)
+    return SafetensorsCheckpoint(path, headers, owner, framework, device, check_scales=check_scales)
 
 
 def _find_in_directory(directory: str) -> str:
@@ -812,11 +1012,13 @@ def _find_in_directory(directory: str) -> str:
 
 
 def load_safetensors(
-    path: str | os.PathLike, framework: str = "numpy", *, device: Any = None
+    path: str | os.PathLike, framework: str = "numpy", *, device: Any = None, check_scales: bool = True
 ) -> dict[str, ScaledTensor]:
     """Every ScaledTensor in a file, directory or index (plain tensors are skipped; see
-    :func:`load_plain_safetensors`), as arrays of ``framework`` on ``device``."""
-    with open_safetensors(path, framework, device=device) as m:
+    :func:`load_plain_safetensors`), as arrays of ``framework`` on ``device``. ``check_scales``: as
+    in :func:`open_safetensors`."""
+    with open_safetensors(path, framework, device=device, check_scales=check_scales) as m:
+        m._once = True  # each tensor is read once: writable private copy-on-write views, no copies
         return {name: m[name] for name in m.scaled_names()}
 
 
@@ -825,4 +1027,5 @@ def load_plain_safetensors(
 ) -> dict[str, Any]:
     """Every plain tensor (not part of a ScaledTensor) in a file, directory or index."""
     with open_safetensors(path, framework, device=device) as m:
+        m._once = True  # each tensor is read once: writable private copy-on-write views, no copies
         return {name: m[name] for name in m.plain_names()}

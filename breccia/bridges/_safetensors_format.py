@@ -14,7 +14,15 @@ data buffer) and may hold ``"__metadata__"``, a str -> str object.
 * sorted by offsets, each tensor does not start where the previous one ended (overlaps and gaps),
   ends before it starts, or has ``end - begin != prod(shape) * bits / 8`` (a sub-byte dtype must end
   on a byte boundary); the last tensor does not end exactly at the end of the file;
-* ``prod(shape) * bits`` does not fit in 64 bits.
+* ``prod(shape) * bits`` does not fit in 64 bits, or any partial product of the dims does not
+  (safetensors' "overflow computing buffer size": ``[2**32, 2**32, 0]`` is refused although it holds
+  no element); breccia also refuses a shape no array can hold: the product of its nonzero dims times
+  the element size beyond ``2**63 - 1`` bytes (numpy's limit, also for empty arrays).
+
+Only regular files are read: :func:`open_regular` stats what it opened (``O_NONBLOCK``, so a FIFO
+never blocks the open) and refuses FIFOs, sockets, devices and directories with
+:class:`~breccia.errors.FileAccessError`; a missing path is :class:`~breccia.errors.FileMissingError`
+(also a ``FileNotFoundError``), a symlink loop a FileAccessError.
 
 breccia is stricter than safetensors in one place: a header naming the same key twice is rejected
 (JSON leaves which one counts undefined). Nothing in a header is evaluated; JSON is parsed with
@@ -28,9 +36,11 @@ with spaces to a multiple of 8 bytes (so the data buffer starts 8-byte aligned).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import stat as stat_module
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -38,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FileFormatError
+from ..errors import FileAccessError, FileFormatError, FileMissingError, PathTypeError
 
 __all__ = [
     "DTYPES",
@@ -48,7 +58,10 @@ __all__ = [
     "dtype_for",
     "encode_header",
     "file_stamp",
+    "fspath",
     "loads_strict",
+    "open_regular",
+    "read_json_file",
     "numpy_dtype",
     "parse_header",
     "read_header",
@@ -56,6 +69,7 @@ __all__ = [
 
 MAX_HEADER_SIZE = 100_000_000
 _U64 = 2**64
+_MAX_BYTES = int(np.iinfo(np.intp).max)  # the most bytes one numpy array can span
 
 # safetensors dtype -> (bits per element, numpy/ml_dtypes dtype name; None for sub-byte packed kinds)
 DTYPES: dict[str, tuple[int, str | None]] = {
@@ -197,7 +211,24 @@ def _entry(path: str, name: str, info: Any) -> TensorEntry:
         raise FileFormatError(
             f"{where}: data_offsets must be [begin, end] (two non-negative integers); got {offsets!r}"
         )
+    _check_size(where, dtype, shape)
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _check_size(where: str, dtype: str, shape: list[int]) -> None:
+    """safetensors' checked product of the dims (every partial product must fit in 64 bits), and
+    numpy's: the nonzero dims times the element size must fit in ``intp`` (else no array holds it)."""
+    count = 1
+    for d in shape:
+        count *= d
+        if count >= _U64:
+            break
+    held = math.prod(max(d, 1) for d in shape) * max(DTYPES[dtype][0] // 8, 1)
+    if count >= _U64 or held > _MAX_BYTES:
+        raise FileFormatError(
+            f"{where}: overflow computing buffer size: shape {list(shape)} of {dtype} overflows what any "
+            "array can hold (the file is damaged or hostile)"
+        )
 
 
 def _check_offsets(path: str, entries: list[TensorEntry], buffer_size: int) -> None:
@@ -280,16 +311,107 @@ def file_stamp(stat: os.stat_result) -> tuple[int, ...]:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+def fspath(path: Any, what: str = "path") -> str:
+    """``os.fspath(path)`` as a str; PathTypeError for anything that is not a path."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise PathTypeError(f"{what} must be a str or os.PathLike; got {type(path).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if "\0" in path:
+        raise PathTypeError(f"{what} holds a NUL character, which no file name can: {path!r}")
+    return path
+
+
+_KINDS = (
+    (stat_module.S_ISDIR, "a directory"),
+    (stat_module.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat_module.S_ISSOCK, "a socket"),
+    (stat_module.S_ISCHR, "a character device"),
+    (stat_module.S_ISBLK, "a block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """A read-only file descriptor of the regular file at ``path`` and its ``fstat``; the caller
+    closes it. The open never blocks (``O_NONBLOCK``: a FIFO with no writer opens at once) and what
+    was opened is checked, so a FIFO, socket, device or directory raises FileAccessError; a missing
+    path raises FileMissingError; a symlink loop or a refused open raises FileAccessError."""
+    path = fspath(path)
+    flags = os.O_RDONLY
+    for extra in ("O_NONBLOCK", "O_CLOEXEC", "O_BINARY"):  # the ones this platform has
+        flags |= getattr(os, extra, 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileMissingError(f"{path}: No such file or directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileAccessError(f"{path}: too many levels of symbolic links (a symlink loop)") from None
+        if exc.errno == errno.ENXIO:
+            raise FileAccessError(
+                f"{path}: not a regular file (a socket or device); breccia reads only regular files"
+            ) from None
+        raise FileAccessError(f"{path}: cannot be opened ({exc.strerror or exc})") from None
+    stat = os.fstat(fd)
+    if not stat_module.S_ISREG(stat.st_mode):
+        os.close(fd)
+        raise FileAccessError(
+            f"{path}: is {_kind(stat.st_mode)}, not a regular file; breccia reads only regular files"
+        )
+    return fd, stat
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes from ``fd`` (fewer only at the end of the file), 1 MiB a call at most (each
+    ``os.read`` allocates the size it is asked for)."""
+    chunks = []
+    while n > 0:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file", limit: int = MAX_HEADER_SIZE) -> Any:
+    """The JSON value of the regular file at ``path`` (at most ``limit`` bytes), parsed by
+    :func:`loads_strict`. FileFormatError when it is larger, not UTF-8, not JSON, or nested too
+    deeply; the errors of :func:`open_regular` when it is not a readable regular file."""
+    path = fspath(path)
+    fd, stat = open_regular(path)
+    try:
+        # the file's own size (plus one byte, to see it grow), never the limit: os.read allocates it
+        raw = b"" if stat.st_size > limit else _read_exactly(fd, min(stat.st_size + 1, limit + 1))
+    finally:
+        os.close(fd)
+    if stat.st_size > limit or len(raw) > limit:
+        size = max(stat.st_size, len(raw))
+        raise FileFormatError(f"{path}: {size} bytes is too large for a {what} (limit {limit})")
+    try:
+        return loads_strict(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: not a valid {what} ({exc})") from None
+
+
 def read_header(path: str | os.PathLike) -> Header:
-    """Read and validate the header of the file at ``path`` (reads only the header bytes)."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        stat = os.fstat(f.fileno())
-        head = f.read(8)
+    """Read and validate the header of the regular file at ``path`` (reads only the header bytes)."""
+    path = fspath(path)
+    fd, stat = open_regular(path)
+    try:
+        head = _read_exactly(fd, 8)
         if len(head) == 8:
             (n,) = struct.unpack("<Q", head)
             if n <= MAX_HEADER_SIZE and 8 + n <= stat.st_size:
-                head += f.read(n)
+                head += _read_exactly(fd, n)
+    finally:
+        os.close(fd)
     header = parse_header(head, stat.st_size, path)
     return dataclasses.replace(header, stamp=file_stamp(stat))
 

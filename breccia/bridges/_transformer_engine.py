@@ -69,8 +69,9 @@ def _import_te() -> Any:
     try:
         import transformer_engine.pytorch  # noqa: F401
         import transformer_engine_torch as tex
-    except ImportError as exc:
-        raise MissingDependencyError(f"{_INSTALL} ({exc})") from exc
+    except (ImportError, AttributeError, OSError, RuntimeError) as exc:
+        # a partial or CPU-only install fails inside TE's import (AttributeError, a missing CUDA library)
+        raise MissingDependencyError(f"{_INSTALL} ({type(exc).__name__}: {exc})") from exc
     return tex
 
 
