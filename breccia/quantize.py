@@ -20,6 +20,7 @@ cast, per block (the scale rule of each recipe is in :mod:`breccia.scaling`)::
 dequantize::
 
     y = decode(data) * scale [* global_scale]        # computed in float32, then cast to st.dtype
+    y = decode(data) * (scale / global_scale)        # NVFP4BlockScaling(convention="compressed-tensors")
     y = (decode(data) - zero_point) * scale          # integer zero point
     y = (decode(data) + 2**(bits-1)) * scale + zero_point   # MLX-style float zero point
 
@@ -548,7 +549,8 @@ def _shared_dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: st
     blocking = _Blocking(shape, st.layout)
     scale = decode_scale(backend, xp.reshape(st.scale, blocking.grid), recipe.scale_format)
     if st.global_scale is not None:
-        scale = scale * backend.astype(st.global_scale, "float32")
+        global_scale = backend.astype(st.global_scale, "float32")
+        scale = scale / global_scale if recipe.global_scale_divides else scale * global_scale
     zero_point = None if st.zero_point is None else backend.astype(st.zero_point, "float32")
     if blocking.padded == blocking.shape:  # whole blocks: a reshape, the scale broadcasts
         def per_element(a: Any) -> Any:

@@ -322,10 +322,33 @@ class NVFP4BlockScaling(Recipe):
         x ~ decode(data) * (s_b * global_scale)
 
     This is torchao's and NVIDIA's reference two-level rule, down to the encode multiplier (a
-    reciprocal, computed per block, rather than a division of every element).
+    reciprocal, computed per block, rather than a division of every element); ModelOpt stores this
+    ``global_scale`` as ``weight_scale_2``.
+
+    ``convention="compressed-tensors"`` (``nvfp4-pack-quantized``): the stored global scale is the
+    reciprocal, a *divisor*, and decoding divides by it (``compress``/``decompress`` of
+    compressed-tensors 0.20, with ``calculate_qparams``/``generate_gparam`` in float32)::
+
+        global_scale = fl32(2688 / amax(tensor))        (1 when that is not finite: amax 0)
+        s_b          = e4m3(min(global_scale * (amax_b / 6), 448))   (0.125 where that rounds to 0)
+        data         = encode(x / (s_b / global_scale))
+        x ~ decode(data) * (s_b / global_scale)
+
+    ``s_b / g`` and ``s_b * fl32(1 / g)`` differ by an ulp for a share of block scales, so the two
+    conventions are distinct recipes: translating one global scale into the other is exact only
+    where the products agree (see ``docs/checkpoints.md``).
     """
 
     scale_format: ClassVar[str] = "E4M3"
+    convention: str = "nvidia"
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "convention", self.convention, ("nvidia", "compressed-tensors"))
+
+    @property
+    def global_scale_divides(self) -> bool:
+        """Whether decoding divides by ``global_scale`` (compressed-tensors) instead of multiplying."""
+        return self.convention == "compressed-tensors"
 
     @property
     def element_format(self) -> ElementFormat:

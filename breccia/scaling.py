@@ -197,7 +197,9 @@ def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
     return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
 
 
-def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
+def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
+    if recipe.global_scale_divides:
+        return _nvfp4_divisor_rule(backend, stats)
     xp = backend.xp
     t = stats.tensor_amax
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
@@ -206,6 +208,19 @@ def _nvfp4_rule(backend: Any, stats: BlockStats) -> Scales:
     # the encode multiplier (1 / global_scale) / s_b, as torchao and NVIDIA's kernels compute it
     multiplier = backend.divide(backend.divide(1.0, global_scale), backend.decode(codes, E4M3))
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
+
+
+def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
+    """compressed-tensors' NVFP4 (``generate_gparam``, ``calculate_qparams``, ``quantize``), in float32:
+    the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps)."""
+    xp = backend.xp
+    g = backend.divide(NVFP4_GLOBAL_DIVISOR, stats.tensor_amax)
+    global_scale = xp.where(xp.isfinite(g), g, 1.0)
+    block = xp.minimum(global_scale * backend.divide(stats.amax, 6.0), E4M3.max_value)
+    rounds_to_zero = backend.decode(backend.encode(block, E4M3), E4M3) == 0
+    codes = backend.encode(xp.where(rounds_to_zero, 0.125, block), E4M3)
+    divisor = backend.divide(backend.decode(codes, E4M3), global_scale)
+    return Scales(stored=codes, divisor=divisor, global_scale=global_scale)
 
 
 def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
@@ -317,7 +332,7 @@ def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any =
     if isinstance(recipe, _MXRecipe):
         return _mx_rule(backend, recipe, stats)
     if isinstance(recipe, NVFP4BlockScaling):
-        return _nvfp4_rule(backend, stats)
+        return _nvfp4_rule(backend, recipe, stats)
     if isinstance(recipe, _IntRecipe):
         return _int_rule(backend, recipe, stats)
     raise TypeError(f"no scale rule for {type(recipe).__name__}")

@@ -285,6 +285,11 @@ def _mode_of(st: ScaledTensor) -> str:
     if isinstance(recipe, MXFP4BlockScaling):
         return "mxfp4"
     if isinstance(recipe, NVFP4BlockScaling):
+        if recipe.global_scale_divides:
+            raise RecipeError(
+                f"{recipe!r} divides by its global scale and MLX multiplies: translate it first with "
+                "breccia.checkpoints.modelopt.to_multiplier_convention(st)"
+            )
         return "nvfp4"
     if isinstance(recipe, _IntRecipe):
         return "affine"

@@ -453,10 +453,20 @@ def _to_mx(st: ScaledTensor) -> Any:
     return MXTensor(st.data, st.scale, elem, 32, st.dtype, KernelPreference.EMULATED, act, False)
 
 
+def _check_multiplier_convention(st: ScaledTensor) -> None:
+    """Refuse compressed-tensors' NVFP4 (its global scale divides; the peer's multiplies)."""
+    if st.recipe.global_scale_divides:
+        raise RecipeError(
+            f"{st.recipe!r} divides by its global scale, the peer multiplies: translate it first with "
+            "breccia.checkpoints.modelopt.to_multiplier_convention(st)"
+        )
+
+
 def _to_nvfp4(st: ScaledTensor) -> Any:
     from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor
 
     _block_size("NVFP4Tensor", st)
+    _check_multiplier_convention(st)
     if len(st.shape) not in (2, 3):
         raise ShapeError(f"torchao's NVFP4Tensor holds 2-D or 3-D tensors; got shape {st.shape}")
     return NVFP4Tensor(st.data, st.scale, 16, st.dtype, per_tensor_scale=st.global_scale.to(_torch().float32))

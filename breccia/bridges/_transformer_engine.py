@@ -327,7 +327,7 @@ def to_transformer_engine(st: ScaledTensor) -> Any:
         return _to_mxfp8(st, tex, torch)
     if isinstance(recipe, Float8BlockScaling) and st.layout in (PerBlockK(128), PerBlock2D(128, 128)):
         return _to_blockwise(st, tex, torch)
-    if isinstance(recipe, NVFP4BlockScaling):
+    if isinstance(recipe, NVFP4BlockScaling) and not recipe.global_scale_divides:
         return _to_nvfp4(st, tex, torch)
     raise RecipeError(f"TransformerEngine cannot hold {recipe!r} with {st.layout!r}; it holds {_TE_RECIPES}")
 

@@ -10,9 +10,11 @@ from . import deepseek_v4  # noqa: F401 (asked before deepseek_fp8: both say qua
 # isort: split
 from . import (
     breccia_format,  # noqa: F401
+    compressed_tensors,  # noqa: F401
     deepseek_fp8,  # noqa: F401
     gguf,  # noqa: F401
     gpt_oss,  # noqa: F401
     hf,  # noqa: F401
     mlx_lm,  # noqa: F401
+    modelopt,  # noqa: F401
 )

@@ -49,7 +49,7 @@ def mlx_weight(st: ScaledTensor) -> tuple[Any, Any, Any, str, int, int] | None:
         mode, bits = "mxfp4", 4
     elif isinstance(recipe, MXFP8BlockScaling) and recipe.fp8_format == "E4M3" and g == 32:
         mode, bits = "mxfp8", 8
-    elif isinstance(recipe, NVFP4BlockScaling) and g == 16:
+    elif isinstance(recipe, NVFP4BlockScaling) and not recipe.global_scale_divides and g == 16:
         mode, bits = "nvfp4", 4
     elif isinstance(recipe, (Int4Scaling, Int8Scaling)) and recipe.convention == "mlx":
         mode = "affine"
