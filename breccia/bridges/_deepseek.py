@@ -232,7 +232,7 @@ class DeepSeekV3Checkpoint(Mapping):
         scale_fmt: str | None = None,
         check_scales: bool = True,
     ) -> None:
-        from ._huggingface import open_safetensors
+        from ._huggingface import _check_device, open_safetensors
         from ._safetensors_format import fspath
 
         path = fspath(path)
@@ -241,6 +241,7 @@ class DeepSeekV3Checkpoint(Mapping):
         self.check_scales = check_scales
         self.path = path
         self.backend = get_backend(framework)
+        _check_device(self.backend.name, device)
         self.device = device
         self.dtype = float_dtype_name(dtype)
         quant = read_quantization_config(path)

@@ -20,10 +20,11 @@ when touched, writes never reach the file) and views the bytes as the stored dty
 change what the next read returns; torch, which has no read-only tensors, gets a tensor of its own:
 a private copy-on-write map of just that tensor's bytes (a copy for tensors under 64 KiB); JAX and
 MLX copy out of it. :func:`load_safetensors` and :func:`load_plain_safetensors`, which read each
-tensor once and close, return writable views of their own copy-on-write map (writes stay in memory). MLX, which has no fp8 dtype, gets FP8/E8M0 tensors as uint8 bits. A
-memory-mapped array reads whatever the file holds when it is touched: replacing the file
-(``os.replace``, as :func:`save_safetensors` does) is safe, truncating it in place while arrays are
-alive is not (the same holds for ``safetensors.torch.load_file``).
+tensor once and close, return writable views of their own copy-on-write map (writes stay in
+memory). MLX, which has no fp8 dtype, gets FP8/E8M0 tensors as uint8 bits. A memory-mapped array
+reads whatever the file holds when it is touched: replacing the file (``os.replace``, as
+:func:`save_safetensors` does) is safe, truncating it in place while arrays are alive is not (the
+same holds for ``safetensors.torch.load_file``).
 
 Scales read from a file are checked when their ScaledTensor is read: a NaN, +-Inf or zero scale, or
 a negative one (except MLX's affine mode, whose scales are negative in about half the groups), and a
