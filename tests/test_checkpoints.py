@@ -146,12 +146,7 @@ def test_llama_to_mlx_is_what_mlx_lm_convert_writes(llama_dirs, tmp_path, target
     differ = [
         k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or not mx.array_equal(a[k], b[k])
     ]
-    if target != "mlx-mxfp4":
-        assert differ == []
-    else:  # same scales; codes differ only where MLX rounds an fp4 tie toward zero (or writes +0 for -0)
-        assert differ and all(k.endswith(".weight") for k in differ)
-        for k in differ:
-            _assert_fp4_ties(a, b, k)
+    assert differ == []
     with open(os.path.join(ours, "config.json")) as f:
         config = json.load(f)
     with open(os.path.join(theirs, "config.json")) as f:
@@ -159,23 +154,6 @@ def test_llama_to_mlx_is_what_mlx_lm_convert_writes(llama_dirs, tmp_path, target
     for side in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert os.path.isfile(os.path.join(ours, side))
     assert isinstance(_generate(ours), str)
-
-
-def _assert_fp4_ties(a: dict, b: dict, name: str) -> None:
-    prefix = name[: -len("weight")]
-    kwargs = dict(group_size=32, bits=4, mode="mxfp4")
-    ours = np.array(mx.dequantize(a[name], a[prefix + "scales"], **kwargs).astype(mx.float32))
-    theirs = np.array(mx.dequantize(b[name], b[prefix + "scales"], **kwargs).astype(mx.float32))
-    scale = np.array(
-        mx.dequantize(mx.full(a[name].shape, 0x22222222, mx.uint32), a[prefix + "scales"], **kwargs).astype(
-            mx.float32
-        )
-    )  # every element 1.0 * its block's scale
-    changed = ours != theirs
-    # at a tie, x/scale is midway between the two fp4 values both sides chose
-    midpoint = (ours[changed] + theirs[changed]) / 2 / scale[changed]
-    grid = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
-    assert np.isin(np.abs(midpoint), grid).all(), name
 
 
 # --- flow 3: DeepSeek-V3 FP8 -> mlx and -> bf16 ---------------------------------------------------
@@ -326,7 +304,7 @@ def test_non_empty_destination_needs_overwrite(small, tmp_path):
     rc, err = _cli("convert", str(small), str(dst), "--to", "bf16", "--no-progress")
     assert rc == 2 and "--overwrite" in err and (dst / "old.txt").read_text() == "keep me"
     assert _cli("convert", str(small), str(dst), "--to", "float32", "--no-progress", "--overwrite")[0] == 0
-    assert not (dst / "old.txt").exists() and (dst / "model.safetensors").is_file()
+    assert not (dst / "old.txt").exists() and any(n.endswith(".safetensors") for n in os.listdir(dst))
     assert not [n for n in os.listdir(tmp_path) if "breccia-tmp" in n or n.endswith(".old")]
 
 

@@ -177,18 +177,82 @@ register(Convention("mlx-lm", _detect, MLXLMCheckpoint))
 # --- writing --------------------------------------------------------------------------------------
 
 
+_MODELS_ALIAS = "_breccia_mlx_lm_models"
+
+
+def _remappings(utils_path: str) -> tuple[dict, dict]:
+    """``MODEL_REMAPPING`` and ``MODEL_ARCHITECTURE_REMAPPING`` of mlx_lm/utils.py, read as literals."""
+    import ast
+
+    with open(utils_path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found: dict[str, dict] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("MODEL_REMAPPING", "MODEL_ARCHITECTURE_REMAPPING"):
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+    return found.get("MODEL_REMAPPING", {}), found.get("MODEL_ARCHITECTURE_REMAPPING", {})
+
+
+def _model_module(config: dict[str, Any]) -> Any:
+    """mlx-lm's model module for ``config``, chosen as ``mlx_lm.utils._get_classes`` chooses it.
+
+    Importing the ``mlx_lm`` package imports its tokenizer code, hence transformers and torch (about
+    8 s and 230 MB here). Unless mlx_lm.utils is already imported, the module is loaded from mlx-lm's
+    own ``models/`` folder under a private package name, with the remapping tables read from
+    ``mlx_lm/utils.py`` as literals (never executed); a model whose module reaches outside ``models/``
+    falls back to the real import."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    def real() -> Any:
+        from mlx_lm.utils import _get_classes
+
+        model_class, _ = _get_classes(config)
+        return sys.modules[model_class.__module__]
+
+    if "mlx_lm.utils" in sys.modules:
+        return real()
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or not spec.submodule_search_locations:
+        raise missing_dependency("mlx_lm", "mlx-lm", "mlx targets build mlx-lm's model to name its tensors")
+    root = spec.submodule_search_locations[0]
+    remapping, by_architecture = _remappings(os.path.join(root, "utils.py"))
+    model_type = config["model_type"]
+    architectures = config.get("architectures") or ()
+    architectures = (architectures,) if isinstance(architectures, str) else architectures
+    remapped = next(
+        (by_architecture[(model_type, a)] for a in architectures if (model_type, a) in by_architecture), None
+    )
+    model_type = remapped or remapping.get(model_type, model_type)
+    if _MODELS_ALIAS not in sys.modules:
+        models = os.path.join(root, "models")
+        alias = importlib.util.spec_from_file_location(
+            _MODELS_ALIAS, os.path.join(models, "__init__.py"), submodule_search_locations=[models]
+        )
+        package = importlib.util.module_from_spec(alias)
+        sys.modules[_MODELS_ALIAS] = package
+        alias.loader.exec_module(package)
+    if not os.path.isfile(os.path.join(root, "models", f"{model_type}.py")):
+        raise ValueError(f"Model type {model_type} not supported.")
+    try:
+        return importlib.import_module(f"{_MODELS_ALIAS}.{model_type}")
+    except ImportError:  # the module imports from outside models/: use mlx-lm's own import
+        return real()
+
+
 def _model(config: dict[str, Any]) -> Any:
     """mlx-lm's model for ``config`` (parameters are lazy MLX arrays: nothing is computed)."""
     try:
-        from mlx_lm.utils import _get_classes
+        module = _model_module(config)
     except ImportError as exc:
         raise missing_dependency("mlx_lm", "mlx-lm", str(exc)) from exc
-    try:
-        model_class, args_class = _get_classes(config)
     except ValueError as exc:
         raise FileFormatError(f"mlx-lm has no model for this checkpoint ({exc})") from None
     try:
-        return model_class(args_class.from_dict(config))
+        return module.Model(module.ModelArgs.from_dict(config))
     except (TypeError, KeyError, ValueError) as exc:
         raise FileFormatError(
             f"mlx-lm cannot build a {config.get('model_type')!r} model from config.json ({exc})"
@@ -234,13 +298,19 @@ def _to_host(a: Any) -> np.ndarray:
 Params = tuple[str, int, int]  # (mode, group_size, bits)
 
 
+#: the modes whose casts go through breccia's numpy recipes: mxfp8, whose recipe gives MLX's bits and
+#: runs faster than ``mx.quantize`` on the CPU (benchmarks/RESULTS.md); ``mx.quantize`` itself does the
+#: rest (affine, where MLX's CPU quantizer is faster; nvfp4 without a global scale and mxfp4, whose fp4
+#: rounding breccia's recipes do not reproduce)
+_BRECCIA_CAST_MODES = ("mxfp8",)
+
+
 def _quantize(w: Any, params: Params) -> dict[str, Any]:
-    """MLX's quantized arrays of float MLX array ``w``: breccia's numpy recipe where it gives MLX's
-    bits, ``mx.quantize`` where breccia has no such recipe (nvfp4 without a global scale, affine
-    widths other than 4 and 8)."""
+    """MLX's quantized arrays of float MLX array ``w`` for ``params``, bit for bit what
+    ``mx.quantize`` gives (see ``_BRECCIA_CAST_MODES`` for which path computes them)."""
     mode, group, bits = params
     mx = _mx()
-    if mode == "nvfp4" or (mode == "affine" and bits not in _BRECCIA_AFFINE_BITS):
+    if mode not in _BRECCIA_CAST_MODES:
         out = mx.quantize(w, group_size=group, bits=bits, mode=mode)
         return dict(zip(("weight", "scales", "biases"), out))
     from ..bridges import mlx_recipe, to_mlx_quantized
@@ -284,7 +354,7 @@ def _decision(name: str, w: Any, modules: dict[str, Any], predicate: Any, defaul
     """The parameters ``nn.quantize`` (as mlx_lm.convert calls it) quantizes parameter ``name`` with,
     or None when it stays float: its module must have ``to_quantized``, a last axis that divides into
     groups, and the model's ``quant_predicate`` (if any) must say yes or give per-layer parameters."""
-    mode, group, bits = default
+    _, group, bits = default
     if not name.endswith(".weight"):
         return None
     path = name[: -len(".weight")]
@@ -294,7 +364,7 @@ def _decision(name: str, w: Any, modules: dict[str, Any], predicate: Any, defaul
     answer = True if predicate is None else predicate(path, module)
     if not answer:
         return None
-    if isinstance(answer, dict):
+    if isinstance(answer, dict):  # to_quantized(**answer): its own defaults fill what the dict omits
         return answer.get("mode", "affine"), answer.get("group_size", group), answer.get("bits", bits)
     return default
 
