@@ -195,6 +195,28 @@ def encode(xp: Any, pow2: Any, x: Any, fmt: ElementFormat) -> Any:
     raise RecipeError(f"{fmt.name} is a scale format; encode scales with encode_e8m0")
 
 
+#: E2M1's rounding ties (midpoints of neighbouring values) and a factor that moves each below its midpoint
+_E2M1_TIES = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+_BELOW_TIE = 0.9
+
+
+def fp4_ties_toward_zero(xp: Any, y: Any) -> Any:
+    """``y`` prepared so that E2M1's round-to-nearest-even encode gives MLX's rounding instead: ties
+    go toward zero and nothing is written as -0.
+
+    A tie ``t`` (a value midway between two E2M1 values) becomes ``0.9 * t``, which lies strictly
+    between the lower neighbour and ``t`` (the lower neighbour is at least ``t - 0.5`` of a quantum
+    away), so the encode picks the lower magnitude; every other value is untouched. Values of
+    magnitude at most 0.25 (which round to zero) become +0.
+    """
+    a = xp.abs(y)
+    tie = a == _E2M1_TIES[0]
+    for t in _E2M1_TIES[1:]:
+        tie = xp.logical_or(tie, a == t)
+    y = xp.where(tie, y * _BELOW_TIE, y)
+    return xp.where(a <= _E2M1_TIES[0], 0.0, y)
+
+
 def encode_e8m0(xp: Any, exponent: Any) -> Any:
     """E8M0 codes of integer-valued float32 exponents (clamped to [-127, 127]); NaN gives 255."""
     nan = xp.isnan(exponent)

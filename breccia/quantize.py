@@ -37,7 +37,7 @@ from typing import Any
 
 from .backends import Backend, backend_for, float_dtype_name
 from .errors import DTypeError, LayoutError, NotAnArrayError, RecipeError, ShapeError
-from .formats import E4M3, E8M0, ElementFormat, packed_length, unpack_nibbles
+from .formats import E4M3, E8M0, ElementFormat, fp4_ties_toward_zero, packed_length, unpack_nibbles
 from .kernels._fused import fused_cast, fused_dequantize
 from .layouts import Layout, scale_shape
 from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
@@ -257,7 +257,7 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     stats, scales, xb, nan_blocks = _block_scales(
         backend, xb, blocking, recipe, eager, slabs, backend.dtype_name(x), history
     )
-    codes = blocking.merge(xp, _encode_blocks(backend, xb, scales, fmt, slabs))
+    codes = blocking.merge(xp, _encode_blocks(backend, xb, scales, fmt, slabs, recipe.fp4_ties_toward_zero))
     if fmt.packed:
         codes = backend.pack_nibbles(codes)
     stored = scales.stored
@@ -279,10 +279,15 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     return backend.to_storage(codes, fmt), scale, scales.global_scale, zero_point, new_history
 
 
-def _encode_blocks(backend: Backend, xb: Any, scales: Scales, fmt: ElementFormat, slabs: _Slabs) -> Any:
-    """Codes (split form) of the blocks ``xb`` under ``scales``: the elementwise half of a cast."""
+def _encode_blocks(
+    backend: Backend, xb: Any, scales: Scales, fmt: ElementFormat, slabs: _Slabs, ties_toward_zero: bool
+) -> Any:
+    """Codes (split form) of the blocks ``xb`` under ``scales``: the elementwise half of a cast.
+    ``ties_toward_zero``: E2M1 rounds as MLX does (:func:`~breccia.formats.fp4_ties_toward_zero`)."""
     if slabs.whole:
         y = _step(backend, _float32(backend, xb), scales)
+        if ties_toward_zero:
+            y = fp4_ties_toward_zero(backend.xp, y)
         return backend.encode(y, fmt, consume=True)  # y is this cast's own temporary
     out = backend.empty(tuple(xb.shape), backend.code_dtype(fmt), like=xb)
     for index in slabs:
@@ -296,6 +301,8 @@ def _encode_blocks(backend: Backend, xb: Any, scales: Scales, fmt: ElementFormat
             product_dtype=scales.product_dtype,
         )
         y = _step(backend, part, scales_part, out=backend.scratch(tuple(part.shape), like=xb))
+        if ties_toward_zero:
+            y = fp4_ties_toward_zero(backend.xp, y)
         backend.encode_into(y, fmt, out[index])
     return out
 

@@ -83,6 +83,12 @@ class Recipe:
         raise NotImplementedError
 
     @property
+    def fp4_ties_toward_zero(self) -> bool:
+        """Whether E2M1 elements round ties toward zero and never write -0 (MLX's rule) instead of
+        rounding to nearest even (every other format and peer)."""
+        return False
+
+    @property
     def zero_point_kind(self) -> str | None:
         """``None`` (symmetric), ``"int"`` (``(q - zp) * s``) or ``"float"`` (``q_u * s + zp``)."""
         return None
@@ -301,11 +307,20 @@ class MXFP8BlockScaling(_MXRecipe):
 
 @dataclass(frozen=True)
 class MXFP4BlockScaling(_MXRecipe):
-    __doc__ = _MXRecipe.__doc__
+    __doc__ = (_MXRecipe.__doc__ or "") + """
+    ``convention="mlx"`` rounds the E2M1 elements as ``mx.quantize`` does: ties toward zero, and a
+    value that rounds to zero is written +0 (``"ocp"``: round to nearest even, sign kept).
+    """
     scale_rounding: str = "floor"
+    convention: str = "ocp"
 
     def __post_init__(self) -> None:
         _choice(self.name, "scale_rounding", self.scale_rounding, _E8M0_ROUNDINGS)
+        _choice(self.name, "convention", self.convention, ("ocp", "mlx"))
+
+    @property
+    def fp4_ties_toward_zero(self) -> bool:
+        return self.convention == "mlx"
 
     @property
     def element_format(self) -> ElementFormat:
@@ -337,13 +352,24 @@ class NVFP4BlockScaling(Recipe):
     ``s_b / g`` and ``s_b * fl32(1 / g)`` differ by an ulp for a share of block scales, so the two
     conventions are distinct recipes: translating one global scale into the other is exact only
     where the products agree (see ``docs/checkpoints.md``).
+
+    ``convention="mlx"``: ``mx.quantize(w, mode="nvfp4")`` without a global scale (what mlx-lm's
+    nvfp4 layers hold), one level; the global scale is stored as exactly 1::
+
+        s_b  = e4m3(min(amax_b / 6, 448))          (0 when amax_b / 6 rounds to 0: the block is 0)
+        data = encode_mlx(x / s_b)                 (x / 1 where s_b is 0; ties toward zero, no -0)
+        x ~ decode(data) * s_b
     """
 
     scale_format: ClassVar[str] = "E4M3"
     convention: str = "nvidia"
 
     def __post_init__(self) -> None:
-        _choice(self.name, "convention", self.convention, ("nvidia", "compressed-tensors"))
+        _choice(self.name, "convention", self.convention, ("nvidia", "compressed-tensors", "mlx"))
+
+    @property
+    def fp4_ties_toward_zero(self) -> bool:
+        return self.convention == "mlx"
 
     @property
     def global_scale_divides(self) -> bool:

@@ -200,6 +200,8 @@ def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
 def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
     if recipe.global_scale_divides:
         return _nvfp4_divisor_rule(backend, stats)
+    if recipe.convention == "mlx":
+        return _nvfp4_mlx_rule(backend, stats)
     xp = backend.xp
     t = stats.tensor_amax
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
@@ -208,6 +210,17 @@ def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> S
     # the encode multiplier (1 / global_scale) / s_b, as torchao and NVIDIA's kernels compute it
     multiplier = backend.divide(backend.divide(1.0, global_scale), backend.decode(codes, E4M3))
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
+
+
+def _nvfp4_mlx_rule(backend: Any, stats: BlockStats) -> Scales:
+    """MLX's one-level nvfp4 (``mx.quantize`` without a global scale): ``s_b = e4m3(min(amax_b / 6,
+    448))``, elements divided by it (by 1 where it rounded to 0, which leaves only values that encode
+    to 0); the global scale is exactly 1."""
+    xp = backend.xp
+    codes = backend.encode(xp.minimum(backend.divide(stats.amax, 6.0), E4M3.max_value), E4M3)
+    s = backend.decode(codes, E4M3)
+    one = stats.tensor_amax * 0.0 + 1.0  # float32 1 of the backend (the amax is finite)
+    return Scales(stored=codes, divisor=xp.where(s > 0, s, 1.0), global_scale=one)
 
 
 def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:

@@ -320,6 +320,18 @@ def mlx_peer(device: str) -> Iterator[Row]:
                 total, differing = differ_values(np.array(theirs), np.array(ours))
                 yield Row("mlx", version, label, "decode", device, name, "values", total, differing)
 
+        # mlx-lm's nvfp4 layers: mx.quantize without a global scale, NVFP4BlockScaling(convention="mlx")
+        one_level = bc.NVFP4BlockScaling(convention="mlx")
+        for name, x in cases(E2M1, ragged=False).items():
+            if not np.isfinite(x).all():
+                continue  # breccia's NaN/Inf rule (numerics.md) applies, not MLX's
+            xm = mx.array(x)
+            peer = mx.quantize(xm, group_size=16, bits=4, mode="nvfp4")
+            q = to_mlx_quantized(bc.cast(xm, one_level))
+            pairs = [(np.array(peer[0]), np.array(q.weight)), (np.array(peer[1]), np.array(q.scales))]
+            total, differing = differ_bytes(pairs)
+            yield Row("mlx", version, "nvfp4 one level", "encode", device, name, "bytes", total, differing)
+
         def encode(x: np.ndarray) -> np.ndarray:
             return np.array(mx.to_fp8(mx.array(x)))
 
@@ -425,8 +437,6 @@ DOCUMENTED: dict[tuple[str, str, str, str], str] = {
     ("jax", "E5M2", "encode", "beyond max, +-Inf"): _E5M2_INF,
     **{("mlx", mode, "encode", inputs): _NONFINITE for mode in ("mxfp8", "mxfp4", "affine4", "affine8")
        for inputs in ("+-Inf", "NaN")},
-    **{("mlx", "mxfp4", "encode", inputs): _FP4_TIES
-       for inputs in ("random", "zeros", "ties", "subnormals", "max")},
     **{("mlx", "nvfp4", "encode", inputs): _FP4_TIES for inputs in ("random", "subnormals")},
     ("mlx", "nvfp4", "encode", "zeros"): _FP4_TIES + "; " + _ZERO_TENSOR,
     ("torchao", "Float8Tensor E4M3", "encode", "zeros"): _F8_ZERO,

@@ -143,32 +143,51 @@ def test_affine_mlx_cast_is_mx_quantize(framework, dtype, group, nbits):
     assert np.array_equal(host.view(np.uint16 if dtype == "bfloat16" else np.uint32), bits(q.dequantize()))
 
 
-@pytest.mark.parametrize("mode", ["mxfp4", "nvfp4"])
-def test_fp4_casts_differ_from_mlx_only_at_ties_and_negative_zero(mode):
-    """MLX rounds fp4 ties toward zero and never writes -0; breccia rounds to nearest even."""
+def _tie_heavy(signed_zero_block: bool = False) -> np.ndarray:
     rng = np.random.default_rng(3)
     x = rng.standard_normal((32, 256)).astype(np.float32)
     x[:, ::7] = np.round(x[:, ::7] * 4) / 4  # plenty of exact ties
-    xm = mx.array(x)
-    g = mx.abs(xm).max() if mode == "nvfp4" else None
-    w, s, _, _ = mlx_quantize(xm, mode, 16 if mode == "nvfp4" else 32, 4, g)
-    st = bc.cast(xm, mlx_recipe(mode))
+    if signed_zero_block:
+        x[0, :32] = -0.0
+    return x
+
+
+@pytest.mark.parametrize(
+    ("mode", "recipe"),
+    [("mxfp4", None), ("nvfp4", bc.NVFP4BlockScaling(convention="mlx"))],
+    ids=["mxfp4", "nvfp4-one-level"],
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp4_casts_equal_mlx_bit_for_bit(mode, recipe, dtype):
+    """MLX's fp4 rule (ties toward zero, never -0) through the "mlx" conventions, on every framework."""
+    xm = mx.array(_tie_heavy(signed_zero_block=True)).astype(getattr(mx, dtype))
     group = 16 if mode == "nvfp4" else 32
+    w, s = mx.quantize(xm, group_size=group, bits=4, mode=mode)
+    for framework in FRAMEWORKS:
+        backend = get_backend(framework)
+        st = bc.cast(backend.from_numpy(get_backend("mlx").to_numpy(xm)), recipe or mlx_recipe(mode))
+        ours = [np.ascontiguousarray(backend.to_numpy(a)).view(np.uint8).ravel() for a in (st.data, st.scale)]
+        assert np.array_equal(ours[0], np.array(w).view(np.uint8).reshape(-1)), framework
+        assert np.array_equal(ours[1], np.array(s).reshape(-1)), framework
+
+
+def test_two_level_nvfp4_differs_from_mlx_only_at_ties_and_negative_zero():
+    """``mlx_recipe("nvfp4")`` (a global scale, NVIDIA's rule) rounds fp4 to nearest even, MLX's
+    ``mx.quantize(global_scale=...)`` ties toward zero and never writes -0."""
+    x = _tie_heavy()
+    xm = mx.array(x)
+    g = mx.abs(xm).max()
+    w, s, _, _ = mlx_quantize(xm, "nvfp4", 16, 4, g)
+    st = bc.cast(xm, mlx_recipe("nvfp4"))
     assert np.array_equal(bits(st.scale), bits(s))
-    if mode == "nvfp4":
-        assert np.float32(g.item()) / np.float32(2688) == st.global_scale.item()
+    assert np.float32(g.item()) / np.float32(2688) == st.global_scale.item()
     ours, theirs = nibbles(st.data), nibbles(w)
     ours = np.where(ours == 8, 0, ours)  # -0 -> +0
-    if mode == "mxfp4":
-        block = np.exp2(np.array(s).astype(np.float32) - 127)
-    else:
-        block = np.array(s).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
-        block *= np.float32(st.global_scale.item())
-    scaled = np.abs(x / np.repeat(block, group, axis=1))
+    block = np.array(s).view(ml_dtypes.float8_e4m3fn).astype(np.float32) * np.float32(st.global_scale.item())
+    scaled = np.abs(x / np.repeat(block, 16, axis=1))
     tie = np.isin(scaled, [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
     differ = ours != theirs
     assert tie[differ].all()
-    assert differ.any() or mode == "nvfp4"  # nvfp4's e4m3 block scales rarely leave exact ties
     assert np.all(np.abs(E2M1[theirs[differ]]) < np.abs(E2M1[ours[differ]]))  # MLX: toward zero
 
 

@@ -247,6 +247,8 @@ class DeepSeekV3Checkpoint(Mapping):
         quant = read_quantization_config(path)
         self.block_k = block_k if block_k is not None else _block_from_config(quant, path)
         self.scale_fmt = scale_fmt if scale_fmt is not None else quant.get("scale_fmt")
+        if self.scale_fmt == "float":  # transformers' FineGrainedFP8Config: plain float32 scales
+            self.scale_fmt = None
         if self.scale_fmt not in _SCALE_FMTS:
             raise FileFormatError(f"{path}: unknown scale_fmt {self.scale_fmt!r}; DeepSeek uses 'ue8m0'")
         self._source = open_safetensors(path, "numpy", check_scales=check_scales)
@@ -323,6 +325,10 @@ class DeepSeekV3Checkpoint(Mapping):
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
+
+    def unmap(self) -> None:
+        """Drop the file maps but stay open (see ``SafetensorsCheckpoint.unmap``)."""
+        self._source.unmap()
 
     def __enter__(self) -> DeepSeekV3Checkpoint:
         return self

@@ -854,6 +854,12 @@ class SafetensorsCheckpoint(Mapping):
     def close(self) -> None:
         """Release the file maps (arrays already read keep what they view alive)."""
         self._closed = True
+        self.unmap()
+
+    def unmap(self) -> None:
+        """Drop the file maps but stay open: the next read maps the file again. Pages already read
+        stop counting in this process's memory once no array views them (a streaming reader calls
+        this between tensors so resident memory does not grow with the checkpoint)."""
         for shard in self._shards:
             shard.close()
 

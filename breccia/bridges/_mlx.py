@@ -198,16 +198,18 @@ def mlx_recipe(mode: str, group_size: int | None = None, bits: int | None = None
     ``Int{4,8}Scaling(group_size, symmetric=False, convention="mlx")`` give MLX's bits exactly, where
     ``r`` is the installed MLX's E8M0 rule (:func:`mlx_e8m0_rounding`): ``"ceil"`` from MLX 0.32.2
     (and always on CUDA), ``"nearest"`` (round to nearest in log2) for CPU and Metal up to 0.32.1.
-    ``mxfp4`` -> ``MXFP4BlockScaling(scale_rounding=r)`` gives MLX's scales, but MLX rounds fp4 ties
-    toward zero and never writes -0 where breccia rounds to nearest even and keeps the sign.
+    ``mxfp4`` -> ``MXFP4BlockScaling(scale_rounding=r, convention="mlx")`` gives MLX's bits too: its
+    E2M1 elements round ties toward zero and never write -0, as MLX does (bfloat16 and float32 input;
+    float16 blocks whose amax is below about 1e-5 may get another scale).
     ``nvfp4`` -> ``NVFP4BlockScaling()``, whose global scale is ``amax / 2688`` (``mx.quantize`` with
-    ``global_scale=amax``), with the same fp4 differences.
+    ``global_scale=amax``), up to MLX's fp4 tie rule; ``NVFP4BlockScaling(convention="mlx")`` is
+    ``mx.quantize`` without a global scale (what mlx-lm's nvfp4 layers hold), bit for bit.
     """
     group_size, bits = resolve_mode(mode, group_size, bits)
     if mode == "mxfp8":
         return MXFP8BlockScaling(scale_rounding=mlx_e8m0_rounding(mode))
     if mode == "mxfp4":
-        return MXFP4BlockScaling(scale_rounding=mlx_e8m0_rounding(mode))
+        return MXFP4BlockScaling(scale_rounding=mlx_e8m0_rounding(mode), convention="mlx")
     if mode == "nvfp4":
         return NVFP4BlockScaling()
     cls = Int4Scaling if bits == 4 else Int8Scaling

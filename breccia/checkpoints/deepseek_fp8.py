@@ -129,6 +129,9 @@ class DeepSeekFP8Checkpoint(Checkpoint):
     def _read(self, name: str) -> Any:
         return self.source[name]
 
+    def release(self) -> None:
+        self.source.unmap()
+
     def close(self) -> None:
         self.source.close()
 
@@ -182,6 +185,7 @@ def write_deepseek(
             )
             if not isinstance(value, ScaledTensor):
                 report.record(name, "copied")
+        source.release()
     report.files = writer.finish()
     config = {k: v for k, v in source.config.items() if k not in ("quantization_config", "quantization")}
     config["quantization_config"] = {

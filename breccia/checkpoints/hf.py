@@ -54,6 +54,9 @@ class HFCheckpoint(Checkpoint):
     def _read(self, name: str) -> Any:
         return self.raw.read_tensor(name)
 
+    def release(self) -> None:
+        self.raw.unmap()
+
     def close(self) -> None:
         self.raw.close()
 
@@ -132,6 +135,7 @@ def write_float(
     writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
         writer.add(name, to_float(name, source.read_numpy(name), dtype, report))
+        source.release()
     report.files = writer.finish()
     out.write_json("config.json", float_config(source.config, dtype))
 

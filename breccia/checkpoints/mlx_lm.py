@@ -26,9 +26,9 @@ Write (``mlx-affine{2,3,4,5,6,8}``, ``mlx-mxfp4``, ``mlx-mxfp8``, ``mlx-nvfp4``,
    float. A source ScaledTensor already in the target mode is repacked bit for bit (an int tensor
    whose scale block covers whole groups repeats its scale per group); any other is requantized and
    its added error reported.
-4. Casts use breccia's numpy recipes where they give MLX's bits (affine 4 and 8, mxfp8, mxfp4 up to
-   MLX's fp4 tie rule, see ``mlx_recipe``), and ``mx.quantize`` itself elsewhere (nvfp4 without a
-   global scale, affine 2, 3, 5, 6 bits).
+4. Casts use breccia's numpy recipes for mxfp8, mxfp4 and nvfp4 (MLX's E8M0 rule and fp4 tie rule,
+   one-level nvfp4: the same bits as ``mx.quantize``, several times faster on the CPU) and
+   ``mx.quantize`` itself for affine, where MLX's CPU quantizer is the faster one.
 
 The config is written as mlx-lm's ``save_config`` writes it: keys sorted, ``quantization`` and
 ``quantization_config`` equal, ``_name_or_path`` dropped.
@@ -167,6 +167,9 @@ class MLXLMCheckpoint(Checkpoint):
         )
         return st.to("numpy")
 
+    def release(self) -> None:
+        self.raw.unmap()
+
     def close(self) -> None:
         self.raw.close()
 
@@ -298,25 +301,32 @@ def _to_host(a: Any) -> np.ndarray:
 Params = tuple[str, int, int]  # (mode, group_size, bits)
 
 
-#: the modes whose casts go through breccia's numpy recipes: mxfp8, whose recipe gives MLX's bits and
-#: runs faster than ``mx.quantize`` on the CPU (benchmarks/RESULTS.md); ``mx.quantize`` itself does the
-#: rest (affine, where MLX's CPU quantizer is faster; nvfp4 without a global scale and mxfp4, whose fp4
-#: rounding breccia's recipes do not reproduce)
-_BRECCIA_CAST_MODES = ("mxfp8",)
+def _breccia_recipe(mode: str, group: int, bits: int) -> Any:
+    """The breccia recipe whose numpy cast gives ``mx.quantize``'s bits and runs faster than it on the
+    CPU (benchmarks/RESULTS.md), or None where ``mx.quantize`` is faster (affine)."""
+    from ..bridges import mlx_recipe
+    from ..recipes import NVFP4BlockScaling
+
+    if mode == "nvfp4":
+        return NVFP4BlockScaling(convention="mlx")  # mlx-lm's nvfp4 layers: no global scale
+    if mode in ("mxfp8", "mxfp4"):
+        return mlx_recipe(mode, group, bits)
+    return None
 
 
 def _quantize(w: Any, params: Params) -> dict[str, Any]:
     """MLX's quantized arrays of float MLX array ``w`` for ``params``, bit for bit what
-    ``mx.quantize`` gives (see ``_BRECCIA_CAST_MODES`` for which path computes them)."""
+    ``mx.quantize`` gives (see ``_breccia_recipe`` for which path computes them)."""
     mode, group, bits = params
     mx = _mx()
-    if mode not in _BRECCIA_CAST_MODES:
+    recipe = _breccia_recipe(mode, group, bits)
+    if recipe is None:
         out = mx.quantize(w, group_size=group, bits=bits, mode=mode)
         return dict(zip(("weight", "scales", "biases"), out))
-    from ..bridges import mlx_recipe, to_mlx_quantized
+    from ..bridges import to_mlx_quantized
     from ..quantize import cast
 
-    return _arrays(to_mlx_quantized(cast(_to_host(w), mlx_recipe(mode, group, bits))))
+    return _arrays(to_mlx_quantized(cast(_to_host(w), recipe)))
 
 
 def _arrays(q: Any) -> dict[str, Any]:
@@ -467,6 +477,7 @@ def write_mlx(
     writer = _MLXWriter(source, out, report, (mode, group, bits), dtype)
     for names in progress(list(_layer_groups(list(source)))):
         writer.layer(names)
+        source.release()
     writer.finish()
 
 

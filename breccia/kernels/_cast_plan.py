@@ -93,7 +93,11 @@ def _next_pow2(n: int) -> int:
 
 
 def _rule(recipe: Recipe) -> dict | None:
-    if isinstance(recipe, _MXRecipe):
+    """The fused kernels' rule for ``recipe``, or None where only the shared code has it (E8M0 rules
+    other than floor and ceil, MLX's fp4 tie rule, every NVFP4 and integer recipe)."""
+    if recipe.fp4_ties_toward_zero:
+        return None
+    if isinstance(recipe, _MXRecipe) and recipe.scale_rounding in ("floor", "ceil"):
         fmt = recipe.element_format
         return dict(rule=f"mx_{recipe.scale_rounding}", fmt=fmt, fmax=fmt.max_value, emax_elem=fmt.e_max,
                     scale_e8m0=True)
