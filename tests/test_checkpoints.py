@@ -413,3 +413,59 @@ def test_inspect_first_line_names_the_format(deepseek_dirs, capsys):
     _, fp8, _ = deepseek_dirs
     assert main(["inspect", fp8]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "format: deepseek-fp8 (128x128 blocks, float scales)"
+
+
+# --- flow 2: a torchao-quantized Llama -> mlx ------------------------------------------------------
+
+
+def _torchao_configs():
+    torchao = pytest.importorskip("torchao")
+    import torchao.quantization.granularity as G
+    from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig, NVFP4WeightOnlyConfig
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
+
+    del torchao
+    return {
+        "int8-weight-only": (Int8WeightOnlyConfig, {}, "mlx-affine8", "repacked"),
+        "intx-int4-g32": (
+            IntxWeightOnlyConfig,
+            {"weight_dtype": torch.int4, "granularity": G.PerGroup(32)},
+            "mlx-affine4-g32",
+            "repacked",
+        ),
+        "mx-mxfp8": (MXDynamicActivationMXWeightConfig, {}, "mlx-mxfp8", "repacked"),
+        "nvfp4-weight-only": (NVFP4WeightOnlyConfig, {}, "mlx-nvfp4", "requantized"),
+    }
+
+
+@pytest.mark.parametrize("name", ["int8-weight-only", "intx-int4-g32", "mx-mxfp8", "nvfp4-weight-only"])
+def test_torchao_quantized_llama_to_mlx(llama_dirs, tmp_path, name):
+    """A model quantized in PyTorch by torchao, moved to mlx-lm: bit for bit where the grids allow
+    (the codes and scales MLX reads are torchao's), requantized and reported where they do not."""
+    from torchao.quantization import quantize_
+
+    from breccia.bridges import from_torchao, to_mlx_quantized
+    from breccia.checkpoints import convert_tensors
+
+    config_class, kwargs, target, action = _torchao_configs()[name]
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dirs[False], dtype=torch.bfloat16)
+    quantize_(model, config_class(**kwargs))
+    state = model.state_dict()
+    out = str(tmp_path / "mlx")
+    report = convert_tensors(
+        state, out, to=target, config=model.config.to_dict(), files_from=llama_dirs[False]
+    )
+    linear = "model.layers.0.mlp.down_proj.weight"
+    assert report.actions[linear] == action
+    assert report.count(action) >= 14  # every linear layer (and lm_head) of the two blocks
+    weights = _weights(out)
+    if action == "repacked":
+        expected = to_mlx_quantized(from_torchao(state[linear]))
+        assert mx.array_equal(weights[linear], expected.weight)
+        got_scales = weights[linear[: -len("weight")] + "scales"]
+        assert mx.array_equal(
+            got_scales[:, :: got_scales.shape[-1] // expected.scales.shape[-1]], expected.scales
+        )
+    else:
+        assert report.worst[1] < 0.2
+    assert isinstance(_generate(out), str)

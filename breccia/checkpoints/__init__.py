@@ -18,7 +18,7 @@ mlx-lm        MLX's quantized layers, as ``mlx_lm.load`` reads   ``mlx-affine{2,
 from __future__ import annotations
 
 from ._directory import ModelDirectory
-from ._engine import convert
+from ._engine import convert, convert_tensors
 from ._registry import CONVENTIONS, Checkpoint, Convention, open_checkpoint, register
 from ._targets import ConversionReport, Target, parse_target, target_names
 
@@ -30,6 +30,7 @@ __all__ = [
     "ModelDirectory",
     "Target",
     "convert",
+    "convert_tensors",
     "open_checkpoint",
     "parse_target",
     "register",

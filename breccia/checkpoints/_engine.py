@@ -19,16 +19,17 @@ Nothing under the source is written, renamed or deleted: every write goes into t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from ..errors import RecipeError
 from ._directory import ModelDirectory
 from ._output import OutputDirectory
-from ._registry import detect
-from ._targets import ConversionReport, parse_target
+from ._registry import Checkpoint, detect
+from ._targets import ConversionReport, Target, parse_target
 from .hf import QUANTIZATION_SIDE_FILES
 
-__all__ = ["convert"]
+__all__ = ["convert", "convert_tensors"]
 
 
 def _progress(enabled: bool, description: str) -> Any:
@@ -67,24 +68,65 @@ def convert(
     target = parse_target(to)
     directory = ModelDirectory(src)
     convention, details = detect(directory)
-    report = ConversionReport(source_format=convention.name, target=target.name)
+    source = convention.open(directory, convention.name, details, "numpy", None)
+    return _write(source, directory, dst, target, overwrite, progress, dtype)
+
+
+def convert_tensors(
+    tensors: Mapping[str, Any],
+    dst: str | os.PathLike,
+    to: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    files_from: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    dtype: str | None = None,
+) -> ConversionReport:
+    """Write ``tensors`` (a state dict: ScaledTensors, arrays of any framework, torchao tensors) as the
+    model directory ``dst`` in target ``to``, exactly as :func:`convert` writes a directory.
+
+    ``config`` is the model config (e.g. ``model.config.to_dict()``; an mlx target needs its
+    ``model_type``); ``files_from`` a model directory whose side files (tokenizer, chat template,
+    generation config) are copied, and whose config.json is used when ``config`` is None. Quantized
+    tensors are repacked where the target holds them exactly, else requantized and reported.
+    """
+    from .state_dict import StateDictCheckpoint
+
+    target = parse_target(to)
+    directory = None if files_from is None else ModelDirectory(files_from)
+    if config is None:
+        config = {} if directory is None else directory.config
+    source = StateDictCheckpoint(tensors, dict(config))
+    return _write(source, directory, dst, target, overwrite, progress, dtype)
+
+
+def _write(
+    source: Checkpoint,
+    side_files: ModelDirectory | None,
+    dst: str | os.PathLike,
+    target: Target,
+    overwrite: bool,
+    progress: bool,
+    dtype: str | None,
+) -> ConversionReport:
+    """Steps 3 to 6 of the module docstring, for any source."""
+    report = ConversionReport(source_format=source.format, target=target.name)
     options = dict(target.options)
     if dtype is not None:
         if target.convention != "mlx-lm":
-            from ..errors import RecipeError
-
             raise RecipeError(
                 "dtype= chooses the float dtype of an mlx target; the other targets name theirs"
             )
         options["dtype"] = dtype
-    source = convention.open(directory, convention.name, details, "numpy", None)
+    protected = source.directory.root if source.directory is not None else None
     try:
-        with OutputDirectory(dst, directory.root, overwrite=overwrite) as out:
+        with OutputDirectory(dst, protected, overwrite=overwrite) as out:
             target.write(source, out, report, progress=_progress(progress, "convert"), **options)
-            for name in directory.side_files():
+            for name in [] if side_files is None else side_files.side_files():
                 if name == "config.json" or name in QUANTIZATION_SIDE_FILES:
                     continue
-                out.copy_file(directory.file(name), name)
+                out.copy_file(side_files.file(name), name)
             out.commit()
     finally:
         source.close()

@@ -55,13 +55,13 @@ def host_array(x: Any) -> np.ndarray:
 class OutputDirectory:
     """DST of a conversion, built in a temporary directory (see the module docstring)."""
 
-    def __init__(self, dst: str | os.PathLike, source_root: str, *, overwrite: bool = False) -> None:
+    def __init__(self, dst: str | os.PathLike, source_root: str | None, *, overwrite: bool = False) -> None:
         text = os.fspath(dst)
         if not isinstance(text, str) or not text:
             raise FileFormatError(f"the destination must be a non-empty path; got {dst!r}")
         self.dst = os.path.abspath(text)
         real = os.path.realpath(self.dst)
-        if inside(real, source_root) or inside(source_root, real):
+        if source_root is not None and (inside(real, source_root) or inside(source_root, real)):
             raise FileFormatError(
                 f"{text}: the destination is the source, inside it, or contains it ({source_root}); "
                 "choose a directory outside the source"
@@ -196,6 +196,8 @@ def like_source(source: Any) -> dict[str, Any]:
     """``ShardWriter`` options that keep the source's layout: shards of its largest file's size, and an
     index when it had one."""
     directory = source.directory
+    if directory is None:  # tensors in memory: the default shard size
+        return {"max_shard_bytes": DEFAULT_SHARD_BYTES, "always_index": False}
     return {
         "max_shard_bytes": directory.largest_weight_file,
         "always_index": directory.weight_files[1] is not None,

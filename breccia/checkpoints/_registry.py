@@ -33,7 +33,12 @@ class Checkpoint(Mapping):
     """
 
     def __init__(
-        self, directory: ModelDirectory, fmt: str, details: str, framework: str = "numpy", device: Any = None
+        self,
+        directory: ModelDirectory | None,
+        fmt: str,
+        details: str,
+        framework: str = "numpy",
+        device: Any = None,
     ) -> None:
         from ..backends import get_backend
 
@@ -46,7 +51,12 @@ class Checkpoint(Mapping):
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.directory.config
+        return self.directory.config if self.directory is not None else {}
+
+    @property
+    def where(self) -> str:
+        """What this checkpoint is, for messages: its directory, or a description of what is in memory."""
+        return self.directory.root if self.directory is not None else "the tensors in memory"
 
     def _keys(self) -> list[str]:
         raise NotImplementedError

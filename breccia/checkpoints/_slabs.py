@@ -79,7 +79,8 @@ def cast_rows(
     ``source_rows`` is the block height of the source (slabs cover whole source blocks too). Recipes
     whose scale spans the tensor (per-tensor, NVFP4's global scale) are cast in one piece."""
     layout = recipe.default_layout()
-    spans_tensor = isinstance(layout, PerTensor) or recipe.scale_format == "E4M3" or len(shape) < 2
+    two_level = recipe.scale_format == "E4M3" and getattr(recipe, "convention", "") != "mlx"
+    spans_tensor = isinstance(layout, PerTensor) or two_level or len(shape) < 2
     if spans_tensor:
         return cast(values(slice(0, shape[0] if shape else 0)), recipe)
     slabs = _row_slices(shape, math.lcm(layout.block_shape(shape)[0], source_rows))

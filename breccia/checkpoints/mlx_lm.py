@@ -47,7 +47,7 @@ from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter
 from ._registry import Checkpoint, Convention, register
-from ._slabs import dequantize_rows, relative_error
+from ._slabs import cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
 
 __all__ = ["MLXLMCheckpoint", "mlx_target_names", "write_mlx"]
@@ -324,9 +324,9 @@ def _quantize(w: Any, params: Params) -> dict[str, Any]:
         out = mx.quantize(w, group_size=group, bits=bits, mode=mode)
         return dict(zip(("weight", "scales", "biases"), out))
     from ..bridges import to_mlx_quantized
-    from ..quantize import cast
 
-    return _arrays(to_mlx_quantized(cast(_to_host(w), recipe)))
+    host = _to_host(w)
+    return _arrays(to_mlx_quantized(cast_rows(lambda rows: host[rows], host.shape, recipe)))
 
 
 def _arrays(q: Any) -> dict[str, Any]:
@@ -397,7 +397,7 @@ class _MLXWriter:
         }
         if "model_type" not in self.config:
             raise FileFormatError(
-                f"{source.directory.root}: config.json has no model_type, so mlx-lm cannot know the "
+                f"{source.where}: config.json has no model_type, so mlx-lm cannot know the "
                 "architecture; an mlx target needs the model's config.json beside its weights"
             )
         self.model = _model(self.config)
