@@ -254,6 +254,10 @@ def test_fifos_are_refused_without_blocking(tmp_path):
     os.mkfifo(index_dir / "model.safetensors.index.json")
     _fails_fast(lambda: open_safetensors(index_dir / "model.safetensors.index.json"), FileAccessError)
     _fails_fast(lambda: read_header(tmp_path / "w.safetensors"), FileAccessError)
+    root = _deepseek_dir(tmp_path / "ds", np.ones((4, 8), np.float32), np.ones((1, 1)))
+    os.remove(tmp_path / "ds" / "config.json")
+    os.mkfifo(tmp_path / "ds" / "config.json")
+    _fails_fast(lambda: load_deepseek_v3(root), FileAccessError)
 
 
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs unix sockets")
@@ -285,9 +289,15 @@ def test_symlink_loops_missing_paths_and_non_paths(tmp_path):
         load_deepseek_v3(3.5)
 
 
-@pytest.mark.parametrize("where", ["header", "index", "config"])
+@pytest.mark.parametrize("where", ["header", "index", "config", "config.json"])
 def test_deeply_nested_json_is_a_file_format_error(tmp_path, where):
     deep = "[" * 100_000 + "]" * 100_000
+    if where == "config.json":
+        root = _deepseek_dir(tmp_path / "ds", np.ones((4, 8), np.float32), np.ones((1, 1)))
+        (tmp_path / "ds" / "config.json").write_text('{"quantization_config": ' + deep + "}")
+        with pytest.raises(FileFormatError, match="nested too deeply"):
+            load_deepseek_v3(root)
+        return
     if where == "header":
         path = _raw_header_file(tmp_path / "deep.safetensors", '{"x": ' + deep + "}")
     elif where == "index":

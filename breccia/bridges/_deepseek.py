@@ -17,7 +17,6 @@ exact ``2**ceil(log2 s)``), and ``data = e4m3(x / s)``. :func:`deepseek_recipe` 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -186,15 +185,19 @@ def _checkpoint_dir(path: str) -> str:
 
 
 def read_quantization_config(path: str) -> dict[str, Any]:
-    """``quantization_config`` of the ``config.json`` beside a checkpoint ({} if there is none)."""
+    """``quantization_config`` of the ``config.json`` beside a checkpoint ({} if there is none).
+
+    Read as a regular file only (a FIFO or device is refused, never waited on) by the strict JSON
+    reader (FileFormatError for malformed or deeply nested JSON, or anything but an object)."""
+    from ._safetensors_format import read_json_file
+
     config = os.path.join(_checkpoint_dir(os.fspath(path)), "config.json")
-    if not os.path.isfile(config):
+    if not os.path.lexists(config):
         return {}
-    try:
-        with open(config, encoding="utf-8") as f:
-            quant = json.load(f).get("quantization_config") or {}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise FileFormatError(f"{config}: not a readable JSON object ({exc})") from None
+    value = read_json_file(config, "config.json")
+    if not isinstance(value, dict):
+        raise FileFormatError(f"{config}: must be a JSON object; got {type(value).__name__}")
+    quant = value.get("quantization_config") or {}
     return quant if isinstance(quant, dict) else {}
 
 
