@@ -51,8 +51,11 @@ _TEMPORARY = re.compile(r"\.(tmp|partial)$|^\.")
 class ModelDirectory:
     """The files of one model directory (or of one file named directly). Reads only headers and JSON."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        text = os.fspath(path)
+    def __init__(self, path: str | os.PathLike, *, check_scales: bool = True) -> None:
+        """``check_scales=False`` lets readers hand out quantized tensors whose stored scales are NaN,
+        infinite, zero or negative (for inspection); by default such a tensor is an error."""
+        self.check_scales = check_scales
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
         if not isinstance(text, str) or not text:
             raise FileFormatError(f"a checkpoint path must be a non-empty path; got {path!r}")
         self.path = text
@@ -223,6 +226,12 @@ class ModelDirectory:
             for key, value in header.metadata.items():
                 merged.setdefault(key, value)
         return merged
+
+    def open_safetensors(self) -> Any:
+        """The safetensors weights as one lazy :class:`~breccia.bridges.SafetensorsCheckpoint` (numpy)."""
+        from ..bridges import open_safetensors
+
+        return open_safetensors(self.safetensors_source(), "numpy", check_scales=self.check_scales)
 
     def safetensors_source(self) -> str:
         """What :func:`breccia.bridges.open_safetensors` should open for these weights."""

@@ -37,7 +37,7 @@ def _resolve(path: str) -> str:
     try:
         return os.path.realpath(path, strict=True)
     except FileNotFoundError:
-        raise FileFormatError(f"{path}: no such file or directory") from None
+        raise FileFormatError(f"{path}: No such file or directory") from None
     except OSError as exc:
         raise FileFormatError(f"{path}: cannot resolve this path ({exc.strerror}; a symlink loop?)") from None
 

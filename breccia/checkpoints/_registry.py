@@ -174,14 +174,20 @@ def detect(directory: ModelDirectory) -> tuple[Convention, str]:
 
 
 def open_checkpoint(
-    path: str | os.PathLike | ModelDirectory, framework: str = "numpy", *, device: Any = None
+    path: str | os.PathLike | ModelDirectory,
+    framework: str = "numpy",
+    *,
+    device: Any = None,
+    check_scales: bool = True,
 ) -> Checkpoint:
     """A lazy mapping over the model directory (or file) ``path``, in whatever convention it follows.
 
     ``ck.format`` names the convention (``hf``, ``breccia``, ``deepseek-fp8``, ``mlx-lm``, ...),
     ``ck.details`` describes it, ``ck.config`` is the model config. ``ck[name]`` reads one tensor: a
     :class:`~breccia.ScaledTensor` for quantized weights, else an array, of ``framework`` on ``device``.
+    A stored scale that is NaN, infinite, zero or negative is an error naming the tensor and block,
+    unless ``check_scales=False`` (what ``breccia inspect`` uses to list and count such tensors).
     """
-    directory = path if isinstance(path, ModelDirectory) else ModelDirectory(path)
+    directory = path if isinstance(path, ModelDirectory) else ModelDirectory(path, check_scales=check_scales)
     convention, details = detect(directory)
     return convention.open(directory, convention.name, details, framework, device)

@@ -53,10 +53,9 @@ class BrecciaCheckpoint(Checkpoint):
     def __init__(
         self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
     ) -> None:
-        from ..bridges import open_safetensors
 
         super().__init__(directory, fmt, details, framework, device)
-        self.source = open_safetensors(directory.safetensors_source(), "numpy")
+        self.source = directory.open_safetensors()
 
     def _keys(self) -> list[str]:
         return list(self.source)

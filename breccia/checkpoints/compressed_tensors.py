@@ -432,11 +432,10 @@ class CompressedTensorsCheckpoint(Checkpoint):
     def __init__(
         self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
     ) -> None:
-        from ..bridges import open_safetensors
 
         super().__init__(directory, fmt, details, framework, device)
         self.ct_config = read_config(directory)
-        self.raw = open_safetensors(directory.safetensors_source(), "numpy")
+        self.raw = directory.open_safetensors()
         self.layers: dict[str, Layer] = {}
         entries = directory.entries
         prefixes = {

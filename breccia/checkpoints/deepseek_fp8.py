@@ -120,6 +120,7 @@ class DeepSeekFP8Checkpoint(Checkpoint):
             "numpy",
             dtype=model_dtype(directory.config),
             block_k=_block(directory),
+            check_scales=directory.check_scales,
             scale_fmt=_scale_fmt(directory) or "float",
         )
 

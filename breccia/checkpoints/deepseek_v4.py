@@ -102,10 +102,9 @@ class DeepSeekV4Checkpoint(Checkpoint):
     def __init__(
         self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
     ) -> None:
-        from ..bridges import open_safetensors
 
         super().__init__(directory, fmt, details, framework, device)
-        self.raw = open_safetensors(directory.safetensors_source(), "numpy")
+        self.raw = directory.open_safetensors()
         self.block = _block(directory)
         self.expert_dtype = _expert_dtype(directory.config)
         from .deepseek_fp8 import model_dtype

@@ -146,10 +146,9 @@ class GptOssCheckpoint(Checkpoint):
     def __init__(
         self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
     ) -> None:
-        from ..bridges import open_safetensors
 
         super().__init__(directory, fmt, details, framework, device)
-        self.raw = open_safetensors(directory.safetensors_source(), "numpy")
+        self.raw = directory.open_safetensors()
         self.pairs = _pairs(directory)
         parts = {n for pair in self.pairs.values() for n in pair}
         names = []

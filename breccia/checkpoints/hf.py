@@ -43,10 +43,9 @@ class HFCheckpoint(Checkpoint):
     def __init__(
         self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
     ) -> None:
-        from ..bridges import open_safetensors
 
         super().__init__(directory, fmt, details, framework, device)
-        self.raw = open_safetensors(directory.safetensors_source(), "numpy")
+        self.raw = directory.open_safetensors()
 
     def _keys(self) -> list[str]:
         return self.raw.tensor_names()

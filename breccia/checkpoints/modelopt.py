@@ -152,14 +152,13 @@ class ModelOptCheckpoint(Checkpoint):
     def __init__(
         self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
     ) -> None:
-        from ..bridges import open_safetensors
 
         super().__init__(directory, fmt, details, framework, device)
         settings = _settings(directory) or {}
         excluded = settings.get("exclude_modules") or []
         if not isinstance(excluded, list) or not all(isinstance(p, str) for p in excluded):
             raise FileFormatError(f"{directory.root}: exclude_modules must be a list of module patterns")
-        self.raw = open_safetensors(directory.safetensors_source(), "numpy")
+        self.raw = directory.open_safetensors()
         self.dtype = model_dtype(directory.config)
         entries = directory.entries
         self.layers: dict[str, tuple[int, ...]] = {}

@@ -70,10 +70,10 @@ def _checkpoints(path: Path) -> list[Any]:
 
     if not os.path.lexists(path):
         raise FileFormatError(f"{path}: no such file or directory")
-    directory = ModelDirectory(path)
+    directory = ModelDirectory(path, check_scales=False)  # bad scales are listed and counted, not refused
     separate = directory.separate_files()
     if separate:
-        return [open_checkpoint(path / f) for f in separate]
+        return [open_checkpoint(path / f, check_scales=False) for f in separate]
     return [open_checkpoint(directory)]
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import IO
 
-from . import core, deepseek, mlx_flow
+from . import checkpoints, core, deepseek, mlx_flow
 
 SECTIONS: dict[str, Callable[[IO[str]], bool]] = {
     "recipes": core.run,
     "torch-to-mlx": mlx_flow.run,
     "deepseek": deepseek.run,
+    "model-dirs": checkpoints.run,
 }
 
 
