@@ -100,6 +100,7 @@ def cast_rows(
         shape=shape,
         dtype=parts[0].dtype_name,
         zero_point=stacked("zero_point"),
+        global_scale=parts[0].global_scale,  # slabs never cut a tensor-wide scale: the same in every slab
     )
 
 

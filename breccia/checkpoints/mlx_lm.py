@@ -410,13 +410,22 @@ class _MLXWriter:
         self.writer = ShardWriter(out, metadata={"format": "mlx"}, always_index=True)
 
     def layer(self, names: list[str]) -> None:
+        """One layer group: read, sanitize, then write tensor by tensor, dropping each as it goes (the
+        source's pages are let go once MLX holds its copies; ScaledTensors stay for their repack)."""
         values = self.source.mlx_tensors({name: self.source.read_numpy(name) for name in names})
         floats = {name: _mlx_float(v) for name, v in values.items()}
+        dtypes = {name: f.dtype for name, f in floats.items()}
+        values = {name: v for name, v in values.items() if isinstance(v, ScaledTensor)}
+        self.source.release()
         sanitized = self.model.sanitize(floats) if hasattr(self.model, "sanitize") else floats
-        for name, w in sanitized.items():
-            self.tensor(name, w, values.get(name), floats.get(name))
+        del floats
+        for name in list(sanitized):
+            self.tensor(name, sanitized.pop(name), values.pop(name, None), dtypes.get(name))
 
-    def tensor(self, name: str, w: Any, original: Any, stored: Any) -> None:
+
+    def tensor(self, name: str, w: Any, original: Any, stored_dtype: Any) -> None:
+        """Write parameter ``name`` (MLX array ``w``): cast, then kept float, repacked from the source
+        ScaledTensor ``original``, or quantized; ``stored_dtype`` is the dtype the source held."""
         mx = _mx()
         if self.dtype is not None and self.keep_dtype(name) and mx.issubdtype(w.dtype, mx.floating):
             w = w.astype(self.dtype)
@@ -425,7 +434,7 @@ class _MLXWriter:
             if isinstance(original, ScaledTensor):
                 self.report.record(name, "dequantized")
             else:
-                same = stored is not None and stored.dtype == w.dtype
+                same = stored_dtype is not None and stored_dtype == w.dtype
                 self.report.record(name, "copied" if same else "cast")
             self.writer.add(name, w)
             return
