@@ -98,6 +98,7 @@ __all__ = [
     "load_safetensors",
     "open_safetensors",
     "parse_size",
+    "read_index",
     "save_safetensors",
 ]
 
@@ -928,8 +929,9 @@ def check_scales(where: str, recipe: Recipe, parts: Mapping[str, np.ndarray]) ->
         )
 
 
-def _read_index(path: str) -> tuple[list[str], dict[str, str]]:
-    """Shard paths and ``weight_map`` (raw name -> shard file) of an index, each checked."""
+def read_index(path: str) -> tuple[list[str], dict[str, str]]:
+    """Shard paths and ``weight_map`` (raw name -> shard file) of an index, each checked: the one
+    parser of ``model.safetensors.index.json`` (open_safetensors and the checkpoint layer use it)."""
     index = read_json_file(path, "JSON index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -982,7 +984,7 @@ def open_safetensors(
     if os.path.isdir(path):
         path = _find_in_directory(path)
     if path.endswith(".json"):
-        files, weight_map = _read_index(path)
+        files, weight_map = read_index(path)
         headers = [read_header(f) for f in files]
         position = {f: i for i, f in enumerate(files)}
         root = os.path.dirname(os.path.abspath(path))

@@ -161,20 +161,11 @@ class ModelDirectory:
         return loose if len(loose) > 1 else None
 
     def _from_index(self, index_name: str) -> list[str]:
-        index = self.json(index_name, "a safetensors index")
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise FileFormatError(
-                f"{self.root}/{index_name}: an index must be an object whose 'weight_map' maps tensor "
-                "names to files"
-            )
-        listed = sorted(set(weight_map.values()))
+        from ..bridges._huggingface import read_index
+
+        files, _ = read_index(self.file(index_name))
+        listed = sorted(os.path.relpath(f, self.root) for f in files)
         for shard in listed:
-            if not os.path.lexists(os.path.join(self.root, shard)):
-                raise FileFormatError(
-                    f"{self.root}/{index_name}: lists {shard!r}, which is missing (an incomplete download "
-                    "or conversion?)"
-                )
             self.file(shard)
         if self.single is None:
             stale = [n for n in self.names if _SHARD.match(n) and n not in listed]
