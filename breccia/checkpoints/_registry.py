@@ -3,9 +3,10 @@
 A convention is one module of ``breccia/checkpoints/`` that registers a :class:`Convention`: a name
 (what ``inspect``'s first line and ``Checkpoint.format`` say), ``detect`` (does this model directory
 follow me? the answer is a short description, e.g. ``"128x128 blocks, ue8m0 scales"``, or None) and
-``open`` (a :class:`Checkpoint` over it). Detection asks every convention in registration order; the
-plain-float ``hf`` convention is asked last and refuses tensors that look quantized, so a format
-breccia does not know stops with an error instead of passing through as if it were float.
+``open`` (a :class:`Checkpoint` over it). Detection asks the conventions in ``_builtin``'s
+``DETECTION_ORDER`` (others after them, in registration order); the plain-float ``hf`` convention is
+asked last and refuses tensors that look quantized, so a format breccia does not know stops with an
+error instead of passing through as if it were float.
 
 Conventions that can also be written register :class:`Target` parsers (see ``_targets``).
 """
@@ -149,9 +150,14 @@ def register(convention: Convention) -> Convention:
 
 def detect(directory: ModelDirectory) -> tuple[Convention, str]:
     """The convention that ``directory`` follows and its description; an error if none does."""
-    from . import _builtin  # noqa: F401 (registers the conventions)
+    from ._builtin import DETECTION_ORDER  # importing it registers the built-in conventions
 
-    for convention in CONVENTIONS.values():
+    def rank(convention: Convention) -> tuple[bool, int]:
+        known = convention.name in DETECTION_ORDER
+        return convention.fallback, DETECTION_ORDER.index(convention.name) if known else len(DETECTION_ORDER)
+
+    ordered = sorted(CONVENTIONS.values(), key=rank)  # stable: others keep their registration order
+    for convention in ordered:
         if not convention.fallback:
             details = convention.detect(directory)
             if details is not None:
@@ -163,7 +169,7 @@ def detect(directory: ModelDirectory) -> tuple[Convention, str]:
             f"{directory.root}: config.json's quantization_config says quant_method {method!r}, which no "
             f"breccia convention reads (breccia reads: {known}); nothing was converted"
         )
-    for convention in CONVENTIONS.values():
+    for convention in ordered:
         if convention.fallback:
             details = convention.detect(directory)
             if details is not None:
