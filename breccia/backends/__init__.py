@@ -23,6 +23,7 @@ __all__ = [
     "framework_of",
     "canonical_dtype_name",
     "float_dtype_name",
+    "host_array",
 ]
 
 FRAMEWORKS = ("numpy", "jax", "mlx", "torch")
@@ -86,3 +87,16 @@ def backend_for(x: Any, what: str = "input") -> Backend:
     raise NotAnArrayError(
         f"{what} must be a numpy, jax, mlx or torch array; got {type(x).__module__}.{type(x).__qualname__}"
     )
+
+
+def host_array(x: Any) -> Any:
+    """``x`` (any framework's array) as a C-contiguous little-endian numpy array of the same dtype:
+    the bytes a file writer stores (a view where ``x`` already is one, else one copy)."""
+    import numpy as np
+
+    if not isinstance(x, np.ndarray):
+        x = backend_for(x, "tensor").to_numpy(x)
+    a = np.ascontiguousarray(x)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a

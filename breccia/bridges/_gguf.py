@@ -409,7 +409,7 @@ def save_gguf(mapping: Mapping[str, Any], path: str | os.PathLike, *, arch: str 
     is ``arch`` (the only metadata written).
     """
     gguf = _gguf()
-    from ..checkpoints._output import host_array
+    from ..backends import host_array
 
     target = os.path.abspath(os.fspath(path))
     entries = []

@@ -30,26 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import host_array
 from ..bridges._safetensors_format import DTYPES, dtype_for, nbytes_of
 from ..errors import BrecciaError, DTypeError, FileFormatError
 from ._directory import INDEX_NAME
 from ._paths import inside
 
-__all__ = ["DEFAULT_SHARD_BYTES", "OutputDirectory", "ShardWriter", "host_array", "like_source"]
+__all__ = ["DEFAULT_SHARD_BYTES", "OutputDirectory", "ShardWriter", "like_source"]
 
 DEFAULT_SHARD_BYTES = 5 << 30  # what transformers and mlx-lm write by default
-
-
-def host_array(x: Any) -> np.ndarray:
-    """``x`` (any framework's array) as a C-contiguous little-endian numpy array of the same dtype."""
-    if not isinstance(x, np.ndarray):
-        from ..backends import backend_for
-
-        x = backend_for(x, "tensor").to_numpy(x)
-    a = np.ascontiguousarray(x)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return a
 
 
 class OutputDirectory:
