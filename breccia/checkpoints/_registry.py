@@ -22,7 +22,7 @@ from ..errors import FileFormatError
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 
-__all__ = ["Checkpoint", "Convention", "CONVENTIONS", "detect", "register"]
+__all__ = ["CONVENTIONS", "Checkpoint", "Convention", "StoredCheckpoint", "detect", "register"]
 
 
 class Checkpoint(Mapping):
@@ -123,6 +123,30 @@ class Checkpoint(Mapping):
     def __repr__(self) -> str:
         details = f" ({self.details})" if self.details else ""
         return f"Checkpoint({self.directory.root!r}, format={self.format}{details}, tensors={len(self)})"
+
+
+class StoredCheckpoint(Checkpoint):
+    """A checkpoint over its directory's safetensors weights, ``self.raw`` (a lazy
+    :class:`~breccia.bridges.SafetensorsCheckpoint`, numpy): every stored tensor under its own name,
+    unless a subclass pairs them into ScaledTensors (its ``_keys`` and ``_read``)."""
+
+    def __init__(
+        self, directory: ModelDirectory, fmt: str, details: str, framework: str = "numpy", device: Any = None
+    ) -> None:
+        super().__init__(directory, fmt, details, framework, device)
+        self.raw = directory.open_safetensors()
+
+    def _keys(self) -> list[str]:
+        return self.raw.tensor_names()
+
+    def _read(self, name: str) -> Any:
+        return self.raw.read_tensor(name)
+
+    def release(self) -> None:
+        self.raw.unmap()
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 @dataclass(frozen=True)

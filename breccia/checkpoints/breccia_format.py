@@ -26,11 +26,11 @@ from ..layouts import PerBlock2D
 from ..recipes import RECIPES, DelayedScaling, Recipe
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
-from ._output import OutputDirectory, ShardWriter, like_source
-from ._registry import Checkpoint, Convention, register
+from ._output import OutputDirectory, ShardWriter
+from ._registry import Checkpoint, Convention, StoredCheckpoint, register
 from ._slabs import cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
-from .deepseek_fp8 import is_linear_weight, model_dtype, write_deepseek
+from .deepseek_fp8 import write_deepseek, write_quantizing_linear_weights
 
 __all__ = ["BrecciaCheckpoint", "parse_recipe"]
 
@@ -47,7 +47,7 @@ def _detect(directory: ModelDirectory) -> str | None:
     return f"{len(configs)} ScaledTensors"
 
 
-class BrecciaCheckpoint(Checkpoint):
+class BrecciaCheckpoint(StoredCheckpoint):
     """ScaledTensors and plain tensors of breccia's own files."""
 
     def __init__(
@@ -55,19 +55,12 @@ class BrecciaCheckpoint(Checkpoint):
     ) -> None:
 
         super().__init__(directory, fmt, details, framework, device)
-        self.source = directory.open_safetensors()
 
-    def _keys(self) -> list[str]:
-        return list(self.source)
+    def _keys(self) -> list[str]:  # ScaledTensors paired by the safetensors reader
+        return list(self.raw)
 
     def _read(self, name: str) -> Any:
-        return self.source[name]
-
-    def release(self) -> None:
-        self.source.unmap()
-
-    def close(self) -> None:
-        self.source.close()
+        return self.raw[name]
 
 
 register(Convention("breccia", _detect, BrecciaCheckpoint))
@@ -120,35 +113,15 @@ def write_breccia(
     source: Checkpoint, out: OutputDirectory, report: ConversionReport, recipe: Recipe, progress: Any
 ) -> None:
     from ..bridges._huggingface import _scaled_parts
-    from .hf import to_float
 
-    dtype = model_dtype(source.config)
-    writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
-    for name in progress(list(source)):
-        value = source.read_numpy(name)
-        if is_linear_weight(name, tuple(value.shape)):
-            st = _recipe_weight(name, value, recipe, report)
-            parts, config = _scaled_parts(name, st)
-            for part in parts:
-                data = part.host()
-                writer.add_raw(
-                    part.name,
-                    part.dtype,
-                    part.shape,
-                    data,
-                    {name + CONFIG_SUFFIX: config} if part.name == name + ".data" else None,
-                )
-        else:
-            writer.add(
-                name, to_float(name, value, dtype, report) if isinstance(value, ScaledTensor) else value
-            )
-            if not isinstance(value, ScaledTensor):
-                report.record(name, "copied")
-        source.release()
-    report.files = writer.finish()
-    config = {k: v for k, v in source.config.items() if k not in ("quantization_config", "quantization")}
-    config["quantization_config"] = {"quant_method": "breccia", "recipe": recipe.to_dict()}
-    out.write_json("config.json", config)
+    def write_weight(writer: ShardWriter, name: str, value: Any) -> None:
+        parts, config = _scaled_parts(name, _recipe_weight(name, value, recipe, report))
+        for part in parts:  # the .config entry goes to the shard holding .data
+            metadata = {name + CONFIG_SUFFIX: config} if part.name == name + ".data" else None
+            writer.add_raw(part.name, part.dtype, part.shape, part.host(), metadata)
+
+    quantization_config = {"quant_method": "breccia", "recipe": recipe.to_dict()}
+    write_quantizing_linear_weights(source, out, report, progress, write_weight, quantization_config)
 
 
 def _recipe_weight(name: str, value: Any, recipe: Recipe, report: ConversionReport) -> ScaledTensor:

@@ -69,7 +69,7 @@ from ..recipes import (
 )
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
-from ._registry import Checkpoint, Convention, register
+from ._registry import Convention, StoredCheckpoint, register
 from ._targets import Target, TargetParser, register_target
 
 __all__ = ["CompressedTensorsCheckpoint", "QUANT_METHOD", "READ_FORMATS", "TARGETS"]
@@ -426,7 +426,7 @@ def _scale_e8m0(directory: ModelDirectory, name: str, scale: np.ndarray) -> np.n
     return scale
 
 
-class CompressedTensorsCheckpoint(Checkpoint):
+class CompressedTensorsCheckpoint(StoredCheckpoint):
     """Quantized modules of a compressed-tensors directory as ScaledTensors; other tensors as stored."""
 
     def __init__(
@@ -435,7 +435,6 @@ class CompressedTensorsCheckpoint(Checkpoint):
 
         super().__init__(directory, fmt, details, framework, device)
         self.ct_config = read_config(directory)
-        self.raw = directory.open_safetensors()
         self.layers: dict[str, Layer] = {}
         entries = directory.entries
         prefixes = {
@@ -467,9 +466,6 @@ class CompressedTensorsCheckpoint(Checkpoint):
         return decode_layer(
             self.directory, layer, lambda part: np.asarray(self.raw.read_tensor(layer.prefix + part))
         )
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def decode_layer(directory: ModelDirectory, layer: Layer, read: Callable[[str], np.ndarray]) -> ScaledTensor:

@@ -23,6 +23,7 @@ quantized tensors are dequantized to the model's dtype; float tensors are copied
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -165,38 +166,62 @@ def fp8_weight(name: str, value: Any, recipe: Any, dtype: str, report: Conversio
     return cast_rows(lambda rows: array[rows], array.shape, recipe)
 
 
-def write_deepseek(
-    source: Checkpoint, out: OutputDirectory, report: ConversionReport, scale_fmt: str | None, progress: Any
+def write_quantizing_linear_weights(
+    source: Checkpoint,
+    out: OutputDirectory,
+    report: ConversionReport,
+    progress: Any,
+    write_weight: Callable[[ShardWriter, str, Any], None],
+    quantization_config: dict[str, Any],
+    *,
+    matrices_only: bool = False,
 ) -> None:
-    from ..bridges import deepseek_recipe
+    """The writer of the recipe targets: each linear weight (:func:`is_linear_weight`; 2-D only with
+    ``matrices_only``) goes to ``write_weight(writer, name, value)``; every other tensor is copied, a
+    quantized one dequantized to the model's dtype first; config.json gets ``quantization_config``."""
     from .hf import to_float
 
-    recipe = deepseek_recipe("weight", 128, scale_fmt)
     dtype = model_dtype(source.config)
     writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
         value = source.read_numpy(name)
-        if is_linear_weight(name, tuple(value.shape)) and value.ndim == 2:
-            st = fp8_weight(name, value, recipe, dtype, report)
-            writer.add(name, st.data)
-            writer.add(name + SCALE_SUFFIX, np.asarray(st.scale, dtype=np.float32))
+        if is_linear_weight(name, tuple(value.shape)) and (value.ndim == 2 or not matrices_only):
+            write_weight(writer, name, value)
+        elif isinstance(value, ScaledTensor):
+            writer.add(name, to_float(name, value, dtype, report))
         else:
-            writer.add(
-                name, to_float(name, value, dtype, report) if isinstance(value, ScaledTensor) else value
-            )
-            if not isinstance(value, ScaledTensor):
-                report.record(name, "copied")
+            writer.add(name, value)
+            report.record(name, "copied")
         source.release()
     report.files = writer.finish()
     config = {k: v for k, v in source.config.items() if k not in ("quantization_config", "quantization")}
-    config["quantization_config"] = {
+    config["quantization_config"] = quantization_config
+    out.write_json("config.json", config)
+
+
+def write_deepseek(
+    source: Checkpoint, out: OutputDirectory, report: ConversionReport, scale_fmt: str | None, progress: Any
+) -> None:
+    from ..bridges import deepseek_recipe
+
+    recipe = deepseek_recipe("weight", 128, scale_fmt)
+    dtype = model_dtype(source.config)
+
+    def write_weight(writer: ShardWriter, name: str, value: Any) -> None:
+        st = fp8_weight(name, value, recipe, dtype, report)
+        writer.add(name, st.data)
+        writer.add(name + SCALE_SUFFIX, np.asarray(st.scale, dtype=np.float32))
+
+    quantization_config = {
         "activation_scheme": "dynamic",
         "fmt": "e4m3",
         "quant_method": "fp8",
         "weight_block_size": [128, 128],
         **({"scale_fmt": "ue8m0"} if scale_fmt == "ue8m0" else {}),
     }
-    out.write_json("config.json", config)
+    write_quantizing_linear_weights(
+        source, out, report, progress, write_weight, quantization_config, matrices_only=True
+    )
 
 
 def _parse(text: str) -> Target | None:

@@ -44,7 +44,7 @@ from ..recipes import Float8BlockScaling, MXFP4BlockScaling, MXFP8BlockScaling
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter, like_source
-from ._registry import Checkpoint, Convention, register
+from ._registry import Checkpoint, Convention, StoredCheckpoint, register
 from ._slabs import relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
 
@@ -96,7 +96,7 @@ def _detect(directory: ModelDirectory) -> str | None:
     return f"FP8 E4M3 {block}x{block} tiles and {fp4} FP4 experts (1x32), E8M0 scales"
 
 
-class DeepSeekV4Checkpoint(Checkpoint):
+class DeepSeekV4Checkpoint(StoredCheckpoint):
     """FP8 and FP4 weights with their ``.scale`` as ScaledTensors; other tensors as stored."""
 
     def __init__(
@@ -104,7 +104,6 @@ class DeepSeekV4Checkpoint(Checkpoint):
     ) -> None:
 
         super().__init__(directory, fmt, details, framework, device)
-        self.raw = directory.open_safetensors()
         self.block = _block(directory)
         self.expert_dtype = _expert_dtype(directory.config)
         from .deepseek_fp8 import model_dtype
@@ -181,9 +180,6 @@ class DeepSeekV4Checkpoint(Checkpoint):
         return from_buffer(
             weight, scale.astype(np.float32), fp8_recipe(b), PerBlock2D(b, b), dtype=self.dtype
         )
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 register(Convention("deepseek-v4", _detect, DeepSeekV4Checkpoint))

@@ -42,7 +42,7 @@ from ..recipes import MXFP4BlockScaling
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter, like_source
-from ._registry import Checkpoint, Convention, register
+from ._registry import Checkpoint, Convention, StoredCheckpoint, register
 from ._slabs import relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
 from .deepseek_fp8 import model_dtype
@@ -140,7 +140,7 @@ def check_e8m0(where: str, scale: np.ndarray) -> None:
         )
 
 
-class GptOssCheckpoint(Checkpoint):
+class GptOssCheckpoint(StoredCheckpoint):
     """Expert weights as MXFP4 ScaledTensors ``[E, N, K]``; every other tensor as stored."""
 
     def __init__(
@@ -148,7 +148,6 @@ class GptOssCheckpoint(Checkpoint):
     ) -> None:
 
         super().__init__(directory, fmt, details, framework, device)
-        self.raw = directory.open_safetensors()
         self.pairs = _pairs(directory)
         parts = {n for pair in self.pairs.values() for n in pair}
         names = []
@@ -202,9 +201,6 @@ class GptOssCheckpoint(Checkpoint):
             else:
                 out[name] = value
         return out
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def _rows(st: ScaledTensor, start: int) -> ScaledTensor:

@@ -21,7 +21,7 @@ import numpy as np
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter, like_source
-from ._registry import Checkpoint, Convention, register
+from ._registry import Checkpoint, Convention, StoredCheckpoint, register
 from ._slabs import dequantize_rows
 from ._targets import ConversionReport, Target, TargetParser, register_target
 
@@ -37,27 +37,8 @@ _KEEP_FLOAT32 = ("e_score_correction_bias",)
 QUANTIZATION_SIDE_FILES = ("hf_quant_config.json", "quant_config.json", "quantization_config.json")
 
 
-class HFCheckpoint(Checkpoint):
+class HFCheckpoint(StoredCheckpoint):
     """Plain tensors of a safetensors model directory, by name."""
-
-    def __init__(
-        self, directory: ModelDirectory, fmt: str, details: str, framework: str, device: Any
-    ) -> None:
-
-        super().__init__(directory, fmt, details, framework, device)
-        self.raw = directory.open_safetensors()
-
-    def _keys(self) -> list[str]:
-        return self.raw.tensor_names()
-
-    def _read(self, name: str) -> Any:
-        return self.raw.read_tensor(name)
-
-    def release(self) -> None:
-        self.raw.unmap()
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def _quantized_looking(directory: ModelDirectory) -> list[str]:

@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FileFormatError, RecipeError, missing_dependency
+from ..errors import DTypeError, FileFormatError, RecipeError, missing_dependency
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter
-from ._registry import Checkpoint, Convention, register
+from ._registry import Checkpoint, Convention, StoredCheckpoint, register
 from ._slabs import cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
 
@@ -91,7 +91,7 @@ def _detect(directory: ModelDirectory) -> str | None:
     return f"{name}, group {q['group_size']}{extra}"
 
 
-class MLXLMCheckpoint(Checkpoint):
+class MLXLMCheckpoint(StoredCheckpoint):
     """Quantized layers of an mlx-lm directory as ScaledTensors; other tensors as stored."""
 
     def __init__(
@@ -99,12 +99,11 @@ class MLXLMCheckpoint(Checkpoint):
     ) -> None:
 
         super().__init__(directory, fmt, details, framework, device)
-        self.raw = directory.open_safetensors()
         self.quantization = _quantization(directory) or {}
         names = self.raw.tensor_names()
-        present = set(names)
+        self._stored = set(names)
         self._quantized = {
-            n for n in names if n.endswith(".weight") and n[: -len("weight")] + "scales" in present
+            n for n in names if n.endswith(".weight") and n[: -len("weight")] + "scales" in self._stored
         }
         parts = {
             n[: -len("weight")] + s for n in self._quantized for s in ("scales", "biases", "global_scale")
@@ -115,62 +114,95 @@ class MLXLMCheckpoint(Checkpoint):
         return self._names
 
     def params(self, name: str) -> tuple[str, int, int]:
-        """(mode, group_size, bits) of quantized weight ``name``."""
+        """(mode, group_size, bits) of quantized weight ``name``: the layer's own entry of config.json's
+        ``quantization`` if it has one, else the entry itself; the mode defaults to ``affine`` (as
+        ``to_quantized``'s does). Integers must be JSON integers, the mode a string."""
         q = self.quantization
+        where = f"{self.directory.root}/config.json"
+        if not q:
+            raise FileFormatError(
+                f"{where}: {name!r} is stored quantized (it has scales) but there is no 'quantization' "
+                "entry saying its mode, group_size and bits; add mlx-lm's entry (e.g. "
+                '{"group_size": 64, "bits": 4, "mode": "affine"})'
+            )
         layer = q.get(name[: -len(".weight")])
         settings = layer if isinstance(layer, dict) else q
-        try:
-            return (
-                settings.get("mode", q.get("mode", "affine")),
-                int(settings["group_size"]),
-                int(settings["bits"]),
-            )
-        except (KeyError, TypeError, ValueError):
+        mode, group, bits = settings.get("mode", "affine"), settings.get("group_size"), settings.get("bits")
+        if not isinstance(mode, str) or type(group) is not int or type(bits) is not int:
             raise FileFormatError(
-                f"{self.directory.root}/config.json: the quantization of {name!r} is malformed ({settings!r})"
-            ) from None
+                f"{where}: the quantization of {name!r} is malformed ({settings!r}); it needs integer "
+                "group_size and bits and a string mode"
+            )
+        return mode, group, bits
+
+    def __getitem__(self, name: str) -> ScaledTensor | Any:
+        """As :class:`Checkpoint`'s; with ``framework="mlx"`` the stored arrays go to MLX once (FP8 as
+        uint8 bits), with no round trip through numpy."""
+        if self.framework != "mlx" or name not in self:
+            return super().__getitem__(name)
+        return self._from_mlx(name) if name in self._quantized else self._mlx_array(name)
 
     def _read(self, name: str) -> Any:
         if name not in self._quantized:
             return self.raw.read_tensor(name)
         from ..backends import get_backend
+
+        value = self._from_mlx(name)
+        return value.to("numpy") if isinstance(value, ScaledTensor) else get_backend("mlx").to_numpy(value)
+
+    def _mlx_array(self, raw_name: str) -> Any:
+        """Stored tensor ``raw_name`` as an MLX array of the same bits (FP8 as uint8)."""
+        from ..bridges._huggingface import _to_framework
+
+        where = f"{self.directory.root}: tensor {raw_name!r}"
+        return _to_framework(self.raw.read_tensor(raw_name), "mlx", None, where)
+
+    def _from_mlx(self, name: str) -> Any:
+        """Quantized weight ``name`` from its stored arrays: a ScaledTensor of MLX arrays, or for the
+        affine widths breccia has no format for, ``mx.dequantize``'s values. Arrays that do not fit
+        the config's mode, group size and bits are a FileFormatError naming the layer."""
         from ..bridges import from_mlx_quantized
 
         mx = _mx()
-        backend = get_backend("mlx")
         prefix = name[: -len("weight")]
         arrays = {
-            part: backend.from_numpy(np.ascontiguousarray(self.raw.read_tensor(prefix + part)))
+            part: self._mlx_array(prefix + part)
             for part in ("weight", "scales", "biases", "global_scale")
-            if part == "weight" or prefix + part in self.raw.tensor_names()
+            if part == "weight" or prefix + part in self._stored
         }
         mode, group, bits = self.params(name)
-        if mode == "affine" and bits not in _BRECCIA_AFFINE_BITS:
-            values = mx.dequantize(
+        try:
+            if mode == "affine" and bits in _AFFINE_BITS and bits not in _BRECCIA_AFFINE_BITS:
+                return mx.dequantize(
+                    arrays["weight"],
+                    arrays["scales"],
+                    arrays.get("biases"),
+                    group_size=group,
+                    bits=bits,
+                    mode=mode,
+                )
+            st = from_mlx_quantized(
                 arrays["weight"],
                 arrays["scales"],
                 arrays.get("biases"),
+                mode=mode,
                 group_size=group,
                 bits=bits,
-                mode=mode,
+                global_scale=arrays.get("global_scale"),
             )
-            return backend.to_numpy(values)
-        st = from_mlx_quantized(
-            arrays["weight"],
-            arrays["scales"],
-            arrays.get("biases"),
-            mode=mode,
-            group_size=group,
-            bits=bits,
-            global_scale=arrays.get("global_scale"),
-        )
-        return st.to("numpy")
+        except (DTypeError, ValueError) as exc:  # breccia's checks; mx.dequantize's for 2, 3, 5, 6 bits
+            shapes = ", ".join(f"{p} {tuple(a.shape)} {a.dtype}" for p, a in arrays.items())
+            raise FileFormatError(
+                f"{self.directory.root}: quantized layer {prefix[:-1]!r} ({shapes}) does not fit "
+                f"config.json's mode {mode!r}, group_size {group}, bits {bits}: {exc}"
+            ) from None
+        if mode in ("mxfp4", "mxfp8") and self.directory.check_scales:
+            # E8M0 byte 255: NaN in OCP MX and breccia, +inf in mx.dequantize. nvfp4 and affine scales
+            # are not checked: mx.quantize itself writes zero scales for all-zero nvfp4 blocks.
+            from ..bridges._huggingface import check_scales
 
-    def release(self) -> None:
-        self.raw.unmap()
-
-    def close(self) -> None:
-        self.raw.close()
+            check_scales(f"{self.directory.root}: {name!r}", st.recipe, {"scale": np.array(st.scale)})
+        return st
 
 
 register(Convention("mlx-lm", _detect, MLXLMCheckpoint))
@@ -421,7 +453,6 @@ class _MLXWriter:
         del floats
         for name in list(sanitized):
             self.tensor(name, sanitized.pop(name), values.pop(name, None), dtypes.get(name))
-
 
     def tensor(self, name: str, w: Any, original: Any, stored_dtype: Any) -> None:
         """Write parameter ``name`` (MLX array ``w``): cast, then kept float, repacked from the source

@@ -48,7 +48,7 @@ from ..recipes import NVFP4BlockScaling, Recipe
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter, like_source
-from ._registry import Checkpoint, Convention, register
+from ._registry import Checkpoint, Convention, StoredCheckpoint, register
 from ._slabs import SLAB_ELEMENTS, cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
 from .deepseek_fp8 import is_linear_weight, model_dtype
@@ -146,7 +146,7 @@ def _detect(directory: ModelDirectory) -> str | None:
     return f"nvfp4, group 16, {excluded} modules excluded"
 
 
-class ModelOptCheckpoint(Checkpoint):
+class ModelOptCheckpoint(StoredCheckpoint):
     """ModelOpt NVFP4 weights as ScaledTensors; other tensors as stored."""
 
     def __init__(
@@ -158,7 +158,6 @@ class ModelOptCheckpoint(Checkpoint):
         excluded = settings.get("exclude_modules") or []
         if not isinstance(excluded, list) or not all(isinstance(p, str) for p in excluded):
             raise FileFormatError(f"{directory.root}: exclude_modules must be a list of module patterns")
-        self.raw = directory.open_safetensors()
         self.dtype = model_dtype(directory.config)
         entries = directory.entries
         self.layers: dict[str, tuple[int, ...]] = {}
@@ -229,9 +228,6 @@ class ModelOptCheckpoint(Checkpoint):
             dtype=self.dtype,
             global_scale=g,
         )
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 register(Convention(NAME, _detect, ModelOptCheckpoint))
