@@ -293,7 +293,8 @@ def test_destination_aliasing_the_source_is_refused(small, tmp_path, where):
     if where == "link":
         os.symlink(small, dst)
     rc, err = _cli("convert", str(small), str(dst), "--to", "bf16", "--no-progress", "--overwrite")
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "the destination is the source, inside it, or contains it" in err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "the destination is the source, inside it, or contains it" in err
     assert _tree(small) == before
 
 
