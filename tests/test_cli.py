@@ -56,11 +56,12 @@ def test_help_for_every_command(argv, capsys):
     assert out.startswith(f"usage: breccia {' '.join(argv)}".rstrip())
 
 
-def test_demo_section_checks_hold(capsys):
-    rc, out, _ = _cli(capsys, "demo", "--section", "recipes")
+@pytest.mark.parametrize("section", ["recipes", "model-dirs"])
+def test_demo_section_checks_hold(capsys, section):
+    rc, out, _ = _cli(capsys, "demo", "--section", section)
     assert rc == 0
     assert "all checks held" in out
-    assert "DIFFERS" not in out
+    assert "DIFFERS" not in out and "TOO LARGE" not in out
 
 
 # --- inspect: the statistics of one tensor ------------------------------------------------------------
