@@ -1,19 +1,24 @@
-"""DeepSeek-V3 FP8: weight dequantization and act_quant, breccia next to plain PyTorch, plus convert's memory.
+"""DeepSeek-V3 FP8: weight dequant and act_quant beside DeepSeek's formula in torch, plus convert's memory.
 
     python benchmarks/bench_deepseek.py [--quick]         # CPU: dequant, act quant, convert peak memory
     python benchmarks/bench_deepseek.py --device cuda     # GPU: TB/s through jax and torch
 
-The peer is DeepSeek's formula written plainly in PyTorch (its ``inference/kernel.py`` is Triton,
-GPU only): ``weight_dequant`` = ``fp32(W).view(M/128, 128, N/128, 128) * S[:, None, :, None]``, and
-``act_quant`` = ``s = max(amax, 1e-4) / 448``, ``y = e4m3(x / s)`` per 1x128 group. The weight is
-dequantized to bfloat16 (DeepSeek's default dtype) on both sides. "x peer" = peer time / breccia time
-(above 1: breccia is faster). Bandwidth counts bytes read and written once: dequant reads fp8 + fp32
-scales and writes bf16; act quant reads bf16 and writes fp8 + fp32 scales.
+The peers are DeepSeek's formula written plainly in PyTorch (its ``inference/kernel.py`` is Triton,
+GPU only), run eagerly and under ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA), both timed
+in the same run as breccia: ``weight_dequant`` = ``fp32(W).view(M/128, 128, N/128, 128) *
+S[:, None, :, None]``, and ``act_quant`` = ``s = max(amax, 1e-4) / 448``, ``y = e4m3(x / s)`` per 1x128
+group. The weight is dequantized to bfloat16 (DeepSeek's default dtype) everywhere. "x eager" and
+"x compiled" = that peer's time / this row's time (above 1: this row is faster). Each table's title
+says whether breccia's bits equal each peer's. Bandwidth counts bytes read and written once: dequant
+reads fp8 + fp32 scales and writes bf16; act quant reads bf16 and writes fp8 + fp32 scales. On CPU the
+rows of a table are timed in turn, sample by sample (``_timing.interleaved_median_seconds``), so a
+shared machine's drift falls on all of them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import tempfile
@@ -23,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _timing import GPU_BATCH, median_seconds
+from _timing import GPU_BATCH, interleaved_median_seconds, median_seconds
 
 import breccia as bc
 from breccia.bridges import deepseek_recipe, from_deepseek_v3
@@ -58,18 +63,39 @@ def torch_act_quant(x: Any) -> tuple[Any, Any]:
     return (g / s[..., None]).to(torch.float8_e4m3fn).view(x.shape), s
 
 
-def row(table: list[tuple], name: str, seconds: float, nbytes: int, peer: float | None) -> None:
-    table.append((name, seconds * 1e3, nbytes / seconds / 1e12, None if peer is None else peer / seconds))
+#: the names of the two peer rows, which open every table
+EAGER, COMPILED = "DeepSeek's formula, torch eager", "DeepSeek's formula, torch.compile"
 
 
-def print_table(title: str, table: list[tuple]) -> None:
+def print_table(title: str, rows: list[tuple[str, float, int, bool]], unit: str = "TB/s") -> None:
+    """``rows``: (name, seconds, bytes moved, compared with the peers); the first two are the peers.
+    ``unit``: "TB/s" or "GB/s"."""
+    (_, eager, *_), (_, compiled, *_) = rows[:2]
+    per_second = {"TB/s": 1e12, "GB/s": 1e9}[unit]
     print(f"\n{title}")
-    print(f"{'implementation':<44} {'ms':>9} {'TB/s':>8} {'x peer':>8}")
-    for name, ms, tbs, ratio in table:
-        print(f"{name:<44} {ms:>9.3f} {tbs:>8.3f} {'' if ratio is None else f'{ratio:.2f}x':>8}")
+    print(f"{'implementation':<44} {'ms':>9} {unit:>8} {'x eager':>8} {'x compiled':>11}")
+    for name, seconds, nbytes, compared in rows:
+        ratios = f"{eager / seconds:>7.2f}x {compiled / seconds:>10.2f}x" if compared else ""
+        print(f"{name:<44} {seconds * 1e3:>9.3f} {nbytes / seconds / per_second:>8.2f} {ratios}")
+
+
+def same_bits(ours: Any, eager: Any, compiled: Any) -> str:
+    """Whether breccia's outputs (a tuple of torch tensors) equal each peer's, bit for bit."""
+    import torch
+
+    def equal(a: tuple, b: tuple) -> bool:
+        return all(torch.equal(x.view(torch.uint8), y.view(torch.uint8)) for x, y in zip(a, b))
+
+    return f"bits equal to the eager peer: {equal(ours, eager)}, to the compiled: {equal(ours, compiled)}"
 
 
 # --- CPU -------------------------------------------------------------------------------------------
+
+
+def cpu_table(impls: dict[str, Callable[[], Any]], nbytes: int) -> list[tuple[str, float, int, bool]]:
+    """Median seconds of each implementation, their samples interleaved (compiling in the warm-up)."""
+    seconds = interleaved_median_seconds(*impls.values())
+    return [(name, t, nbytes, True) for name, t in zip(impls, seconds)]
 
 
 def cpu_dequant(m: int, n: int) -> None:
@@ -81,19 +107,22 @@ def cpu_dequant(m: int, n: int) -> None:
     nbytes = m * n * (1 + 2) + scale.nbytes
     td = torch.from_numpy(data.view(np.uint8)).view(torch.float8_e4m3fn)
     ts = torch.from_numpy(scale)
-    peer = median_seconds(lambda: torch_dequant(td, ts))
-    table: list[tuple] = []
-    row(table, "plain torch (DeepSeek's formula)", peer, nbytes, peer)
+    compiled = torch.compile(torch_dequant, dynamic=False)
     st_t = from_deepseek_v3(td, ts)
-    row(table, "breccia torch", median_seconds(lambda: bc.dequantize(st_t, "bfloat16")), nbytes, peer)
     st_n = from_deepseek_v3(data, scale)
-    row(table, "breccia numpy", median_seconds(lambda: bc.dequantize(st_n, "bfloat16")), nbytes, peer)
     st_j = from_deepseek_v3(jnp.asarray(data), jnp.asarray(scale))
-    jax_time = median_seconds(lambda: bc.dequantize(st_j, "bfloat16"), sync=jax.block_until_ready)
-    row(table, "breccia jax (jit)", jax_time, nbytes, peer)
-    ours = bc.dequantize(st_t, "bfloat16").view(torch.int16)
-    same = torch.equal(ours, torch_dequant(td, ts).view(torch.int16))
-    print_table(f"weight dequant {m}x{n} -> bf16, CPU (bits equal to the peer: {same})", table)
+    table = cpu_table(
+        {
+            EAGER: lambda: torch_dequant(td, ts),
+            COMPILED: lambda: compiled(td, ts),
+            "breccia torch": lambda: bc.dequantize(st_t, "bfloat16"),
+            "breccia numpy": lambda: bc.dequantize(st_n, "bfloat16"),
+            "breccia jax (jit)": lambda: jax.block_until_ready(bc.dequantize(st_j, "bfloat16")),
+        },
+        nbytes,
+    )
+    bits = same_bits((bc.dequantize(st_t, "bfloat16"),), (torch_dequant(td, ts),), (compiled(td, ts),))
+    print_table(f"weight dequant {m}x{n} -> bf16, CPU ({bits})", table, "GB/s")
 
 
 def cpu(shapes: list[tuple[int, int]]) -> None:
@@ -106,18 +135,21 @@ def cpu(shapes: list[tuple[int, int]]) -> None:
     m, k = shapes[0][0], shapes[0][1]
     x = torch.randn(m, k).to(torch.bfloat16)
     nbytes = m * k * (2 + 1) + m * (k // 128) * 4
-    peer = median_seconds(lambda: torch_act_quant(x))
-    table = []
-    row(table, "plain torch (DeepSeek's act_quant)", peer, nbytes, peer)
     recipe = deepseek_recipe("activation")
-    row(table, "breccia torch", median_seconds(lambda: bc.cast(x, recipe)), nbytes, peer)
+    compiled = torch.compile(torch_act_quant, dynamic=False)
     xj = jnp.asarray(x.float().numpy()).astype(jnp.bfloat16)
-    jax_time = median_seconds(lambda: bc.cast(xj, recipe), sync=jax.block_until_ready)
-    row(table, "breccia jax (jit)", jax_time, nbytes, peer)
+    table = cpu_table(
+        {
+            EAGER: lambda: torch_act_quant(x),
+            COMPILED: lambda: compiled(x),
+            "breccia torch": lambda: bc.cast(x, recipe),
+            "breccia jax (jit)": lambda: jax.block_until_ready(bc.cast(xj, recipe)),
+        },
+        nbytes,
+    )
     q = bc.cast(x, recipe)
-    yq, s = torch_act_quant(x)
-    same = torch.equal(q.data.view(torch.uint8), yq.view(torch.uint8)) and torch.equal(q.scale, s)
-    print_table(f"act_quant {m}x{k} bf16 -> fp8 1x128, CPU (bits equal to the peer: {same})", table)
+    bits = same_bits((q.data, q.scale), torch_act_quant(x), compiled(x))
+    print_table(f"act_quant {m}x{k} bf16 -> fp8 1x128, CPU ({bits})", table, "GB/s")
 
 
 def convert_memory(shard_mb: int, n_shards: int, rows: int) -> None:
@@ -152,10 +184,12 @@ def convert_memory(shard_mb: int, n_shards: int, rows: int) -> None:
         seconds = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        out = max(os.path.getsize(os.path.join(tmp, "bf16", f)) for f in files)
+        outputs = glob.glob(os.path.join(tmp, "bf16", "*.safetensors"))  # convert keeps the shard size
+        out = max(os.path.getsize(f) for f in outputs)
         src_size = max(os.path.getsize(os.path.join(src, f)) for f in files)
-        print(f"\nconvert --to bf16: {n_shards} shards of {src_size / 2**20:.1f} MiB fp8 -> "
-              f"{out / 2**20:.1f} MiB bf16, {per_shard} weights of {rows}x{rows} each, {seconds:.2f} s")
+        print(f"\nconvert --to bf16: {n_shards} shards of {src_size / 2**20:.1f} MiB fp8 -> {len(outputs)} "
+              f"of at most {out / 2**20:.1f} MiB bf16, {per_shard} weights of {rows}x{rows} per input shard, "
+              f"{seconds:.2f} s")
         print(f"peak traced memory {peak / 2**20:.1f} MiB = {peak / out:.2f}x the largest output shard "
               f"(one weight in float32: {rows * rows * 4 / 2**20:.1f} MiB)")
 
@@ -180,36 +214,39 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
         """Device throughput: GPU_BATCH calls back to back per sample (the host's dispatch overlapped)."""
         return median_seconds(fn, sync=sync, repeat=20, batch=GPU_BATCH)
 
-    peer = bench(lambda: torch_dequant(td, ts))
-    table: list[tuple] = []
-    row(table, "plain torch eager (DeepSeek's formula)", peer, nbytes, peer)
-    compiled_peer = torch.compile(torch_dequant)
-    row(table, "plain torch.compile", bench(lambda: compiled_peer(td, ts)), nbytes, peer)
+    compiled_peer = torch.compile(torch_dequant, dynamic=False)
     st_t = from_deepseek_v3(td, ts)
-    row(table, "breccia torch eager", bench(lambda: bc.dequantize(st_t, "bfloat16")), nbytes, peer)
     compiled = torch.compile(lambda d, s: bc.dequantize(from_deepseek_v3(d, s), "bfloat16"))
-    row(table, "breccia torch under torch.compile", bench(lambda: compiled(td, ts)), nbytes, peer)
     st_j = from_deepseek_v3(jax.device_put(data, gpu), jax.device_put(scale, gpu))
-    row(table, "breccia jax (jit)",
-        bench(lambda: bc.dequantize(st_j, "bfloat16"), jax.block_until_ready), nbytes, peer)
+    jax_time = bench(lambda: bc.dequantize(st_j, "bfloat16"), jax.block_until_ready)
     copy = bench(lambda: td.view(torch.uint8).clone())
-    row(table, "device copy of the fp8 bytes (reference)", copy, 2 * m * n, None)
-    print_table(f"weight dequant {m}x{n} -> bf16, {torch.cuda.get_device_name()}", table)
+    table = [
+        (EAGER, bench(lambda: torch_dequant(td, ts)), nbytes, True),
+        (COMPILED, bench(lambda: compiled_peer(td, ts)), nbytes, True),
+        ("breccia torch eager", bench(lambda: bc.dequantize(st_t, "bfloat16")), nbytes, True),
+        ("breccia torch under torch.compile", bench(lambda: compiled(td, ts)), nbytes, True),
+        ("breccia jax (jit)", jax_time, nbytes, True),
+        ("device copy of the fp8 bytes (reference)", copy, 2 * m * n, False),
+    ]
+    bits = same_bits((bc.dequantize(st_t, "bfloat16"),), (torch_dequant(td, ts),), (compiled_peer(td, ts),))
+    print_table(f"weight dequant {m}x{n} -> bf16, {torch.cuda.get_device_name()} ({bits})", table)
 
     x = torch.randn(tokens, n, device="cuda").to(torch.bfloat16)
     nbytes = tokens * n * (2 + 1) + tokens * (n // 128) * 4
     recipe = deepseek_recipe("activation")
-    peer = bench(lambda: torch_act_quant(x))
-    table = []
-    row(table, "plain torch eager (DeepSeek's act_quant)", peer, nbytes, peer)
-    compiled_peer = torch.compile(torch_act_quant)
-    row(table, "plain torch.compile", bench(lambda: compiled_peer(x)), nbytes, peer)
-    row(table, "breccia torch eager", bench(lambda: bc.cast(x, recipe)), nbytes, peer)
+    compiled_peer = torch.compile(torch_act_quant, dynamic=False)
     compiled = torch.compile(lambda x: bc.cast(x, recipe).arrays[:2])
-    row(table, "breccia torch under torch.compile", bench(lambda: compiled(x)), nbytes, peer)
     xj = jax.device_put(jnp.asarray(x.float().cpu().numpy()).astype(jnp.bfloat16), gpu)
-    row(table, "breccia jax (jit)", bench(lambda: bc.cast(xj, recipe), jax.block_until_ready), nbytes, peer)
-    print_table(f"act_quant {tokens}x{n} bf16 -> fp8 1x128, {torch.cuda.get_device_name()}", table)
+    table = [
+        (EAGER, bench(lambda: torch_act_quant(x)), nbytes, True),
+        (COMPILED, bench(lambda: compiled_peer(x)), nbytes, True),
+        ("breccia torch eager", bench(lambda: bc.cast(x, recipe)), nbytes, True),
+        ("breccia torch under torch.compile", bench(lambda: compiled(x)), nbytes, True),
+        ("breccia jax (jit)", bench(lambda: bc.cast(xj, recipe), jax.block_until_ready), nbytes, True),
+    ]
+    q = bc.cast(x, recipe)
+    bits = same_bits((q.data, q.scale), torch_act_quant(x), compiled_peer(x))
+    print_table(f"act_quant {tokens}x{n} bf16 -> fp8 1x128, {torch.cuda.get_device_name()} ({bits})", table)
 
 
 def main() -> int:

@@ -11,7 +11,9 @@ CUDA rows (8192^3 GEMMs unless --quick; TFLOP/s = 2*M*N*K / time):
   breccia   bc.linear on ScaledTensors: Float8CurrentScaling per-tensor and PerRow, DeepSeek
             Float8BlockScaling 1x128 activations x 128x128 weights (torch), and the same through JAX
   casts     bc.cast of a bf16 16384x8192 tensor, TB/s = (bytes read + bytes written) / time, beside a
-            device-to-device copy and the issue's recorded TransformerEngine figures
+            device-to-device copy; when TransformerEngine is importable, also beside TE's own quantizer
+            for the same recipe, timed in this run (its TB/s counts breccia's bytes for the cast, so
+            "x TE" is TE's time / breccia's); without TE those columns are left out
 Timing: median over samples of calls back to back (GEMM_BATCH GEMMs, GPU_BATCH casts), CUDA events
 (torch) or wall clock with block_until_ready (JAX), after warm-up; the anchors are timed the same way.
 """
@@ -32,23 +34,16 @@ import breccia as bc
 #: wait overhead of a sample is ~0.5% of 10 (casts take ~0.15 ms each and use _timing.GPU_BATCH)
 GEMM_BATCH = 10
 
-# Measured on the H100 machine before any breccia code existed (issue 8), for reference.
-ISSUE_ANCHORS = {
-    "te-1x128": 2.07,
-    "te-128x128": 2.18,
-    "te-per-tensor": 1.34,
-    "torch.compile-1x128": 1.97,
-}
-
-
 def _row(name: str, ours: float | None, anchor: float | None, anchor_name: str, unit: str) -> list[str]:
     ratio = f"{ours / anchor:.2f}" if ours and anchor else "-"
     cells = ["-" if v is None else f"{v:.3g}" for v in (ours, anchor)]
     return [name, *cells, anchor_name, ratio, unit]
 
 
-def _print_table(title: str, rows: list[list[str]]) -> None:
-    head = ["case", "breccia", "anchor", "anchor is", "ratio", "unit"]
+HEAD = ["case", "breccia", "anchor", "anchor is", "ratio", "unit"]
+
+
+def _print_table(title: str, rows: list[list[str]], head: list[str] = HEAD) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print(f"\n### {title}\n")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
@@ -205,40 +200,81 @@ def _jax_gemms(n: int, torch_tw: float, torch_rw: float) -> list[list[str]]:
 
 
 CAST_RECIPES = [
-    ("Float8 per-tensor (2 passes)", bc.Float8CurrentScaling(), "te-per-tensor"),
-    ("Float8 1x128", bc.Float8BlockScaling(), "te-1x128"),
-    ("Float8 128x128", bc.Float8BlockScaling(block_m=128), "te-128x128"),
-    ("MXFP8", bc.MXFP8BlockScaling(), None),
-    ("MXFP4", bc.MXFP4BlockScaling(), None),
+    ("Float8 per-tensor (2 passes)", bc.Float8CurrentScaling()),
+    ("Float8 1x128", bc.Float8BlockScaling()),
+    ("Float8 128x128", bc.Float8BlockScaling(block_m=128)),
+    ("MXFP8", bc.MXFP8BlockScaling()),
+    ("MXFP4", bc.MXFP4BlockScaling()),
 ]
 
 
-def _cast_bytes(st: bc.ScaledTensor, x_bytes: int) -> int:
-    return x_bytes + st.nbytes
+def te_quantizers() -> tuple[str, dict[str, Any]]:
+    """("TE <version>", TransformerEngine's own quantizer for each cast recipe it has on this GPU,
+    with breccia's recipe's settings: E4M3, row-wise only, no power-of-2 scales), or (why, {}) where
+    TransformerEngine cannot be imported. MXFP8 needs sm_100 (on sm_90 TE 2.20 returns unwritten
+    buffers); TE has no MXFP4 quantizer."""
+    import torch
+
+    try:
+        import transformer_engine
+        import transformer_engine_torch as tex
+        from transformer_engine.pytorch.tensor.float8_blockwise_tensor import Float8BlockQuantizer
+        from transformer_engine.pytorch.tensor.float8_tensor import Float8CurrentScalingQuantizer
+        from transformer_engine.pytorch.tensor.mxfp8_tensor import MXFP8Quantizer
+    except (ImportError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}", {}
+    e4m3 = tex.DType.kFloat8E4M3
+    block = dict(rowwise=True, columnwise=False, force_pow_2_scales=False)
+    quantizers: dict[str, Any] = {
+        "Float8 per-tensor (2 passes)": Float8CurrentScalingQuantizer(
+            e4m3, torch.device("cuda"), rowwise=True, columnwise=False
+        ),
+        "Float8 1x128": Float8BlockQuantizer(e4m3, block_scaling_dim=1, **block),
+        "Float8 128x128": Float8BlockQuantizer(e4m3, block_scaling_dim=2, **block),
+    }
+    if torch.cuda.get_device_capability() >= (10, 0):
+        quantizers["MXFP8"] = MXFP8Quantizer(e4m3, rowwise=True, columnwise=False)
+    return f"TE {transformer_engine.__version__}", quantizers
 
 
-def cuda_casts(shape: tuple[int, int]) -> list[list[str]]:
+def cuda_casts(shape: tuple[int, int]) -> tuple[list[str], list[list[str]]]:
+    """The cast rows and their header: breccia against a device copy, and against TE's quantizer for
+    the same recipe where TransformerEngine is importable (else the TE columns are left out and a
+    note says why)."""
     import jax
     import jax.numpy as jnp
     import torch
 
+    te_name, te = te_quantizers()
+    if not te:
+        print(f"\nTransformerEngine not importable ({te_name}): no TE columns in the cast table.")
     x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
     x_bytes = x.numel() * 2
     copy_s = time_torch(lambda: x.clone(), GPU_BATCH)
     copy = 2 * x_bytes / copy_s / 1e12
-    rows = [_row("device copy (torch clone)", copy, None, "-", "TB/s")]
+    te_cells = ["-", "-"] if te else []
+    rows = [_row("device copy (torch clone)", copy, None, "-", "TB/s") + te_cells]
     xj = jax.random.normal(jax.random.key(1), shape, jnp.bfloat16)
     cast_j = jax.jit(bc.cast, static_argnums=(1,))
-    for name, recipe, anchor in CAST_RECIPES:
-        st = bc.cast(x, recipe)
-        nbytes = _cast_bytes(st, x_bytes)
+    for name, recipe in CAST_RECIPES:
+        nbytes = x_bytes + bc.cast(x, recipe).nbytes
         t = time_torch(lambda recipe=recipe: bc.cast(x, recipe), GPU_BATCH)
-        anchor_value = ISSUE_ANCHORS.get(anchor) if anchor else copy
-        anchor_name = f"TE 2.20 ({anchor}, issue)" if anchor else "device copy"
-        rows.append(_row(f"torch {name}", nbytes / t / 1e12, anchor_value, anchor_name, "TB/s"))
         tj = median_seconds(lambda recipe=recipe: cast_j(xj, recipe), batch=GPU_BATCH, **JAX_TIMING)
-        rows.append(_row(f"jax {name}", nbytes / tj / 1e12, anchor_value, anchor_name, "TB/s"))
-    return rows
+        if name in te:
+            quantize = te[name]
+            y = quantize(x).dequantize(dtype=torch.float32)
+            rel = float(torch.linalg.norm(y - x.float()) / torch.linalg.norm(x.float()))
+            if not rel < 0.1:
+                raise SystemExit(f"{te_name} {name}: relative error {rel:.3g}; timing not valid")
+            te_tbs = nbytes / time_torch(lambda quantize=quantize: quantize(x), GPU_BATCH) / 1e12
+        for framework, seconds in (("torch", t), ("jax", tj)):
+            tbs = nbytes / seconds / 1e12
+            cells = _row(f"{framework} {name}", tbs, copy, "device copy", "TB/s")
+            if te:
+                cells += [f"{te_tbs:.3g}", f"{tbs / te_tbs:.2f}"] if name in te else ["-", "-"]
+            rows.append(cells)
+    head = [*HEAD, te_name, f"x {te_name}"] if te else HEAD
+    return head, rows
 
 
 # --- CPU ----------------------------------------------------------------------------------------------
@@ -297,7 +333,8 @@ def main() -> None:
         n = 2048 if args.quick else 8192
         shape = (2048, 1024) if args.quick else (16384, 8192)
         _print_table(f"FP8 GEMM {n}^3 on {name}", cuda_gemms(n))
-        _print_table(f"GPU casts of a bf16 {shape[0]}x{shape[1]} tensor on {name}", cuda_casts(shape))
+        head, rows = cuda_casts(shape)
+        _print_table(f"GPU casts of a bf16 {shape[0]}x{shape[1]} tensor on {name}", rows, head)
     else:
         n = 256 if args.quick else 1024
         _print_table(f"linear {n}^3 on CPU (reference path: dequantize tile by tile)", cpu_rows(n))
