@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .bridges._huggingface import INDEX_NAME
-from .errors import DTypeError, FileFormatError, RecipeError, missing_dependency
+from .errors import DTypeError, FileFormatError, FileMissingError, RecipeError, missing_dependency
 from .tensor import ScaledTensor
 
 try:
@@ -390,37 +390,35 @@ def _write_shards(path: str, shards: list[dict[str, Any]]) -> list[str]:
     return files
 
 
-def load_mlx_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_mlx_model(
+    path: str | os.PathLike[str], *, check_scales: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read an MLX model directory: ``({name: ScaledTensor | mx.array}, config)``.
 
     Quantized layers (``<layer>.weight`` with ``.scales``) come back as ScaledTensors under
     ``<layer>.weight``, through :func:`from_mlx_quantized` (bit for bit), using the directory's
-    ``config.json`` ``"quantization"`` entry; other tensors as MLX arrays.
+    ``config.json`` ``"quantization"`` entry (a layer's own entry there overrides it); affine widths
+    breccia has no format for (2, 3, 5, 6 bits) as ``mx.dequantize``'s values; other tensors as MLX
+    arrays (FP8 as uint8 bits).
+
+    The directory is read by the checkpoint layer's mlx-lm convention: regular files only, no link out
+    of the directory, config.json parsed strictly with a size limit, the shards of
+    ``model.safetensors.index.json`` or the one ``model.safetensors``. Anything malformed is a
+    :class:`~breccia.BrecciaError` whose message names the file and the tensor. An MX scale byte 255
+    (NaN in OCP MX and breccia, +inf in ``mx.dequantize``) is a ScaleValueError unless
+    ``check_scales=False``.
     """
-    config_file = os.path.join(path, "config.json")
-    if not os.path.exists(config_file):
-        raise FileFormatError(f"{path} has no config.json; it is not an MLX model directory")
-    with open(config_file) as f:
-        config = json.load(f)
-    files = sorted(f for f in os.listdir(path) if f.startswith("model") and f.endswith(".safetensors"))
-    if not files:
-        raise FileFormatError(f"{path} has no model*.safetensors files")
-    arrays: dict[str, Any] = {}
-    for file in files:
-        arrays.update(mx.load(os.path.join(path, file)))
-    q = config.get("quantization") or {}
-    out: dict[str, Any] = {}
-    for name, a in arrays.items():
-        prefix = name.removesuffix(".weight")
-        if name.endswith((".scales", ".biases")) and f"{name.rsplit('.', 1)[0]}.weight" in arrays:
-            continue
-        if name.endswith(".weight") and f"{prefix}.scales" in arrays:
-            if not q:
-                raise FileFormatError(f"{config_file} has no 'quantization' entry but {name} is quantized")
-            out[name] = from_mlx_quantized(
-                a, arrays[f"{prefix}.scales"], arrays.get(f"{prefix}.biases"), mode=q.get("mode", "affine"),
-                group_size=q["group_size"], bits=q["bits"],
-            )
-        else:
-            out[name] = a
-    return out, config
+    from .bridges._safetensors_format import fspath
+    from .checkpoints import ModelDirectory
+    from .checkpoints.mlx_lm import MLXLMCheckpoint
+
+    text = fspath(path)
+    if not os.path.lexists(text):
+        raise FileMissingError(f"{text}: No such file or directory")
+    directory = ModelDirectory(text, check_scales=check_scales)
+    if directory.single is not None:
+        raise FileFormatError(f"{text}: not a directory; load_mlx_model reads an MLX model directory")
+    if not directory.has("config.json"):
+        raise FileFormatError(f"{text} has no config.json; it is not an MLX model directory")
+    with MLXLMCheckpoint(directory, "mlx-lm", "", "mlx", None) as checkpoint:
+        return {name: checkpoint[name] for name in checkpoint}, directory.config

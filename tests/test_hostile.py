@@ -21,6 +21,7 @@ import breccia as bc
 from breccia.bridges import (
     from_deepseek_v3,
     load_deepseek_v3,
+    load_plain_safetensors,
     load_safetensors,
     open_safetensors,
     save_safetensors,
@@ -221,6 +222,63 @@ def test_tiny_hostile_files_fail_cleanly_under_a_memory_limit(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     outcomes = json.loads(run.stdout.strip().splitlines()[-1])
     assert outcomes == {name: expected for name, _, _, expected in files}
+
+
+_CONVERT_SCRIPT = r"""
+import resource, sys
+from breccia.cli import main
+
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, vm + 300 * 2**20))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_tiny_hostile_files_convert_cleanly_under_a_memory_limit(tmp_path):
+    """``breccia convert SRC DST --to bf16`` of each tiny file above, in a directory with a config.json,
+    under RLIMIT_AS of the process's size plus 300 MB: the hostile ones exit 2 with one line and leave
+    nothing at (or beside) DST; the two whose blocks are legal partial edge blocks convert to ones."""
+    weight, one = np.ones((4, 8), np.float32), np.ones((1, 1))
+
+    def plain(name, write):
+        root = tmp_path / "src" / name
+        root.mkdir(parents=True)
+        write(root / "model.safetensors")
+        (root / "config.json").write_text("{}")
+        return root
+
+    def empty(shape):
+        header = json.dumps({"x": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}})
+        return lambda path: _raw_header_file(path, header)
+
+    (tmp_path / "src").mkdir()
+    cases = [  # (source, what the one error line must say, or None: converts)
+        (plain("block 2**27", lambda p: _float8_file(p, bc.PerBlockK(2**27))), "far larger than the tensor"),
+        (plain("block 2**30", lambda p: _float8_file(p, bc.PerBlockK(2**30))), "far larger than the tensor"),
+        (plain("block 2**16", lambda p: _float8_file(p, bc.PerBlock2D(2**16, 2**16))), None),
+        (plain("empty 2**32", empty([2**32, 2**32, 0])), "overflow computing buffer size"),
+        (plain("empty 2**62", empty([0, 2**62, 2**62])), "overflow computing buffer size"),
+        (_deepseek_dir(tmp_path / "src" / "ds 16384", weight, one, (16384,) * 2), None),
+        (_deepseek_dir(tmp_path / "src" / "ds 2**70", weight, one, (2**70,) * 2), "far larger than"),
+    ]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    for src, error in cases:
+        out = tmp_path / "out" / os.path.basename(src) / "dst"
+        out.parent.mkdir(parents=True)
+        argv = ["convert", str(src), str(out), "--to", "bf16", "--no-progress"]
+        command = [sys.executable, "-c", _CONVERT_SCRIPT, *argv]
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        if error is None:
+            assert run.returncode == 0, run.stderr[-3000:]
+            values = load_plain_safetensors(out / "model.safetensors")
+            assert [np.asarray(v, np.float32).tolist() for v in values.values()] == [weight.tolist()], src
+            continue
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1, (src, run.returncode, run.stderr[-3000:])
+        assert lines[0].startswith("breccia convert: error: ") and error in lines[0], lines[0]
+        assert not os.listdir(out.parent), os.listdir(out.parent)  # no DST, no temporary beside it
 
 
 # --- regular files only --------------------------------------------------------------------------------
