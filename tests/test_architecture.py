@@ -14,8 +14,8 @@ LAYERS = (
     ("backends",),
     ("scaling", "tensor"),
     ("quantize", "matmul", "kernels"),
-    ("bridges", "mlx"),
-    ("checkpoints",),
+    ("bridges",),
+    ("checkpoints", "mlx"),
     ("commands", "cli", "demo", "__init__"),
 )
 #: the upward imports the page documents: (importer, imported) -> why
