@@ -32,6 +32,7 @@ from ..scaling import decode_scale
 from ..tensor import ScaledTensor
 
 __all__ = [
+    "block_from_config",
     "from_deepseek_v3",
     "to_deepseek_v3",
     "deepseek_recipe",
@@ -201,7 +202,8 @@ def read_quantization_config(path: str) -> dict[str, Any]:
     return quant if isinstance(quant, dict) else {}
 
 
-def _block_from_config(quant: dict[str, Any], path: str) -> int:
+def block_from_config(quant: dict[str, Any], path: str) -> int:
+    """The tile size ``b`` of ``quantization_config.weight_block_size`` (``[b, b]``; 128 when absent)."""
     block = quant.get("weight_block_size", [128, 128])
     if (
         not isinstance(block, list)
@@ -248,7 +250,7 @@ class DeepSeekV3Checkpoint(Mapping):
         self.device = device
         self.dtype = float_dtype_name(dtype)
         quant = read_quantization_config(path)
-        self.block_k = block_k if block_k is not None else _block_from_config(quant, path)
+        self.block_k = block_k if block_k is not None else block_from_config(quant, path)
         self.scale_fmt = scale_fmt if scale_fmt is not None else quant.get("scale_fmt")
         if self.scale_fmt == "float":  # transformers' FineGrainedFP8Config: plain float32 scales
             self.scale_fmt = None

@@ -66,20 +66,9 @@ def model_dtype(config: dict[str, Any], default: str = "bfloat16") -> str:
 
 
 def _block(directory: ModelDirectory) -> int:
-    block = directory.quantization_config.get("weight_block_size", [128, 128])
-    if (
-        not isinstance(block, list)
-        or len(block) != 2
-        or block[0] != block[1]
-        or isinstance(block[0], bool)
-        or not isinstance(block[0], int)
-        or block[0] < 1
-    ):
-        raise FileFormatError(
-            f"{directory.root}/config.json: quantization_config.weight_block_size must be [b, b] (square "
-            f"tiles, as DeepSeek and FineGrainedFP8 write); got {block!r}"
-        )
-    return block[0]
+    from ..bridges._deepseek import block_from_config
+
+    return block_from_config(directory.quantization_config, f"{directory.root}/config.json")
 
 
 def _scale_fmt(directory: ModelDirectory) -> str | None:
