@@ -15,21 +15,13 @@ import numpy as np
 import pytest
 
 import breccia as bc
+from breccia.demo.checkpoints import write_tiny_llama, write_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 mx = pytest.importorskip("mlx.core")
 mlx_lm = pytest.importorskip("mlx_lm")
 
-LLAMA = dict(
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=256,
-    max_position_embeddings=128,
-)
 DEEPSEEK = dict(
     vocab_size=256,
     hidden_size=128,
@@ -54,27 +46,9 @@ DEEPSEEK = dict(
 )
 
 
-def _tokenizer(path: str) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=256,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 10, trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    fast.save_pretrained(path)
-
-
 def _save(model, path: str) -> str:
     model.save_pretrained(path)
-    _tokenizer(path)
+    write_tokenizer(path)
     return path
 
 
@@ -83,10 +57,8 @@ def llama_dirs(tmp_path_factory):
     """{tied: directory} of tiny bf16 Llama models."""
     out = {}
     for tied in (True, False):
-        torch.manual_seed(0)
-        config = transformers.LlamaConfig(**LLAMA, tie_word_embeddings=tied)
-        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-        out[tied] = _save(model, str(tmp_path_factory.mktemp("llama") / ("tied" if tied else "untied")))
+        out[tied] = str(tmp_path_factory.mktemp("llama") / ("tied" if tied else "untied"))
+        write_tiny_llama(out[tied], tied=tied)
     return out
 
 

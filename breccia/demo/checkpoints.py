@@ -28,19 +28,15 @@ LLAMA = dict(
     num_key_value_heads=2,
     vocab_size=256,
     max_position_embeddings=128,
-    tie_word_embeddings=True,
 )
 
 
-def write_tiny_llama(path: str) -> None:
-    """A tiny bf16 Llama with a byte-level BPE tokenizer, as ``save_pretrained`` writes it."""
-    import torch
+def write_tokenizer(path: str) -> None:
+    """A byte-level BPE tokenizer (256 tokens, trained here on one sentence) with a chat template, as
+    ``save_pretrained`` writes it: what mlx-lm and transformers load beside a model."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).to(torch.bfloat16)
-    model.save_pretrained(path)
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -49,8 +45,22 @@ def write_tiny_llama(path: str) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 10, trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     fast.save_pretrained(path)
+
+
+def write_tiny_llama(path: str, *, tied: bool = True, seed: int = 0) -> None:
+    """A tiny bf16 Llama (random weights from ``seed``) and its tokenizer, as transformers saves them."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**LLAMA, tie_word_embeddings=tied)
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    write_tokenizer(path)
 
 
 def run(out: IO[str]) -> bool:
