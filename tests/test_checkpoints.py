@@ -442,3 +442,26 @@ def test_torchao_quantized_llama_to_mlx(llama_dirs, tmp_path, name):
     else:
         assert report.worst[1] < 0.2
     assert isinstance(_generate(out), str)
+
+
+@pytest.mark.parametrize("layout", ["index", "single"])
+def test_open_safetensors_refuses_links_out_of_the_directory(tmp_path, layout):
+    """The container reader keeps the checkpoint layer's link rule (one _paths module for both)."""
+    from safetensors.numpy import save_file
+
+    from breccia.bridges import open_safetensors
+
+    outside, model = tmp_path / "elsewhere", tmp_path / "model"
+    outside.mkdir()
+    model.mkdir()
+    save_file({"a": np.ones(4, np.float32)}, str(outside / "real.safetensors"))
+    name = "model-00001-of-00001.safetensors" if layout == "index" else "model.safetensors"
+    os.symlink(outside / "real.safetensors", model / name)
+    if layout == "index":
+        (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": name}}))
+    with pytest.raises(bc.FileFormatError, match="outside the model directory"):
+        open_safetensors(model)
+    os.remove(model / name)
+    shutil.copyfile(outside / "real.safetensors", model / name)
+    with open_safetensors(model) as m:
+        assert np.array_equal(m["a"], np.ones(4, np.float32))

@@ -73,6 +73,7 @@ from ..quantize import _prepare_layout, from_buffer
 from ..recipes import SCALE_FORMATS, Recipe, recipe_from_dict
 from ..scaling import decode_scale
 from ..tensor import ScaledTensor
+from ._paths import real_directory, regular_file
 from ._safetensors_format import (
     DTYPES,
     Header,
@@ -940,7 +941,7 @@ def read_index(path: str) -> tuple[list[str], dict[str, str]]:
         )
     if not isinstance(index.get("metadata", {}), (dict, type(None))):
         raise FileFormatError(f"{path}: the index's 'metadata' must be an object")
-    root = os.path.dirname(os.path.abspath(path))
+    root = real_directory(os.path.dirname(os.path.abspath(path)))
     files = []
     for shard in sorted(set(weight_map.values())):
         parts = shard.replace("\\", "/").split("/")
@@ -949,6 +950,7 @@ def read_index(path: str) -> tuple[list[str], dict[str, str]]:
         full = os.path.join(root, shard)
         if not os.path.lexists(full):
             raise FileFormatError(f"{path}: shard {shard!r} listed in weight_map does not exist")
+        regular_file(root, shard)  # a link out of the directory (but a hub cache's blobs) is refused
         files.append(full)
     return files, weight_map
 
@@ -1007,14 +1009,17 @@ def open_safetensors(
 
 
 def _find_in_directory(directory: str) -> str:
+    """The index or single file to open in ``directory``; a link out of it is refused (``_paths``)."""
+    root = real_directory(directory)
     for name in (INDEX_NAME, SINGLE_NAME):
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate):
-            return candidate
+        if os.path.lexists(os.path.join(root, name)):
+            regular_file(root, name)
+            return os.path.join(root, name)
     for suffix in (".safetensors.index.json", ".safetensors"):
-        found = sorted(f for f in os.listdir(directory) if f.endswith(suffix))
+        found = sorted(f for f in os.listdir(root) if f.endswith(suffix))
         if len(found) == 1:
-            return os.path.join(directory, found[0])
+            regular_file(root, found[0])
+            return os.path.join(root, found[0])
     raise FileFormatError(
         f"{directory}: expected {INDEX_NAME}, {SINGLE_NAME}, or exactly one .safetensors file or index"
     )

@@ -22,9 +22,9 @@ import re
 from functools import cached_property
 from typing import Any
 
+from ..bridges._paths import read_json, real_directory, regular_file
 from ..bridges._safetensors_format import Header, TensorEntry, read_header
 from ..errors import FileFormatError
-from ._paths import read_json, real_directory, regular_file
 
 __all__ = ["INDEX_NAME", "ModelDirectory", "WEIGHT_SUFFIXES"]
 

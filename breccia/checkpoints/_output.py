@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from ..backends import host_array
+from ..bridges._paths import inside
 from ..bridges._safetensors_format import DTYPES, dtype_for, nbytes_of
 from ..errors import BrecciaError, DTypeError, FileFormatError
 from ._directory import INDEX_NAME
-from ._paths import inside
 
 __all__ = ["DEFAULT_SHARD_BYTES", "OutputDirectory", "ShardWriter", "like_source"]
 

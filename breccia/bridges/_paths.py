@@ -19,8 +19,8 @@ import os
 import stat
 from typing import Any
 
-from ..bridges._safetensors_format import loads_strict
 from ..errors import FileFormatError
+from ._safetensors_format import loads_strict
 
 __all__ = ["MAX_JSON_BYTES", "inside", "read_json", "real_directory", "regular_file"]
 
