@@ -29,7 +29,9 @@ from compressed_tensors.quantization.utils import (  # noqa: E402
     maybe_pad_tensor_for_block_quant,
 )
 from safetensors.torch import load_file, save_file  # noqa: E402
-from test_checkpoints import DEEPSEEK, LLAMA, _save  # noqa: E402
+from test_checkpoints import DEEPSEEK, _save  # noqa: E402
+
+from breccia.demo.checkpoints import write_tiny_llama  # noqa: E402
 
 CT_TARGETS = [
     "compressed-tensors-fp8-dynamic",
@@ -58,9 +60,9 @@ LAYER = "model.layers.0.mlp.up_proj"
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     """A tiny untied bf16 Llama (lm_head stays float in every quantized output)."""
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA, tie_word_embeddings=False))
-    return _save(model.to(torch.bfloat16), str(tmp_path_factory.mktemp("llama") / "bf16"))
+    path = str(tmp_path_factory.mktemp("llama") / "bf16")
+    write_tiny_llama(path, tied=False)
+    return path
 
 
 def _config(path) -> dict:
