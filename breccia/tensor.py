@@ -25,6 +25,7 @@ import math
 import sys
 from typing import Any
 
+from .backends import get_backend
 from .errors import DTypeError, FrameworkError, LayoutError, RecipeError, ShapeError
 from .layouts import Layout
 from .recipes import Recipe
@@ -78,8 +79,8 @@ class ScaledTensor:
         global_scale: Any = None,
         zero_point: Any = None,
     ) -> None:
-        shape = _check_description(recipe, layout, shape, dtype_name, framework)
-        _check_arrays(recipe, layout, shape, framework, data, scale, global_scale, zero_point)
+        shape, specs = _described(recipe, layout, shape, dtype_name, framework)
+        _check_arrays(recipe, layout, shape, framework, specs, data, scale, global_scale, zero_point)
         self._set(data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point)
 
     def _set(
@@ -188,10 +189,33 @@ class ScaledTensor:
         )
 
 
-def _check_description(
-    recipe: Any, layout: Any, shape: Any, dtype_name: Any, framework: Any
-) -> tuple[int, ...]:
-    """The static half of the invariants; returns ``shape`` as a tuple of ints."""
+#: (id(recipe), id(layout), shape, dtype_name, framework) -> (recipe, layout, specs): descriptions
+#: already checked. Keyed by identity because hashing a frozen dataclass rehashes every field, which
+#: cost more than the checks themselves; the entry holds the objects, so their ids stay theirs.
+_DESCRIBED: dict[tuple, tuple] = {}
+_DESCRIBED_LIMIT = 4096
+
+
+def _described(recipe: Any, layout: Any, shape: Any, dtype_name: Any, framework: Any) -> tuple[tuple, tuple]:
+    """``(shape as a tuple of ints, the arrays' expectations)`` of a description, checked once: casts
+    make ScaledTensors of a few descriptions over and over, so a repeat costs one dict lookup."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"a ScaledTensor's shape must be a tuple of ints; got {shape!r}") from None
+    key = (id(recipe), id(layout), shape, dtype_name, framework)
+    hit = _DESCRIBED.get(key)
+    if hit is not None and hit[0] is recipe and hit[1] is layout:
+        return shape, hit[2]
+    _checked_description(recipe, layout, shape, dtype_name, framework)
+    specs = _expected_arrays(recipe, layout, shape, framework)
+    if len(_DESCRIBED) >= _DESCRIBED_LIMIT:
+        _DESCRIBED.clear()
+    _DESCRIBED[key] = (recipe, layout, specs)
+    return shape, specs
+
+
+def _checked_description(recipe: Any, layout: Any, shape: tuple, dtype_name: Any, framework: Any) -> None:
     from .backends import FRAMEWORKS
     from .backends._base import FLOAT_DTYPES
 
@@ -199,10 +223,6 @@ def _check_description(
         raise RecipeError(f"a ScaledTensor's recipe must be a breccia recipe; got {type(recipe).__name__}")
     if not isinstance(layout, Layout):
         raise LayoutError(f"a ScaledTensor's layout must be a breccia layout; got {type(layout).__name__}")
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ShapeError(f"a ScaledTensor's shape must be a tuple of ints; got {shape!r}") from None
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ShapeError(f"a ScaledTensor's shape must hold non-negative ints; got {shape!r}")
     recipe.check_layout(layout)
@@ -213,15 +233,24 @@ def _check_description(
         )
     if framework not in FRAMEWORKS:
         raise FrameworkError(f"unknown framework {framework!r}; valid frameworks are {', '.join(FRAMEWORKS)}")
-    return shape
 
 
-def _check_arrays(
-    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str,
-    data: Any, scale: Any, global_scale: Any, zero_point: Any,
-) -> None:
-    """The arrays' half of the invariants (see the module docstring)."""
-    from .backends import backend_for, get_backend
+#: array type -> its framework (``framework_of`` depends on the type alone)
+_FRAMEWORK_OF_TYPE: dict[type, str | None] = {}
+
+
+def _framework(a: Any) -> str | None:
+    kind = type(a)
+    if kind not in _FRAMEWORK_OF_TYPE:
+        from .backends import framework_of
+
+        _FRAMEWORK_OF_TYPE[kind] = framework_of(a)
+    return _FRAMEWORK_OF_TYPE[kind]
+
+
+def _expected_arrays(recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str) -> tuple:
+    """``(what, dims, dtypes)`` of data and scale (``dims`` None: one value), then of the global scale
+    and zero point where the recipe has them (the other two must be None)."""
     from .formats import packed_length
     from .layouts import scale_shape
     from .recipes import SCALE_FORMATS
@@ -230,45 +259,66 @@ def _check_arrays(
     fmt = recipe.element_format
     floats = ("float32", "bfloat16", "float16")
 
-    def check(what: str, a: Any, dims: tuple[int, ...] | None, dtypes: tuple[str, ...]) -> None:
-        if backend_for(a, f"{recipe.name} {what}").name != framework:
-            raise FrameworkError(
-                f"the ScaledTensor is a {framework} tensor but its {what} is not a {framework} array"
-            )
-        got = tuple(int(d) for d in a.shape)
-        if dims is None:  # one value, any shape
-            if math.prod(got) != 1:
-                raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {got}")
-        elif got != dims:
-            raise ShapeError(
-                f"{recipe.name} {what} of a tensor of shape {shape} under {layout!r} must have shape "
-                f"{dims}; got {got}"
-            )
-        name = backend.dtype_name(a)
-        if name not in dtypes:
-            raise DTypeError(f"{recipe.name} {what} must be {' or '.join(dtypes)}; got {name}")
-
     def codes(fmt: Any) -> tuple[str, ...]:  # the storage dtype, or the uint8 bits of an 8-bit float
         native = backend.storage_dtype(fmt)
         return (native, "uint8") if fmt.kind != "int" and native != "uint8" else (native,)
 
     stored = (*shape[:-1], packed_length(shape[-1])) if fmt.packed and shape else shape
-    check("data", data, stored, codes(fmt))
     grid = scale_shape(layout, shape) if shape else ()
     scale_fmt = SCALE_FORMATS[recipe.scale_format]
-    check("scale", scale, grid, floats if scale_fmt is None else codes(scale_fmt))
-    if recipe.scale_format == "E4M3":
+    return (
+        ("data", stored, codes(fmt)),
+        ("scale", grid, floats if scale_fmt is None else codes(scale_fmt)),
+        ("global_scale", None, floats) if recipe.scale_format == "E4M3" else None,
+        ("zero_point", grid, floats) if recipe.zero_point_kind is not None else None,
+    )
+
+
+def _check_arrays(
+    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str, specs: tuple,
+    data: Any, scale: Any, global_scale: Any, zero_point: Any,
+) -> None:
+    """The arrays' half of the invariants (see the module docstring): ``specs`` (what each array must
+    be, worked out once per description) against a few shapes and dtype names."""
+    data_spec, scale_spec, global_spec, zero_spec = specs
+    dtype_name = get_backend(framework).dtype_name
+    _check_array(recipe, layout, shape, framework, dtype_name, data, data_spec)
+    _check_array(recipe, layout, shape, framework, dtype_name, scale, scale_spec)
+    if global_spec is not None:
         if global_scale is None:
             raise RecipeError(f"{recipe.name} needs its global_scale (the fp32 second-level scale)")
-        check("global_scale", global_scale, None, floats)
+        _check_array(recipe, layout, shape, framework, dtype_name, global_scale, global_spec)
     elif global_scale is not None:
         raise RecipeError(f"{recipe.name} has no global scale; only NVFP4BlockScaling does")
-    if recipe.zero_point_kind is not None:
+    if zero_spec is not None:
         if zero_point is None:
-            raise RecipeError(f"{recipe!r} is asymmetric and needs its zero_point (shape {grid})")
-        check("zero_point", zero_point, grid, floats)
+            raise RecipeError(f"{recipe!r} is asymmetric and needs its zero_point (shape {zero_spec[1]})")
+        _check_array(recipe, layout, shape, framework, dtype_name, zero_point, zero_spec)
     elif zero_point is not None:
         raise RecipeError(f"{recipe!r} is symmetric and has no zero_point")
+
+
+def _check_array(
+    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str, dtype_name: Any, a: Any,
+    spec: tuple,
+) -> None:
+    what, dims, dtypes = spec
+    if _framework(a) != framework:
+        raise FrameworkError(
+            f"the ScaledTensor is a {framework} tensor but its {what} is not a {framework} array"
+        )
+    got = tuple(a.shape)
+    if dims is None:  # one value, any shape
+        if math.prod(got) != 1:
+            raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {got}")
+    elif got != dims:
+        raise ShapeError(
+            f"{recipe.name} {what} of a tensor of shape {shape} under {layout!r} must have shape "
+            f"{dims}; got {tuple(int(d) for d in got)}"
+        )
+    name = dtype_name(a)
+    if name not in dtypes:
+        raise DTypeError(f"{recipe.name} {what} must be {' or '.join(dtypes)}; got {name}")
 
 
 _JAX_REGISTERED = False
