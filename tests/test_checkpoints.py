@@ -17,10 +17,12 @@ import pytest
 import breccia as bc
 from breccia.demo.checkpoints import write_tiny_llama, write_tokenizer
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-mx = pytest.importorskip("mlx.core")
-mlx_lm = pytest.importorskip("mlx_lm")
+# the real loaders these flows open outputs with; CI installs all of them (breccia[all,test])
+_NEEDS = "the checkpoint flows need {} (pip install 'breccia[{}]')"
+torch = pytest.importorskip("torch", reason=_NEEDS.format("torch", "torch"))
+transformers = pytest.importorskip("transformers", reason=_NEEDS.format("transformers", "test"))
+mx = pytest.importorskip("mlx.core", reason=_NEEDS.format("MLX", "mlx"))
+mlx_lm = pytest.importorskip("mlx_lm", reason=_NEEDS.format("mlx-lm", "mlx-lm"))
 
 DEEPSEEK = dict(
     vocab_size=256,
@@ -281,16 +283,36 @@ def test_non_empty_destination_needs_overwrite(small, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if "breccia-tmp" in n or n.endswith(".old")]
 
 
-def test_failed_conversion_leaves_nothing(small, tmp_path, monkeypatch):
-    from breccia.checkpoints import hf
+@pytest.mark.parametrize("failure", ["disk full", "interrupted"])
+@pytest.mark.parametrize("target", ["bf16", "mlx-affine4"])
+def test_failed_or_interrupted_conversion_leaves_nothing_and_the_source_untouched(
+    small, tmp_path, monkeypatch, failure, target
+):
+    """A failure in the middle of writing (disk full, Ctrl-C): no DST, no temporary directory, and
+    every file of the source as it was (same names, bytes and modification times)."""
+    from breccia.checkpoints import _output
 
-    def boom(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    before = _tree(small)
+    contents = {path: open(path, "rb").read() for path in before}
+    real_add = _output.ShardWriter.add_raw
+    calls = []
 
-    monkeypatch.setattr(hf.ShardWriter, "finish", boom)
-    rc, err = _cli("convert", str(small), str(tmp_path / "dst"), "--to", "bf16", "--no-progress")
-    assert rc == 2 and "disk filled up" in err
+    def fail_midway(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == 5:  # some tensors are already spooled
+            raise OSError(28, "No space left on device") if failure == "disk full" else KeyboardInterrupt
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(_output.ShardWriter, "add_raw", fail_midway)
+    rc, err = _cli("convert", str(small), str(tmp_path / "dst"), "--to", target, "--no-progress")
+    assert len(calls) == 5
+    if failure == "disk full":
+        assert rc == 2 and "disk filled up" in err
+    else:
+        assert rc == 130 and "interrupted" in err
     assert sorted(os.listdir(tmp_path)) == ["src"]
+    assert _tree(small) == before
+    assert all(open(path, "rb").read() == data for path, data in contents.items())
 
 
 def test_stale_and_missing_shards_are_errors(llama_dirs, tmp_path):
@@ -392,7 +414,7 @@ def test_inspect_first_line_names_the_format(deepseek_dirs, capsys):
 
 
 def _torchao_configs():
-    torchao = pytest.importorskip("torchao")
+    torchao = pytest.importorskip("torchao", reason=_NEEDS.format("torchao", "torchao"))
     import torchao.quantization.granularity as G
     from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig, NVFP4WeightOnlyConfig
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig

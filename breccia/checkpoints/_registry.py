@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ..errors import FileFormatError
@@ -85,27 +86,19 @@ class Checkpoint(Mapping):
             return value.to(self._backend.name, self.device)
         return self._backend.from_numpy(value, device=self.device)
 
+    @cached_property
+    def _key_order(self) -> dict[str, None]:
+        """The keys, in order, as a dict (one lookup for ``in``), asked of ``_keys`` once."""
+        return dict.fromkeys(self._keys())
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._key_list)
+        return iter(self._key_order)
 
     def __len__(self) -> int:
-        return len(self._key_list)
+        return len(self._key_order)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._key_set
-
-    @property
-    def _key_list(self) -> list[str]:
-        keys = self.__dict__.get("_cached_keys")
-        if keys is None:
-            keys = self.__dict__["_cached_keys"] = self._keys()
-            self.__dict__["_cached_key_set"] = set(keys)
-        return keys
-
-    @property
-    def _key_set(self) -> set[str]:
-        self._key_list  # noqa: B018 (fills the cache)
-        return self.__dict__["_cached_key_set"]
+        return isinstance(name, str) and name in self._key_order
 
     def release(self) -> None:
         """Let go of the file pages read so far, staying open (streaming writers call it between

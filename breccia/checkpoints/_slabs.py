@@ -20,7 +20,7 @@ from ..quantize import cast, dequantize, from_buffer
 from ..recipes import Recipe
 from ..tensor import ScaledTensor
 
-__all__ = ["SLAB_ELEMENTS", "cast_rows", "dequantize_rows", "relative_error"]
+__all__ = ["SLAB_ELEMENTS", "cast_rows", "dequantize_rows", "in_recipe", "relative_error"]
 
 SLAB_ELEMENTS = 1 << 22  # about 16 MiB of float32 per slab
 
@@ -111,3 +111,25 @@ def relative_error(reference: np.ndarray, approx: np.ndarray) -> float:
     finite = np.isfinite(ref) & np.isfinite(diff)
     norm = float(np.linalg.norm(ref[finite]))
     return 0.0 if norm == 0 else float(np.linalg.norm(diff[finite])) / norm
+
+
+def in_recipe(name: str, value: Any, recipe: Recipe, report: Any) -> ScaledTensor:
+    """``value`` (a ScaledTensor or a float array) in ``recipe``, recorded in ``report``: repacked
+    when it already is in that recipe and layout; else cast a slab of rows at a time, a quantized
+    source dequantized once in float32 first and its added relative error recorded."""
+    from ..errors import RecipeError
+
+    if isinstance(value, ScaledTensor):
+        if value.recipe == recipe and value.layout == recipe.default_layout():
+            report.record(name, "repacked")
+            return value
+        values = dequantize_rows(value, "float32")
+        st = cast_rows(lambda rows: values[rows], values.shape, recipe)
+        report.record(name, "requantized", relative_error(values, dequantize_rows(st, "float32")))
+        return st
+    array = np.asarray(value)
+    if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
+        raise RecipeError(f"{name!r} is {array.dtype.name}; only float weights can be quantized")
+    report.record(name, "quantized")
+    return cast_rows(lambda rows: array[rows], array.shape, recipe)
+

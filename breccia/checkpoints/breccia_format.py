@@ -24,11 +24,10 @@ from typing import Any
 from ..errors import RecipeError
 from ..layouts import PerBlock2D
 from ..recipes import RECIPES, DelayedScaling, Recipe
-from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter
 from ._registry import Checkpoint, Convention, StoredCheckpoint, register
-from ._slabs import cast_rows, dequantize_rows, relative_error
+from ._slabs import in_recipe
 from ._targets import ConversionReport, Target, TargetParser, register_target
 from .deepseek_fp8 import write_deepseek, write_quantizing_linear_weights
 
@@ -115,32 +114,13 @@ def write_breccia(
     from ..bridges._huggingface import _scaled_parts
 
     def write_weight(writer: ShardWriter, name: str, value: Any) -> None:
-        parts, config = _scaled_parts(name, _recipe_weight(name, value, recipe, report))
+        parts, config = _scaled_parts(name, in_recipe(name, value, recipe, report))
         for part in parts:  # the .config entry goes to the shard holding .data
             metadata = {name + CONFIG_SUFFIX: config} if part.name == name + ".data" else None
             writer.add_raw(part.name, part.dtype, part.shape, part.host(), metadata)
 
     quantization_config = {"quant_method": "breccia", "recipe": recipe.to_dict()}
     write_quantizing_linear_weights(source, out, report, progress, write_weight, quantization_config)
-
-
-def _recipe_weight(name: str, value: Any, recipe: Recipe, report: ConversionReport) -> ScaledTensor:
-    import numpy as np
-
-    if isinstance(value, ScaledTensor):
-        if value.recipe == recipe and value.layout == recipe.default_layout():
-            report.record(name, "repacked")
-            return value
-        block = 1 if len(value.shape) < 2 else value.layout.block_shape(value.shape)[0]
-        values = dequantize_rows(value, "float32")
-        st = cast_rows(lambda rows: values[rows], value.shape, recipe, block)
-        report.record(name, "requantized", relative_error(values, dequantize_rows(st, "float32")))
-        return st
-    array = np.asarray(value)
-    if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
-        raise RecipeError(f"{name!r} is {array.dtype.name}; only float weights can be quantized")
-    report.record(name, "quantized")
-    return cast_rows(lambda rows: array[rows], array.shape, recipe)
 
 
 def _parse(text: str) -> Target | None:

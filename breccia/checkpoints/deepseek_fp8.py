@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import FileFormatError
-from ..layouts import PerBlock2D
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter, like_source
 from ._registry import Checkpoint, Convention, register
-from ._slabs import cast_rows, dequantize_rows, relative_error
+from ._slabs import in_recipe
 from ._targets import ConversionReport, Target, TargetParser, register_target
 
 __all__ = ["DeepSeekFP8Checkpoint", "is_linear_weight", "model_dtype"]
@@ -133,28 +132,6 @@ register(Convention("deepseek-fp8", _detect, DeepSeekFP8Checkpoint))
 # --- writing --------------------------------------------------------------------------------------
 
 
-def _same_rule(st: ScaledTensor, recipe: Any) -> bool:
-    return st.recipe == recipe and st.layout == PerBlock2D(128, 128)
-
-
-def fp8_weight(name: str, value: Any, recipe: Any, dtype: str, report: ConversionReport) -> ScaledTensor:
-    """``value`` cast with ``recipe`` (repacked when it already is), recorded in ``report``."""
-    if isinstance(value, ScaledTensor):
-        if _same_rule(value, recipe):
-            report.record(name, "repacked")
-            return value
-        st = cast_rows(lambda rows: dequantize_rows(value, "float32")[rows], value.shape, recipe)
-        report.record(
-            name,
-            "requantized",
-            relative_error(dequantize_rows(value, "float32"), dequantize_rows(st, "float32")),
-        )
-        return st
-    report.record(name, "quantized")
-    array = np.asarray(value)
-    return cast_rows(lambda rows: array[rows], array.shape, recipe)
-
-
 def write_quantizing_linear_weights(
     source: Checkpoint,
     out: OutputDirectory,
@@ -194,10 +171,9 @@ def write_deepseek(
     from ..bridges import deepseek_recipe
 
     recipe = deepseek_recipe("weight", 128, scale_fmt)
-    dtype = model_dtype(source.config)
 
     def write_weight(writer: ShardWriter, name: str, value: Any) -> None:
-        st = fp8_weight(name, value, recipe, dtype, report)
+        st = in_recipe(name, value, recipe, report)
         writer.add(name, st.data)
         writer.add(name + SCALE_SUFFIX, np.asarray(st.scale, dtype=np.float32))
 
