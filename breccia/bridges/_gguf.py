@@ -267,7 +267,7 @@ def _decode_mxfp4(where: str, raw: np.ndarray, shape: tuple[int, ...]) -> Scaled
 
     b = _blocks(raw, shape, 32, 17)
     scale = np.ascontiguousarray(b[..., 0])
-    _refuse_e8m0_nan(where, scale, "GGUF's MXFP4")
+    refuse_e8m0_nan(where, scale, "GGUF's MXFP4")
     data = _halves_to_pairs(b[..., 1:]).reshape(*shape[:-1], shape[-1] // 2)
     return from_buffer(data, scale, MXFP4BlockScaling(), PerBlockK(32), shape=shape)
 
@@ -292,8 +292,9 @@ def _decode_nvfp4(where: str, raw: np.ndarray, shape: tuple[int, ...]) -> Scaled
     )
 
 
-def _refuse_e8m0_nan(where: str, scale: np.ndarray, fmt: str) -> None:
-    """The documented rule for E8M0 byte 255 in an MXFP4 file: refused (see the module docstring)."""
+def refuse_e8m0_nan(where: str, scale: np.ndarray, fmt: str) -> None:
+    """The one rule for E8M0 byte 255 in an MXFP4 file whose own decoder (``fmt``) reads it as
+    2**128 (GGUF, gpt-oss): refused, naming the first such block (see the module docstring)."""
     bad = np.argwhere(scale == E8M0_NAN)
     if bad.size:
         raise FileFormatError(

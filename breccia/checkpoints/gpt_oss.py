@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bridges._gguf import refuse_e8m0_nan
 from ..errors import FileFormatError, RecipeError
 from ..layouts import PerBlockK
 from ..recipes import MXFP4BlockScaling
@@ -128,18 +129,6 @@ def _detect(directory: ModelDirectory) -> str | None:
     return f"{len(pairs)} MXFP4 expert tensors (E8M0 per 32), {kept} module patterns kept float"
 
 
-def check_e8m0(where: str, scale: np.ndarray) -> None:
-    """The one rule for E8M0 byte 255 in gpt-oss files: refused (see the module docstring)."""
-    bad = np.argwhere(scale == E8M0_NAN)
-    if bad.size:
-        raise FileFormatError(
-            f"{where}: E8M0 scale byte 255 at block {tuple(int(i) for i in bad[0])} "
-            f"({len(bad)} such blocks): OCP MX reads it as NaN, transformers' gpt-oss decoder as "
-            "2**128 (Inf); breccia refuses it "
-            "rather than pick one"
-        )
-
-
 class GptOssCheckpoint(StoredCheckpoint):
     """Expert weights as MXFP4 ScaledTensors ``[E, N, K]``; every other tensor as stored."""
 
@@ -170,7 +159,7 @@ class GptOssCheckpoint(StoredCheckpoint):
 
         blocks = np.ascontiguousarray(self.raw.read_tensor(pair[0]))
         scales = np.ascontiguousarray(self.raw.read_tensor(pair[1]))
-        check_e8m0(f"{self.directory.root}: tensor {pair[1]!r}", scales)
+        refuse_e8m0_nan(f"{self.directory.root}: tensor {pair[1]!r}", scales, "transformers' gpt-oss decoder")
         *lead, groups, _ = blocks.shape
         return from_buffer(
             blocks.reshape(*lead, groups * 16),
