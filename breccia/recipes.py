@@ -224,11 +224,16 @@ class Float8BlockScaling(Recipe):
     ``convention="te"``: per block, the Float8CurrentScaling ``te`` rule (``q = max / amax``,
     ``data = encode(x * q)``, ``scale = 1 / q``; ``power_2_scale`` rounds ``q`` down to a power of two).
 
-    ``convention="deepseek"`` (DeepSeek-V3's ``act_quant``/``weight_quant``)::
+    ``convention="deepseek"`` (DeepSeek-V3's ``act_quant``, as its Triton kernel computes it)::
 
-        s    = max(amax, 1e-4) / 448
-        s    = 2**ceil(log2 s) if power_2_scale      # V3.1's "ue8m0" scales
-        data = encode(x / s)     scale = s
+        s    = max(amax, 1e-4) * fl32(1/448)           # the kernel's ``amax / 448.``: div.full.f32
+        s    = 2**ceil(fl32(log2 s)) if power_2_scale  # V3.1's "ue8m0" scales
+        data = encode(x * fl32(1/s))     scale = s     # CUDA: div.full.f32, ``x * rcp.approx(s)``
+
+    The scales are the kernel's on every backend. The codes are the kernel's on CUDA (the same
+    instruction); elsewhere ``rcp.approx`` (not defined bit for bit by PTX) is replaced by the correctly
+    rounded reciprocal, which moves a code by one step where the quotient lies on an E4M3 rounding
+    boundary (4 of 117,440,512 codes at 16384x7168 on an H200; ``docs/bridges/deepseek.md``).
 
     Layout: ``PerBlockK(block_k)`` when ``block_m == 1`` (1x128 activations), else
     ``PerBlock2D(block_m, block_k)`` (128x128 weights).

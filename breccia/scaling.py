@@ -43,6 +43,13 @@ NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3 max * E2M1 max
 DEEPSEEK_AMAX_FLOOR = 1e-4
 
 
+def deepseek_reciprocal(fmax: float) -> float:
+    """``fl32(1 / fmax)``, the factor of DeepSeek's ``amax / 448.``: its Triton kernel compiles that
+    division to ``div.full.f32`` (``amax * rcp.approx(448)``), and ``rcp.approx`` of 448 and of 57344
+    (both ``1.75 * 2**k``) is the correctly rounded reciprocal, measured on an H200."""
+    return float(np.float32(1.0) / np.float32(fmax))
+
+
 def largest_scale(q: float) -> float:
     """The largest float32 ``s`` whose float32 product ``q * s`` is finite (``q > 0``): a block scale
     at most this decodes every code of magnitude at most ``q`` to a finite value."""
@@ -140,6 +147,27 @@ def _ceil_log2(xp: Any, pow2: Any, v: Any) -> Any:
     return xp.where(pow2(e) < v, e + 1, e)
 
 
+_LN2 = float(np.float32(np.log(2.0)))
+
+
+def _deepseek_ceil_log2(xp: Any, pow2: Any, s: Any) -> Any:
+    """``ceil(fl32(log2 s))`` for normal float32 ``s``: the UE8M0 exponent of DeepSeek's kernel, whose
+    float32 ``log2`` is correctly rounded (measured on an H200), so that ``s = 2**k * (1 + i * 2**-23)``
+    just above a power of two gets ``k``, not ``k + 1``, when ``log2(1 + i * 2**-23)`` is below half
+    the float32 spacing ``h`` next to ``k`` on the side of ``k + log2 m`` (``2**(j - 24)``, ``j =
+    floor(log2 |k|)``, halved again below a negative power of two; for ``k = 0`` no ``i > 0``).
+    ``log2(1 + i * 2**-23) < h`` is decided as ``i * 2**-23 < h * fl32(ln 2)``, both sides exact: no
+    integer ``i`` lies between the two thresholds, which differ by a relative ``h ln2 / 2 < 2**-18``.
+    """
+    k = formats.floor_log2(xp, pow2, s)
+    i = (s * pow2(-k) - 1.0) * 2.0**23  # the mantissa bits, exactly
+    a = xp.maximum(xp.abs(k), 1.0)
+    j = formats.floor_log2(xp, pow2, a)
+    h = pow2(xp.where((k < 0) & (pow2(j) == a), j - 25.0, j - 24.0))
+    keep = (i == 0) | ((k != 0) & (i * 2.0**-23 < h * _LN2))
+    return xp.where(keep, k, k + 1.0)
+
+
 #: float32 sqrt(2) rounded down (0x3FB504F3); the next float32 lies above sqrt(2)
 _SQRT2_BELOW = float(np.float32(np.sqrt(2.0)))
 _UNDERFLOW_SHIFT = 64.0
@@ -165,10 +193,10 @@ def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) 
     fmax = recipe.element_format.max_value
     convention = getattr(recipe, "convention", "te")
     if convention == "deepseek":
-        s = backend.divide(xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR), fmax)
+        s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(fmax)
         if recipe.power_2_scale:
-            s = pow2(_ceil_log2(xp, pow2, s))
-        return Scales(stored=s, divisor=s)
+            s = pow2(_deepseek_ceil_log2(xp, pow2, s))
+        return Scales(stored=s, multiplier=backend.divide(1.0, s))
     if convention == "torchao":
         return _torchao_float8_rule(backend, fmax, stats)
     if isinstance(recipe, DelayedScaling):

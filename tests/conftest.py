@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -45,10 +46,13 @@ def bits(x) -> np.ndarray | None:
     return a.reshape(-1).view(np.uint8)
 
 
-def assert_same_bits(a: bc.ScaledTensor, b: bc.ScaledTensor) -> None:
+ARRAY_FIELDS = ("data", "scale", "global_scale", "zero_point")
+
+
+def assert_same_bits(a: bc.ScaledTensor, b: bc.ScaledTensor, fields: tuple[str, ...] = ARRAY_FIELDS) -> None:
     """Data, scale, global scale and zero point of two ScaledTensors are byte-identical."""
     assert a.shape == b.shape and a.recipe == b.recipe and a.layout == b.layout
-    for field in ("data", "scale", "global_scale", "zero_point"):
+    for field in fields:
         x, y = bits(getattr(a, field)), bits(getattr(b, field))
         if x is None or y is None:
             assert x is None and y is None, field
@@ -56,6 +60,33 @@ def assert_same_bits(a: bc.ScaledTensor, b: bc.ScaledTensor) -> None:
             assert x.shape == y.shape, field
             mismatches = int(np.count_nonzero(x != y))
             assert mismatches == 0, f"{field}: {mismatches} of {x.size} bytes differ"
+
+
+def assert_same_cuda_bits(got: bc.ScaledTensor, reference: bc.ScaledTensor, x: np.ndarray) -> None:
+    """A CUDA cast ``got`` of host input ``x`` has the CPU ``reference``'s bits, but for the deepseek
+    convention's codes: its CUDA kernels divide as DeepSeek's does (``div.full.f32``, ``x *
+    rcp.approx(s)``) where the CPU multiplies by ``fl32(1/s)``, and ``rcp.approx`` may be one ulp off.
+    A code may then differ, by one step, only where the quotient lies within 3 float32 ulps of the
+    E4M3 rounding boundary between the two codes."""
+    on_gpu = any(name in str(got.device).lower() for name in ("cuda", "gpu"))
+    if not on_gpu or getattr(got.recipe, "convention", None) != "deepseek":
+        return assert_same_bits(got, reference)
+    assert_same_bits(got, reference, fields=("scale", "global_scale", "zero_point"))
+    a, b = bits(got.data), bits(reference.data)
+    differ = np.flatnonzero(a != b)
+    if differ.size == 0:
+        return
+    steps = np.abs(a[differ].astype(np.int16) - b[differ].astype(np.int16))
+    assert np.all(steps == 1), "differing codes are one step apart"
+    bm, bk = reference.layout.block_shape(reference.shape)
+    rows, cols = reference.shape
+    scale = to_numpy(reference.scale).astype(np.float64)
+    s = np.repeat(np.repeat(scale, bm, axis=0), bk, axis=1)[:rows, :cols].reshape(-1)[differ]
+    q = np.asarray(x, np.float32).astype(np.float64).reshape(-1)[differ] / s
+    e4m3 = ml_dtypes.float8_e4m3fn
+    boundary = (a[differ].view(e4m3).astype(np.float64) + b[differ].view(e4m3).astype(np.float64)) / 2
+    ulps = np.abs(q - boundary) / np.spacing(np.abs(boundary).astype(np.float32)).astype(np.float64)
+    assert np.all(ulps <= 3), f"{differ.size} codes differ, some {ulps.max():.1f} ulps from a boundary"
 
 
 def numpy_copy(st: bc.ScaledTensor) -> bc.ScaledTensor:

@@ -2,7 +2,9 @@
 
 References are DeepSeek's own formulas run in real PyTorch (``inference/kernel.py`` is Triton, GPU
 only; its arithmetic is transcribed op for op): ``weight_dequant`` is ``fp32(W) * S`` per 128x128 tile,
-``act_quant`` is ``s = max(amax, 1e-4) / 448`` (``ue8m0``: ``2**ceil(log2 s)``), ``y = e4m3(x / s)``.
+``act_quant`` is ``s = max(amax, 1e-4) * fl32(1/448)`` (``ue8m0``: ``2**ceil(log2 s)``), ``y = e4m3(x *
+fl32(1/s))``: the kernel's two ``div.full.f32`` with ``rcp.approx`` taken as the correctly rounded
+reciprocal. On CUDA the kernel itself (``tests/data/deepseek_v3_kernel.py``) is the reference.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from conftest import FRAMEWORKS, bits, requires_cuda, to_framework, to_numpy
 
 import breccia as bc
-from breccia import checkpoints
+from breccia import checkpoints, scaling
 from breccia.backends import get_backend
 from breccia.bridges._deepseek import (
     SCALE_SUFFIX,
@@ -51,14 +53,15 @@ def torch_weight_dequant(data: np.ndarray, scale: np.ndarray, block: int = 128) 
 
 
 def torch_act_quant(x: np.ndarray, block: int = 128, scale_fmt: str | None = None):
-    """``act_quant``: per 1 x block group, ``s = max(amax, 1e-4) / 448``, ``y = e4m3(x / s)``."""
+    """``act_quant``: per 1 x block group, ``s = max(amax, 1e-4) * fl32(1/448)``, ``y = e4m3(x *
+    fl32(1/s))`` (the kernel's ``amax / 448.`` and ``x / s``, each ``div.full.f32``)."""
     t = torch.from_numpy(x).to(torch.float32)
     groups = t.view(*t.shape[:-1], t.shape[-1] // block, block)
     amax = groups.abs().amax(dim=-1).clamp(min=1e-4)
-    s = amax / 448.0
+    s = amax * torch.tensor(1.0 / 448.0, dtype=torch.float32)
     if scale_fmt == "ue8m0":
         s = torch.exp2(torch.ceil(torch.log2(s)))
-    y = (groups / s.unsqueeze(-1)).to(torch.float8_e4m3fn).view(t.shape)
+    y = (groups * torch.reciprocal(s).unsqueeze(-1)).to(torch.float8_e4m3fn).view(t.shape)
     return y.view(torch.uint8).numpy(), s.numpy()
 
 
@@ -205,16 +208,26 @@ def test_act_quant_matches_deepseek(framework, scale_fmt):
     assert back.recipe == st.recipe and back.layout == st.layout
 
 
-def test_ue8m0_rounds_up_exactly_at_power_of_two_edges():
-    """breccia takes the exact ``2**ceil(log2 s)``; a float32 ``log2`` (DeepSeek's code) rounds
-    ``log2(2**k * (1 + 2**-23))`` to ``k`` and so can return the smaller power. Both scales encode
-    the group without overflow; breccia's is the one the formula defines."""
-    amax = (448.0 * np.exp2(np.arange(-12, 4)) * (1 + 2.0**-23)).astype(np.float32)
-    x = np.zeros((amax.size, 128), np.float32)
-    x[:, 0] = amax
-    st = bc.cast(x, deepseek_recipe("activation", scale_fmt="ue8m0"))
-    s = np.float64(np.maximum(amax, 1e-4).astype(np.float32) / np.float32(448.0))
-    np.testing.assert_array_equal(st.scale[:, 0], np.exp2(np.ceil(np.log2(s))).astype(np.float32))
+#: The largest ``i`` for which DeepSeek's ``act_quant`` (``scale_fmt="ue8m0"``) gives the scale
+#: ``s = 2**k * (1 + i * 2**-23)`` the exponent ``k`` rather than ``k + 1``, by ``k``: measured on an
+#: H200 with its kernel's own ``ceil(log2 s)`` (``scripts/probe_deepseek_division.py``).
+KERNEL_KEEPS = {-20: 5, -9: 2, 0: 0, 7: 1}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_ue8m0_exponent_is_the_kernels_float32_log2(framework):
+    """DeepSeek's UE8M0 exponent is ``ceil(fl32(log2 s))``: a scale a few ulps above a power of two
+    keeps that power (``x / s`` then saturates at 448, as in the kernel). breccia's exact rule for it
+    agrees with a correctly rounded float32 ``log2`` over every exponent a scale can have and the
+    first 64 mantissas above each power, and with the kernel's measured edges."""
+    k = np.arange(-23, 120)[:, None]
+    s = (np.exp2(k) * (1 + np.arange(64)[None, :] * 2.0**-23)).astype(np.float32)  # exact
+    backend = get_backend(framework)
+    got = to_numpy(scaling._deepseek_ceil_log2(backend.xp, backend.pow2, to_framework(framework, s)))
+    expected = np.ceil(np.log2(s.astype(np.float64)).astype(np.float32))
+    np.testing.assert_array_equal(got, expected)
+    for power, largest in KERNEL_KEEPS.items():
+        assert np.flatnonzero(got[power + 23] == power).tolist() == list(range(largest + 1))
 
 
 def test_to_deepseek_refuses_other_recipes():
@@ -598,3 +611,54 @@ def test_cuda_dequant_and_act_quant_match_cpu(framework):
         q = bc.cast(to_framework(framework, x, device), deepseek_recipe("activation", scale_fmt=scale_fmt))
         np.testing.assert_array_equal(bits(q.data), codes.reshape(-1))
         np.testing.assert_array_equal(to_numpy(q.scale), s)
+
+
+def _deepseek_kernel():
+    """DeepSeek-V3's ``inference/kernel.py`` as published (tests/data/README.md names its commit)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent / "data" / "deepseek_v3_kernel.py"
+    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("scale_fmt", [None, "ue8m0"])
+@pytest.mark.parametrize(("rows", "dtype"), [(1, "bfloat16"), (64, "float32"), (4096, "bfloat16")])
+def test_cuda_cast_reproduces_deepseek_act_quant_kernel(rows, dtype, scale_fmt):
+    """breccia's torch and JAX CUDA casts give DeepSeek's Triton ``act_quant`` bits exactly (the same
+    ``div.full.f32``, and its UE8M0 exponent at every power-of-two edge); the CPU gives its scales
+    exactly and its codes except where ``rcp.approx(s)`` is not the correctly rounded reciprocal and
+    ``x / s`` lies on an FP8 rounding boundary: each such code is one step from the kernel's, and they
+    are rare (4 of 117,440,512 at 16384x7168)."""
+    import jax
+
+    kernel = _deepseek_kernel()
+    x = torch.randn(rows, 7168, generator=torch.Generator().manual_seed(rows), dtype=torch.float32)
+    x[0, :128] = 0.0  # a zero group: the 1e-4 floor
+    x[-1, 128:256] *= 1e-6  # a group below the floor
+    if dtype == "float32":  # groups whose amax lies a few ulps above 448 * 2**k, for every k a scale has
+        edges = 448.0 * np.exp2(np.arange(-23, 33))[None, :] * (1 + np.arange(8)[:, None] * 2.0**-23)
+        x[1:9] *= 1e-9
+        x[1:9, 0::128] = torch.from_numpy(edges.astype(np.float32))
+    x = x.to(getattr(torch, dtype))
+    codes, scale = kernel.act_quant(x.cuda(), 128, scale_fmt)
+    codes, scale = codes.view(torch.uint8).cpu().numpy(), scale.cpu().numpy()
+    recipe = deepseek_recipe("activation", scale_fmt=scale_fmt)
+    host = x.float().numpy().astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
+    for device in (torch.device("cuda"), jax.devices("gpu")[0]):
+        framework = "torch" if isinstance(device, torch.device) else "jax"
+        st = bc.cast(to_framework(framework, host, device), recipe)
+        np.testing.assert_array_equal(to_numpy(st.scale).view(np.uint32), scale.view(np.uint32))
+        np.testing.assert_array_equal(bits(st.data).reshape(codes.shape), codes)
+    cpu = bc.cast(x, recipe)
+    np.testing.assert_array_equal(to_numpy(cpu.scale).view(np.uint32), scale.view(np.uint32))
+    got = bits(cpu.data).reshape(codes.shape)
+    differ = got != codes
+    assert int(differ.sum()) <= max(1, codes.size // 10**6), f"{int(differ.sum())} codes differ"
+    steps = np.abs(got[differ].astype(np.int16) - codes[differ].astype(np.int16))
+    assert np.all(steps == 1), steps

@@ -7,7 +7,16 @@ import functools
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import FRAMEWORKS, assert_same_bits, bits, numpy_copy, requires_cuda, to_framework, to_numpy
+from conftest import (
+    FRAMEWORKS,
+    assert_same_bits,
+    assert_same_cuda_bits,
+    bits,
+    numpy_copy,
+    requires_cuda,
+    to_framework,
+    to_numpy,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -483,8 +492,8 @@ def test_cuda_gives_the_same_bits_as_cpu(framework, recipe, layout, dtype):
         device_x = jax.device_put(x, jax.devices("gpu")[0])
     got = _cast(device_x, recipe, layout)
     assert "cuda" in str(got.device).lower() or "gpu" in str(got.device).lower()
-    assert_same_bits(got, reference)
-    np.testing.assert_array_equal(to_numpy(bc.dequantize(got)), bc.dequantize(reference))
+    assert_same_cuda_bits(got, reference, x)
+    np.testing.assert_array_equal(to_numpy(bc.dequantize(got)), bc.dequantize(numpy_copy(got)))
 
 
 @pytest.mark.parametrize(("recipe", "layout"), FROM_DATA, ids=[_case_id(c) for c in FROM_DATA])

@@ -10,9 +10,10 @@ multipliers, so breccia's ``PerBlock2D(128, 128)`` / ``PerBlockK(128)`` hold the
     X[t, j] = fp32(Xq[t, j]) * S[t, j // 128]               (activations)
 
 DeepSeek's ``act_quant`` (the current ``inference/kernel.py``) is the recipe
-``Float8BlockScaling(convention="deepseek")``: ``s = max(amax, 1e-4) / 448`` (IEEE division), V3.1's
-``scale_fmt="ue8m0"`` rounds ``s`` up to a power of two (``power_2_scale=True``; breccia computes the
-exact ``2**ceil(log2 s)``), and ``data = e4m3(x / s)``. :func:`deepseek_recipe` builds it.
+``Float8BlockScaling(convention="deepseek")``: ``s = max(amax, 1e-4) * fl32(1/448)`` (what the
+kernel's ``amax / 448.`` computes), V3.1's ``scale_fmt="ue8m0"`` rounds ``s`` up to a power of two
+as the kernel's float32 ``log2`` does (``power_2_scale=True``), and ``data = e4m3(x / s)`` divided as
+the kernel divides on CUDA (see the recipe). :func:`deepseek_recipe` builds it.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def deepseek_recipe(
     """DeepSeek's quantization rule as a breccia recipe.
 
     ``kind="weight"``: 128x128 tiles (``PerBlock2D``); ``kind="activation"``: 1x128 groups
-    (``PerBlockK``), DeepSeek's ``act_quant``. Both use ``s = max(amax, 1e-4) / 448`` and
-    ``data = e4m3(x / s)``; ``scale_fmt="ue8m0"`` (V3.1) makes ``s = 2**ceil(log2 s)``.
+    (``PerBlockK``), DeepSeek's ``act_quant``. Both use ``s = max(amax, 1e-4) * fl32(1/448)`` and
+    ``data = e4m3(x / s)`` (see ``Float8BlockScaling``); ``scale_fmt="ue8m0"`` (V3.1) makes ``s =
+    2**ceil(fl32(log2 s))``.
     """
     if kind not in ("weight", "activation"):
         raise RecipeError(f"kind must be 'weight' (128x128 tiles) or 'activation' (1x128); got {kind!r}")

@@ -3,7 +3,8 @@
 The same kernels as :mod:`.torch_cast`, step for step: one program loads a ``[tile_rows, width]``
 tile once, reduces each block's finite amax and NaN flag, applies the scale rule, encodes, and stores
 data and scales. Divisions are ``div.rn.f32`` in inline PTX (the Triton lowering of ``/`` is the
-approximate ``div.full.f32``); ``floor(log2)`` and ``2**e`` are exponent-bit arithmetic; FP8
+approximate ``div.full.f32``), except the ``deepseek`` rule's, which are DeepSeek's own
+``div.full.f32`` (see :mod:`.torch_cast`); ``floor(log2)`` and ``2**e`` are exponent-bit arithmetic; FP8
 encodes clamp and convert with RNE; E2M1 rounds on the float32 bits. ``interpret=True`` runs the same
 kernel bodies through Pallas' interpreter on any device (dividing as :class:`JaxBackend` does
 there), which is how the CPU test suite checks their logic. A per-tensor cast's passes write per-tile
@@ -54,8 +55,21 @@ class _Ops:
         b = jnp.broadcast_to(b, a.shape)
         if self.interpret:  # XLA's CPU would turn a division by a constant into a multiply
             return get_backend("jax").divide(a, b)
+        return self._asm("div.rn.f32", a, b)
+
+    def div_deepseek(self, a: Any, b: Any) -> Any:
+        """DeepSeek's ``a / b``: ``div.full.f32`` (``a * rcp.approx(b)``, one rounding) on CUDA, as its
+        Triton kernel compiles it; under the interpreter, the shared code's ``a * fl32(1 / b)``."""
+        a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(b))
+        b = jnp.broadcast_to(b, a.shape)
+        if self.interpret:
+            return a * get_backend("jax").divide(jnp.ones_like(b), b)
+        return self._asm("div.full.f32", a, b)
+
+    @staticmethod
+    def _asm(instruction: str, a: Any, b: Any) -> Any:
         [q] = pltriton.elementwise_inline_asm(
-            "div.rn.f32 $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
+            f"{instruction} $0, $1, $2;", args=[a, b], constraints="=r,r,r", pack=1,
             result_shape_dtypes=[jax.ShapeDtypeStruct(a.shape, jnp.float32)],
         )
         return q
@@ -79,6 +93,16 @@ class _Ops:
         e = self.floor_log2(v)
         return jnp.where(self.pow2(e) < v, e + 1, e)
 
+    def deepseek_ceil_log2(self, s: Any) -> Any:
+        """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._deepseek_ceil_log2``)."""
+        k = self.floor_log2(s)
+        i = (_bits(s) & 0x7FFFFF).astype(jnp.float32)  # s is normal
+        a = jnp.maximum(jnp.abs(k), 1)
+        j = self.floor_log2(a.astype(jnp.float32))
+        h = self.pow2(jnp.where((k < 0) & (jnp.left_shift(1, j) == a), j - 25, j - 24))
+        keep = (i == 0) | ((k != 0) & (i * jnp.float32(2.0**-23) < h * jnp.float32(0.6931471824645996)))
+        return jnp.where(keep, k, k + 1)
+
     def scale_rule(self, plan: CastPlan, amax: Any) -> tuple[Any, Any]:
         """(stored scale, encode factor) per block; the factor divides for deepseek, else multiplies."""
         if plan.rule == "te":
@@ -91,9 +115,10 @@ class _Ops:
                 q = self.pow2(self.floor_log2(q))
             return self.div(1.0, q), q
         if plan.rule == "deepseek":
-            s = self.div(jnp.maximum(amax, jnp.float32(1e-4)), jnp.full(amax.shape, plan.fmax, jnp.float32))
+            floored = jnp.maximum(amax, jnp.float32(1e-4))
+            s = self.div_deepseek(floored, jnp.full(amax.shape, plan.fmax, jnp.float32))
             if plan.power_2:
-                s = self.pow2(self.ceil_log2(s))
+                s = self.pow2(self.deepseek_ceil_log2(s))
             return s, s
         positive = amax > 0
         am = jnp.where(positive, amax, 1.0)
@@ -175,11 +200,12 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: b
     stored, factor = ops.scale_rule(plan, amax)
     divide = plan.rule == "deepseek"
     if whole:
-        y = ops.div(x, jnp.broadcast_to(factor, x.shape)) if divide else x * factor
+        y = ops.div_deepseek(x, jnp.broadcast_to(factor, x.shape)) if divide else x * factor
         codes = ops.encode(plan, y)
     else:
         x3 = x.reshape(shape3)
-        y3 = ops.div(x3, jnp.broadcast_to(factor[:, :, None], shape3)) if divide else x3 * factor[:, :, None]
+        f3 = jnp.broadcast_to(factor[:, :, None], shape3)
+        y3 = ops.div_deepseek(x3, f3) if divide else x3 * f3
         codes = ops.encode(plan, y3).reshape(x.shape)
     if plan.packed:
         _store_packed(plan, data_ref, rows_cols, codes, pm, pk)

@@ -5,7 +5,11 @@ over its finite elements (and whether it holds NaN), applies the recipe's scale 
 encodes and stores data and scales. Exactness, operation by operation against :mod:`breccia.scaling`:
 
 - divisions are ``div.rn.f32`` (inline PTX: Triton's ``/`` is the approximate ``div.full.f32``, and
-  libdevice's ``div_rn`` flushes subnormals under Triton's FTZ reflection);
+  libdevice's ``div_rn`` flushes subnormals under Triton's FTZ reflection), except the ``deepseek``
+  rule's two, which are DeepSeek's own ``div.full.f32`` (``a * rcp.approx(b)``): its scale equals
+  the shared code's ``amax * fl32(1/max)``, and its codes may differ from the shared code's ``x *
+  fl32(1/s)`` where ``rcp.approx(s)`` is not the correctly rounded reciprocal and the quotient lies
+  on an FP8 rounding boundary (``docs/conformance.md`` counts them);
 - ``floor(log2 a)`` and ``2**e`` are read from and written into the exponent bits (subnormals
   scaled by ``2**64`` first), as the reference's corrected ``log2`` computes them;
 - FP8 encodes clamp to ``+-max`` and convert with round-to-nearest-even (``cvt.rn.satfinite``);
@@ -50,6 +54,15 @@ def _div_rn(a, b):
 
 
 @triton.jit
+def _div_full(a, b):
+    """``div.full.f32``: ``a * rcp.approx(b)`` rounded once, what Triton compiles ``a / b`` to (the
+    division of DeepSeek's ``act_quant``, reproduced here by the same instruction)."""
+    return tl.inline_asm_elementwise(
+        "div.full.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
 def _floor_log2(a):
     """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``."""
     tiny = a < 1.1754943508222875e-38
@@ -73,6 +86,18 @@ def _ceil_log2(v):
 
 
 @triton.jit
+def _deepseek_ceil_log2(s):
+    """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._deepseek_ceil_log2``)."""
+    k = _floor_log2(s)
+    i = (s.to(tl.int32, bitcast=True) & 0x7FFFFF).to(tl.float32)  # s is normal
+    a = tl.maximum(tl.abs(k), 1)
+    j = _floor_log2(a.to(tl.float32))
+    h = _pow2(tl.where((k < 0) & ((1 << j) == a), j - 25, j - 24))
+    keep = (i == 0) | ((k != 0) & (i * 1.1920928955078125e-07 < h * 0.6931471824645996))
+    return tl.where(keep, k, k + 1)
+
+
+@triton.jit
 def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr, POW2: tl.constexpr,
                 EMAX: tl.constexpr):
     """(stored scale, encode factor) of each block; the factor multiplies, or divides for deepseek."""
@@ -88,10 +113,10 @@ def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr,
         if POW2:
             q = _pow2(_floor_log2(q))
         return _div_rn(tl.full(q.shape, 1.0, tl.float32), q), q
-    elif RULE == 1:  # deepseek: s = max(amax, 1e-4) / max
-        s = _div_rn(tl.maximum(amax, 1e-4), tl.full(amax.shape, FMAX, tl.float32))
+    elif RULE == 1:  # deepseek: s = max(amax, 1e-4) / max, divided as DeepSeek's kernel divides
+        s = _div_full(tl.maximum(amax, 1e-4), tl.full(amax.shape, FMAX, tl.float32))
         if POW2:
-            s = _pow2(_ceil_log2(s))
+            s = _pow2(_deepseek_ceil_log2(s))
         return s, s
     else:  # MX: e = floor(log2 amax) - emax_elem, or ceil(log2(amax / max))
         positive = amax > 0
@@ -213,14 +238,14 @@ def _cast_kernel(x_ptr, data_ptr, scale_ptr, rows, cols, scale_rows, scale_cols,
     stored, factor = _scale_rule(amax, RULE, FMAX, EPS, POW2, EMAX)
     if BLOCK_ROWS > 1:
         if RULE == 1:
-            y = _div_rn(x, tl.broadcast_to(factor, x.shape))
+            y = _div_full(x, tl.broadcast_to(factor, x.shape))
         else:
             y = x * factor
         codes = _encode(y, FMT, FMAX)
     else:
         x3 = tl.reshape(x, (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD))
         if RULE == 1:
-            y3 = _div_rn(x3, tl.broadcast_to(factor[:, :, None], x3.shape))
+            y3 = _div_full(x3, tl.broadcast_to(factor[:, :, None], x3.shape))
         else:
             y3 = x3 * factor[:, :, None]
         codes = tl.reshape(_encode(y3, FMT, FMAX), (TILE_ROWS, WIDTH))
