@@ -67,6 +67,7 @@ def torch_act_quant(x: Any) -> tuple[Any, Any]:
 
 #: the names of the two peer rows, which open every table
 EAGER, COMPILED = "DeepSeek's formula, torch eager", "DeepSeek's formula, torch.compile"
+KERNEL = "DeepSeek's kernel.py (Triton)"
 
 
 def print_table(title: str, rows: list[tuple[str, float, int, bool]], unit: str = "TB/s") -> None:
@@ -81,9 +82,9 @@ def print_table(title: str, rows: list[tuple[str, float, int, bool]], unit: str 
         print(f"{name:<44} {seconds * 1e3:>9.3f} {nbytes / seconds / per_second:>8.2f} {ratios}")
 
 
-def differing(names: tuple[str, ...], ours: tuple, eager: tuple, compiled: tuple) -> str:
+def differing(names: tuple[str, ...], ours: tuple, eager: tuple, compiled: tuple, kernel: tuple = ()) -> str:
     """How many elements of breccia's outputs (torch tensors, one per name) differ in their bits from
-    each peer's."""
+    each peer's (``kernel``: DeepSeek's own Triton kernel, on CUDA)."""
     import torch
 
     def bits(x: Any) -> Any:
@@ -93,7 +94,20 @@ def differing(names: tuple[str, ...], ours: tuple, eager: tuple, compiled: tuple
         diffs = [f"{int((bits(x) != bits(y)).sum())} of {x.numel()} {n}" for n, x, y in zip(names, a, b)]
         return ", ".join(diffs)
 
-    return f"bits differing from the eager peer: {count(ours, eager)}; the compiled: {count(ours, compiled)}"
+    text = f"bits differing from the eager peer: {count(ours, eager)}; the compiled: {count(ours, compiled)}"
+    return text + (f"; DeepSeek's kernel: {count(ours, kernel)}" if kernel else "")
+
+
+def deepseek_kernel() -> Any:
+    """DeepSeek-V3's ``inference/kernel.py`` (Triton), as kept in ``tests/data`` (commit adecc0e)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data",
+                        "deepseek_v3_kernel.py")
+    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- CPU -------------------------------------------------------------------------------------------
@@ -211,6 +225,7 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
     import torch
 
     gpu = jax.devices("gpu")[0]
+    kernel = deepseek_kernel()
     m, n = shape
     data, scale = weight(shape)
     nbytes = m * n * (1 + 2) + scale.nbytes
@@ -228,16 +243,20 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
     st_j = from_deepseek_v3(jax.device_put(data, gpu), jax.device_put(scale, gpu))
     jax_time = bench(lambda: bc.dequantize(st_j, "bfloat16"), jax.block_until_ready)
     copy = bench(lambda: td.view(torch.uint8).clone())
+    torch.set_default_dtype(torch.bfloat16)  # weight_dequant writes it; DeepSeek's model sets bf16
     table = [
         (EAGER, bench(lambda: torch_dequant(td, ts)), nbytes, True),
         (COMPILED, bench(lambda: compiled_peer(td, ts)), nbytes, True),
+        (KERNEL, bench(lambda: kernel.weight_dequant(td, ts)), nbytes, True),
         ("breccia torch eager", bench(lambda: bc.dequantize(st_t, "bfloat16")), nbytes, True),
         ("breccia torch under torch.compile", bench(lambda: compiled(td, ts)), nbytes, True),
         ("breccia jax (jit)", jax_time, nbytes, True),
         ("device copy of the fp8 bytes (reference)", copy, 2 * m * n, False),
     ]
     ours = (bc.dequantize(st_t, "bfloat16"),)
-    bits = differing(("values",), ours, (torch_dequant(td, ts),), (compiled_peer(td, ts),))
+    theirs = (kernel.weight_dequant(td, ts),)
+    torch.set_default_dtype(torch.float32)
+    bits = differing(("values",), ours, (torch_dequant(td, ts),), (compiled_peer(td, ts),), theirs)
     print_table(f"weight dequant {m}x{n} -> bf16, {torch.cuda.get_device_name()}\n{bits}", table)
 
     x = torch.randn(tokens, n, device="cuda").to(torch.bfloat16)
@@ -249,12 +268,14 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
     table = [
         (EAGER, bench(lambda: torch_act_quant(x)), nbytes, True),
         (COMPILED, bench(lambda: compiled_peer(x)), nbytes, True),
+        (KERNEL, bench(lambda: kernel.act_quant(x)), nbytes, True),
         ("breccia torch eager", bench(lambda: bc.cast(x, recipe)), nbytes, True),
         ("breccia torch under torch.compile", bench(lambda: compiled(x)), nbytes, True),
         ("breccia jax (jit)", bench(lambda: bc.cast(xj, recipe), jax.block_until_ready), nbytes, True),
     ]
     q = bc.cast(x, recipe)
-    bits = differing(("codes", "scales"), (q.data, q.scale), torch_act_quant(x), compiled_peer(x))
+    bits = differing(("codes", "scales"), (q.data, q.scale), torch_act_quant(x), compiled_peer(x),
+                     kernel.act_quant(x))
     print_table(f"act_quant {tokens}x{n} bf16 -> fp8 1x128, {torch.cuda.get_device_name()}\n{bits}", table)
 
 

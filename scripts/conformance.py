@@ -57,8 +57,9 @@ class Row:
 
     @property
     def expected(self) -> str | None:
-        """The documented difference this row expects, or None if it must be equal."""
-        return DOCUMENTED.get(self.key)
+        """The documented difference this row expects, or None if it must be equal: the one documented
+        for its device kind (``cuda``) if any, else the one for every device."""
+        return DOCUMENTED.get((*self.key, self.device.split()[0]), DOCUMENTED.get(self.key))
 
     @property
     def result(self) -> str:
@@ -242,32 +243,37 @@ def ml_dtypes_peer(device: str) -> Iterator[Row]:
 
 
 def torch_peer(device: str) -> Iterator[Row]:
-    """torch's dtype casts (``Tensor.to``), both ways, E4M3 / E5M2."""
-    if not _installed("torch") or device != "cpu":
+    """torch's dtype casts (``Tensor.to``), both ways, E4M3 / E5M2, on the CPU or the GPU."""
+    if not _installed("torch"):
         return
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        return
     version = torch.__version__.split("+")[0]
     for fmt, dtype in ((E4M3, torch.float8_e4m3fn), (E5M2, torch.float8_e5m2)):
 
         def encode(x: np.ndarray, dtype: Any = dtype) -> np.ndarray:
-            return torch.from_numpy(x.copy()).to(dtype).view(torch.uint8).numpy()
+            return torch.from_numpy(x.copy()).to(device).to(dtype).view(torch.uint8).cpu().numpy()
 
         def decode(codes: np.ndarray, dtype: Any = dtype) -> np.ndarray:
-            return torch.from_numpy(codes.copy()).view(dtype).to(torch.float32).numpy()
+            return torch.from_numpy(codes.copy()).to(device).view(dtype).to(torch.float32).cpu().numpy()
 
         yield from _element_rows("torch", version, device, fmt, encode, decode)
 
 
 def jax_peer(device: str) -> Iterator[Row]:
-    """JAX's dtype casts (``astype``), both ways, E4M3 / E5M2 / E2M1."""
-    if not _installed("jax") or device != "cpu":
+    """JAX's dtype casts (``astype``), both ways, E4M3 / E5M2 / E2M1, on the CPU or the GPU."""
+    if not _installed("jax"):
         return
     import jax
     import jax.numpy as jnp
 
     version = jax.__version__
-    cpu = jax.devices("cpu")[0]
+    try:
+        cpu = jax.devices("gpu" if device == "cuda" else "cpu")[0]
+    except RuntimeError:  # no GPU backend
+        return
     for fmt, dtype in ((E4M3, jnp.float8_e4m3fn), (E5M2, jnp.float8_e5m2), (E2M1, jnp.float4_e2m1fn)):
 
         def encode(x: np.ndarray, dtype: Any = dtype, fmt: ElementFormat = fmt) -> np.ndarray:
@@ -394,6 +400,58 @@ def torchao_peer(device: str) -> Iterator[Row]:
             yield Row(peer, version, label, "decode", device, name, "values", total, differing)
 
 
+DEEPSEEK_KERNEL = os.path.join(os.path.dirname(PAGE), "..", "tests", "data", "deepseek_v3_kernel.py")
+DEEPSEEK_COMMIT = "adecc0e"  # deepseek-ai/DeepSeek-V3, the last commit of inference/kernel.py
+
+
+def deepseek_inputs() -> dict[str, np.ndarray]:
+    """Finite ``[rows, 7168]`` float32 activations for ``act_quant`` (1x128 groups)."""
+    rng = np.random.default_rng(21)
+    random = rng.standard_normal((64, 7168)).astype(np.float32)
+    magnitudes = np.exp2(rng.integers(-40, 40, (64, 56, 1))).astype(np.float32)
+    ragged = (random.reshape(64, 56, 128) * magnitudes).reshape(64, 7168)
+    zeros = np.zeros((8, 7168), np.float32)
+    zeros[:, 1::2] = -0.0
+    edges = 448.0 * np.exp2(np.arange(-23, 33))[None, :] * (1 + np.arange(8)[:, None] * 2.0**-23)
+    powers = random[:8] * np.float32(1e-9)
+    powers[:, ::128] = edges.astype(np.float32)
+    big = random[:8] * np.float32(1e36)
+    big[0, 0] = np.float32(3.4e38)
+    return {"random": random, "ragged": ragged, "zeros": zeros, "below the 1e-4 floor":
+            random[:8] * np.float32(1e-7), "scales at powers of two": powers, "max": big}
+
+
+def deepseek_peer(device: str) -> Iterator[Row]:
+    """DeepSeek-V3's own ``act_quant`` (Triton, ``tests/data/deepseek_v3_kernel.py``; CUDA only)
+    against ``bc.cast(x, deepseek_recipe("activation", scale_fmt))`` on torch and JAX on the GPU:
+    codes and scales. Finite inputs only (a NaN block follows breccia's NaN rule, numerics.md)."""
+    if device != "cuda" or not (_installed("torch") and _installed("triton") and _installed("jax")):
+        return
+    import jax
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from breccia.bridges import deepseek_recipe
+
+    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", DEEPSEEK_KERNEL)
+    kernel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel)
+    gpu = jax.devices("gpu")[0]
+    for scale_fmt in (None, "ue8m0"):
+        recipe = deepseek_recipe("activation", scale_fmt=scale_fmt)
+        for name, x in deepseek_inputs().items():
+            codes, scale = kernel.act_quant(torch.from_numpy(x).cuda(), 128, scale_fmt)
+            theirs = [_host(codes), _host(scale)]
+            for framework, array in (("torch", torch.from_numpy(x).cuda()), ("jax", jax.device_put(x, gpu))):
+                st = bc.cast(array, recipe).to("numpy")
+                ours = [st.data.view(np.uint8), st.scale]
+                total, differing = differ_bytes(list(zip(theirs, ours)))
+                fmt = f"act_quant {scale_fmt or 'fp32 scales'}"
+                yield Row("deepseek kernel.py", DEEPSEEK_COMMIT, fmt, "encode", f"cuda {framework}", name,
+                          "bytes", total, differing)
+
+
 def _host(a: Any) -> np.ndarray:
     """A torch tensor (or numpy array) as numpy: 1- and 2-byte types as their raw bits."""
     if a is None:
@@ -411,7 +469,9 @@ def _host(a: Any) -> np.ndarray:
 
 
 #: The peers, in the page's order. A peer is a function ``(device) -> rows``; add one here.
-PEERS: list[Callable[[str], Iterator[Row]]] = [ml_dtypes_peer, torch_peer, jax_peer, mlx_peer, torchao_peer]
+PEERS: list[Callable[[str], Iterator[Row]]] = [
+    ml_dtypes_peer, torch_peer, jax_peer, mlx_peer, torchao_peer, deepseek_peer,
+]
 
 
 # --- what breccia documents where it differs -------------------------------------------------------
@@ -425,8 +485,11 @@ _ZERO_TENSOR = "an all-zero tensor: the peer's global scale is 0 (0 / 0 in its b
 _MX_ZERO = "an all-zero block: torchao writes E8M0 code 0 (2**-127), breccia 127 (scale 1); both decode to 0"
 _F8_ZERO = "an all-zero row: torchao's scale is 0 and its codes 0 / 0 = NaN; breccia's scale is 1, codes 0"
 
-#: (peer, format, direction, inputs) -> why this row differs. Every row not listed must be equal.
-DOCUMENTED: dict[tuple[str, str, str, str], str] = {
+#: (peer, format, direction, inputs[, device kind]) -> why this row differs (a device kind narrows it
+#: to that kind's rows). Every row not listed must be equal.
+DOCUMENTED: dict[tuple[str, ...], str] = {
+    ("torch", "E4M3", "encode", "beyond max, +-Inf", "cuda"):
+        _E4M3_NAN + " (torch saturates E4M3 on the CPU only)",
     ("ml_dtypes", "E4M3", "encode", "beyond max, +-Inf"): _E4M3_NAN,
     ("ml_dtypes", "E5M2", "encode", "max"): _E5M2_INF_TIE,
     ("ml_dtypes", "E5M2", "encode", "beyond max, +-Inf"): _E5M2_INF,
@@ -458,18 +521,46 @@ def rows(device: str = "cpu", peers: list[Callable[[str], Iterator[Row]]] | None
 # --- the page --------------------------------------------------------------------------------------
 
 
-def render(table: list[Row]) -> str:
-    """``docs/conformance.md``: the rows, then the documented differences they refer to."""
+def _run_kind(device: str) -> str:
+    """``cpu`` or ``cuda``: the rows of one run of the script (``cuda torch`` rows are a cuda run's)."""
+    return device.split()[0]
+
+
+def _kept_from_page(device: str) -> tuple[list[str], list[str]]:
+    """The page's "Generated" lines and table rows of the other kind of run than ``device``'s, so that
+    a CPU run and a CUDA run (on the device machine) each rewrite only their own rows."""
+    if not os.path.exists(PAGE):
+        return [], []
+    with open(PAGE, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kind = _run_kind(device)
+    generated = [line for line in lines if line.startswith("- Generated ") and f"({kind} rows)" not in line]
+    rows = []
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 7 and cells[0] not in ("peer", "---"):
+            if _run_kind(cells[4]) != kind:
+                rows.append(line)
+    return generated, rows
+
+
+def render(table: list[Row], device: str = "cpu") -> str:
+    """``docs/conformance.md``: this run's rows beside the other device's rows already on the page."""
     versions = sorted({(r.peer.split()[0], r.version) for r in table})
+    kept_generated, kept_rows = _kept_from_page(device)
+    generated = (
+        f"- Generated {datetime.date.today().isoformat()} ({_run_kind(device)} rows) on {platform.system()} "
+        f"{platform.machine()}{_gpu_name(device)}, Python {platform.python_version()}, breccia "
+        f"{bc.__version__}, numpy {np.__version__}; peers: "
+        + ", ".join(f"{name} {v}" for name, v in versions)
+        + "."
+    )
     lines = [
         "# Conformance matrix",
         "",
         "<!-- generated by scripts/conformance.py; do not edit by hand -->",
         "",
-        f"Generated {datetime.date.today().isoformat()} on {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, breccia {_version('breccia')}, numpy {np.__version__}; peers: "
-        + ", ".join(f"{name} {v}" for name, v in versions)
-        + ".",
+        *sorted([generated, *kept_generated]),
         "",
         "Each row drives the peer's own encoder or decoder and breccia's on the same golden input and "
         "compares the bytes (encode: data, scales, and global scales or zero points where the format "
@@ -482,19 +573,41 @@ def render(table: list[Row]) -> str:
         "says *equal* is equal, and a documented difference still differs. The rules behind the "
         "differences are in [Numerics](numerics.md#how-breccia-and-the-peers-differ); encode rows use "
         "the recipe that reproduces the peer (`mlx_recipe(mode)`, the recipe `from_torchao` infers), "
-        "element casts breccia's element encoder at scale 1.",
+        "element casts breccia's element encoder at scale 1. The CUDA rows run on the device machine: "
+        "torch's and JAX's casts on the GPU, and DeepSeek-V3's own Triton `act_quant` "
+        "(`tests/data/deepseek_v3_kernel.py`) against breccia's torch and JAX CUDA casts on 1x128 "
+        "activations: `random`, `ragged` (a random power of two per group), `zeros`, groups `below the "
+        "1e-4 floor`, `scales at powers of two` (the UE8M0 edge) and `max` (up to 3.4e38); the CPU's "
+        "residue against that kernel is counted in "
+        "[the DeepSeek bridge](bridges/deepseek.md#act_quant-ue8m0).",
         "",
         "| peer | version | format | direction | device | inputs | result |",
         "|---|---|---|---|---|---|---|",
     ]
+    rendered = []
     for r in table:
         note = f" ({r.expected})" if r.expected and r.differing else ""
-        lines.append(
+        rendered.append(
             f"| {r.peer} | {r.version} | {r.fmt} | {r.direction} | {r.device} | {r.inputs} "
             f"| {r.result}{note} |"
         )
-    lines += ["", "Regenerate with `python scripts/conformance.py` (writes this page).", ""]
+    cpu_first = (rendered + kept_rows) if _run_kind(device) == "cpu" else (kept_rows + rendered)
+    lines += cpu_first
+    lines += [
+        "",
+        "Regenerate with `python scripts/conformance.py` (the CPU rows) and, on the CUDA machine, "
+        "`python scripts/conformance.py --device cuda` (the CUDA rows); each keeps the other's rows.",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _gpu_name(device: str) -> str:
+    if _run_kind(device) != "cuda":
+        return ""
+    import torch
+
+    return f", {torch.cuda.get_device_name()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,8 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         columns = f"{r.version:<8} {r.fmt:<22} {r.direction:<6} {r.inputs:<18}"
         print(f"{r.peer:<{width}}  {columns} {r.result}{flag}")
     if not args.no_write:
+        page = render(table, args.device)  # before opening PAGE for writing: it keeps the page's other rows
         with open(PAGE, "w", encoding="utf-8") as f:
-            f.write(render(table))
+            f.write(page)
         print(f"wrote {PAGE}")
     return 0 if all(r.as_documented for r in table) else 1
 

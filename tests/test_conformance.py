@@ -16,7 +16,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import FRAMEWORKS, to_framework, to_numpy
+from conftest import FRAMEWORKS, requires_cuda, to_framework, to_numpy
 
 import breccia as bc
 from breccia import scaling
@@ -59,9 +59,11 @@ def test_equal_rows_compare_something(table):
 
 def test_every_documented_difference_has_its_row(table):
     """No stale entry: each documented difference of a peer that ran here names a row it produced."""
-    produced = {r.key for r in table}
+    produced = {r.key for r in table} | {(*r.key, r.device.split()[0]) for r in table}
     ran = {r.peer for r in table}
-    stale = [key for key in conformance.DOCUMENTED if key[0] in ran and key not in produced]
+    kinds = {r.device.split()[0] for r in table}
+    stale = [key for key in conformance.DOCUMENTED
+             if key[0] in ran and key not in produced and (len(key) == 4 or key[4] in kinds)]
     assert not stale, stale
 
 
@@ -78,16 +80,32 @@ def _page_rows() -> list[dict[str, str]]:
 
 
 def test_the_page_claims_equal_only_where_a_test_asserts_it(table):
-    page = _page_rows()
-    assert page, f"{conformance.PAGE} has no rows; regenerate it with python scripts/conformance.py"
+    _assert_page_matches(table, "cpu")
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_the_cuda_rows_are_as_documented():
+    """On the GPU: torch's and JAX's casts, and DeepSeek's own ``act_quant`` kernel against breccia's
+    CUDA casts; every row as documented and as the page says."""
+    table = conformance.rows("cuda")
+    assert any(r.peer == "deepseek kernel.py" for r in table)
+    assert [r for r in table if not r.as_documented] == []
+    _assert_page_matches(table, "cuda")
+
+
+def _assert_page_matches(table, kind: str) -> None:
+    page = [row for row in _page_rows() if row["device"].split()[0] == kind]
+    assert page, f"{conformance.PAGE} has no {kind} rows; regenerate it with scripts/conformance.py"
     for row in page:
         key = (row["peer"], row["format"], row["direction"], row["inputs"])
+        documented = key in conformance.DOCUMENTED or (*key, kind) in conformance.DOCUMENTED
         equal = re.fullmatch(r"(bytes|values) equal", row["result"]) is not None
-        assert equal == (key not in conformance.DOCUMENTED), f"page row {key} says {row['result']!r}"
-    current = {(r.key, r.version): r for r in table}
+        assert equal == (not documented), f"page row {key} says {row['result']!r}"
+    current = {(r.key, r.device, r.version): r for r in table}
     for row in page:
         key = (row["peer"], row["format"], row["direction"], row["inputs"])
-        now = current.get((key, row["version"]))
+        now = current.get((key, row["device"], row["version"]))
         if now is not None:  # the same peer version is installed here: the page must match it
             assert row["result"].startswith(now.result), f"{key}: page {row['result']!r}, now {now.result!r}"
 
