@@ -262,6 +262,30 @@ def test_gpt_oss_round_trip_and_gguf_transcode_are_byte_exact(tmp_path):
         )
 
 
+def test_gpt_oss_to_bf16_is_what_transformers_loads_from_the_source(tmp_path):
+    import torch
+    import transformers
+
+    stored = _gpt_oss_dir(tmp_path / "src")
+    report = bc.convert(tmp_path / "src", tmp_path / "bf16", to="bf16")
+    assert report.count("dequantized") == 2 * GPT_OSS["num_hidden_layers"]
+    load = transformers.GptOssForCausalLM.from_pretrained
+    theirs = load(tmp_path / "src", dtype=torch.bfloat16)  # transformers dequantizes the MXFP4 on CPU
+    ours = load(tmp_path / "bf16", dtype=torch.bfloat16)
+    mine = ours.state_dict()
+    for name, value in theirs.state_dict().items():
+        assert mine[name].shape == value.shape and torch.equal(mine[name], value), name
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(ours(tokens).logits, theirs(tokens).logits)
+    back = bc.convert(tmp_path / "bf16", tmp_path / "again", to="gpt-oss-mxfp4")
+    assert back.count("quantized") == 2 * GPT_OSS["num_hidden_layers"]
+    raw = bc.open_checkpoint(tmp_path / "again").raw
+    for name in EXPERTS:  # floor-cast blocks hold code 4 or 6 at their amax, so they come back as stored
+        for part in ("_blocks", "_scales"):
+            assert np.array_equal(raw.read_tensor(name + part), stored[name + part])
+
+
 def test_gpt_oss_to_mlx_mxfp4_is_what_mlx_lm_loads_from_the_source(tmp_path):
     mx = pytest.importorskip("mlx.core")
     mlx_lm = pytest.importorskip("mlx_lm")
