@@ -188,6 +188,10 @@ class GGUFFile(Mapping):
         """The logical (numpy-order) shape of tensor ``name``."""
         return tuple(int(d) for d in reversed(self._tensors[name].shape.tolist()))
 
+    def nbytes(self, name: str) -> int:
+        """The bytes tensor ``name`` takes in the file (blocks and their scales)."""
+        return int(self._tensors[name].n_bytes)
+
     def __getitem__(self, name: str) -> ScaledTensor | np.ndarray:
         tensor = self._tensors.get(name) if isinstance(name, str) else None
         if tensor is None:
