@@ -217,6 +217,30 @@ def fp4_ties_toward_zero(xp: Any, y: Any) -> Any:
     return xp.where(a <= _E2M1_TIES[0], 0.0, y)
 
 
+def round_integers(xp: Any, y: Any, rule: str) -> Any:
+    """``y`` rounded to integers by ``rule``, exactly, so that the integer encode (round to nearest
+    even, then clip) leaves it as it is:
+
+    - ``"away"``: half away from zero, C's ``roundf`` (ggml's Q8_0). ``f = floor(|y|)`` and
+      ``|y| - f`` are exact in float32, so ``f + (|y| - f >= 0.5)`` with ``y``'s sign is ``roundf``.
+    - ``"ggml_q4_0"``: ``floor(fl32(y + 8.5)) - 8`` (ggml's Q4_0: ``(int8_t)(x * id + 8.5f)``, a
+      truncation of a non-negative float32 sum, then its bias of 8 removed).
+
+    A non-finite ``y`` (ggml's ``1 / d`` overflows for a block of amax below about ``2**-121``, Q8_0,
+    or ``2**-125``, Q4_0) becomes what ggml's float -> int conversion gives it on x86 (the "integer
+    indefinite" ``0x80000000``, truncated): 0, so Q8_0 code 0 and Q4_0 nibble 0 (code -8).
+    """
+    a = xp.abs(y)
+    finite = a < math.inf
+    if rule == "away":
+        f = xp.floor(a)
+        r = xp.where(a - f >= 0.5, f + 1.0, f)
+        return xp.where(finite, xp.where(xp.signbit(y), -r, r), 0.0)
+    if rule == "ggml_q4_0":
+        return xp.where(finite, xp.floor(y + 8.5) - 8.0, -8.0)
+    raise RecipeError(f"unknown integer rounding rule {rule!r}")
+
+
 def encode_e8m0(xp: Any, exponent: Any) -> Any:
     """E8M0 codes of integer-valued float32 exponents (clamped to [-127, 127]); NaN gives 255."""
     nan = xp.isnan(exponent)

@@ -37,7 +37,15 @@ from typing import Any
 
 from .backends import Backend, backend_for, float_dtype_name
 from .errors import DTypeError, LayoutError, NotAnArrayError, RecipeError, ShapeError
-from .formats import E4M3, E8M0, ElementFormat, fp4_ties_toward_zero, packed_length, unpack_nibbles
+from .formats import (
+    E4M3,
+    E8M0,
+    ElementFormat,
+    fp4_ties_toward_zero,
+    packed_length,
+    round_integers,
+    unpack_nibbles,
+)
 from .kernels._fused import fused_cast, fused_dequantize
 from .layouts import Layout, scale_shape
 from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
@@ -184,6 +192,8 @@ def _block_scales(
             stats.hi = _float32(backend, xp.max(finite_x, axis=axes, keepdims=True))
         if recipe.scale_format == "E4M3":
             stats.tensor_amax = xp.max(amax)
+        if recipe.integer_rounding == "ggml_q4_0":
+            stats.signed_max = _first_signed_max(backend, xb, amax, blocking)
         return stats, block_scales(backend, recipe, stats, history)
 
     if eager or not backend.has_cond:
@@ -218,6 +228,27 @@ def _block_scales(
     if nan_blocks is not None:
         xb = xp.where(xp.isnan(xb), 0.0, xb)
     return stats, scales, xb, nan_blocks
+
+
+def _first_signed_max(backend: Backend, xb: Any, amax: Any, blocking: _Blocking) -> Any:
+    """Per block, its first element (in row-major order) of magnitude ``amax``, with that element's
+    sign (``-0.0`` for a block whose first element is ``-0.0`` and all zero): ggml's Q4_0 ``max``."""
+    import numpy as np
+
+    xp = backend.xp
+    axes = blocking.reduce_axes
+    dims = tuple(blocking.split_shape[a] if a in axes else 1 for a in range(len(blocking.split_shape)))
+    size = math.prod(dims)
+    positions = backend.constant(f"positions:{dims}", np.arange(size, dtype=np.float32).reshape(dims), xb)
+    at_max = xp.abs(_float32(backend, xb)) == amax
+    negative = xp.signbit(xb)
+
+    def first(where: Any) -> Any:
+        return xp.min(xp.where(where, positions, float(size)), axis=axes, keepdims=True)
+
+    first_negative = first(xp.logical_and(at_max, negative))
+    first_positive = first(xp.logical_and(at_max, xp.logical_not(negative)))
+    return xp.where(first_negative < first_positive, -amax, amax)
 
 
 #: the array fields of :class:`Scales` (what a conditional returns; ``product_dtype`` is static)
@@ -257,7 +288,12 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     stats, scales, xb, nan_blocks = _block_scales(
         backend, xb, blocking, recipe, eager, slabs, backend.dtype_name(x), history
     )
-    codes = blocking.merge(xp, _encode_blocks(backend, xb, scales, fmt, slabs, recipe.fp4_ties_toward_zero))
+    codes = blocking.merge(
+        xp,
+        _encode_blocks(
+            backend, xb, scales, fmt, slabs, recipe.fp4_ties_toward_zero, recipe.integer_rounding
+        ),
+    )
     if fmt.packed:
         codes = backend.pack_nibbles(codes)
     stored = scales.stored
@@ -280,14 +316,24 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
 
 
 def _encode_blocks(
-    backend: Backend, xb: Any, scales: Scales, fmt: ElementFormat, slabs: _Slabs, ties_toward_zero: bool
+    backend: Backend,
+    xb: Any,
+    scales: Scales,
+    fmt: ElementFormat,
+    slabs: _Slabs,
+    ties_toward_zero: bool,
+    integer_rounding: str = "even",
 ) -> Any:
     """Codes (split form) of the blocks ``xb`` under ``scales``: the elementwise half of a cast.
-    ``ties_toward_zero``: E2M1 rounds as MLX does (:func:`~breccia.formats.fp4_ties_toward_zero`)."""
+    ``ties_toward_zero``: E2M1 rounds as MLX (and ggml) do (:func:`~breccia.formats.fp4_ties_toward_zero`);
+    ``integer_rounding`` other than ``"even"``: integers round as ggml's do
+    (:func:`~breccia.formats.round_integers`)."""
     if slabs.whole:
         y = _step(backend, _float32(backend, xb), scales)
         if ties_toward_zero:
             y = fp4_ties_toward_zero(backend.xp, y)
+        if integer_rounding != "even":
+            y = round_integers(backend.xp, y, integer_rounding)
         return backend.encode(y, fmt, consume=True)  # y is this cast's own temporary
     out = backend.empty(tuple(xb.shape), backend.code_dtype(fmt), like=xb)
     for index in slabs:
@@ -303,6 +349,8 @@ def _encode_blocks(
         y = _step(backend, part, scales_part, out=backend.scratch(tuple(part.shape), like=xb))
         if ties_toward_zero:
             y = fp4_ties_toward_zero(backend.xp, y)
+        if integer_rounding != "even":
+            y = round_integers(backend.xp, y, integer_rounding)
         backend.encode_into(y, fmt, out[index])
     return out
 
@@ -468,6 +516,8 @@ def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxH
     if delayed:
         history = _check_history(backend, recipe, history, x)
     layout = _prepare_layout(recipe, layout, shape)
+    if recipe.finite_input_only and not backend.is_traced(x) and math.prod(shape):
+        _check_ggml_input(backend, recipe, x)
     x_work = x if shape else backend.xp.reshape(x, (1,))  # a 0-d tensor is quantized as one element
     out = _run_cast(backend, recipe, layout, x_work, history.amax if delayed else None)
     data, scale = backend.finalize_output(out["data"]), backend.finalize_output(out["scale"])
@@ -501,6 +551,42 @@ def _check_dense(x: Any) -> None:
         raise NotAnArrayError("cannot quantize a meta tensor: it has a shape but no values")
     if str(getattr(x, "layout", "")).startswith("torch.sparse") or getattr(x, "is_sparse", False) is True:
         raise NotAnArrayError("cannot quantize a sparse tensor; densify it first (x.to_dense())")
+
+
+def _check_ggml_input(backend: Backend, recipe: Recipe, x: Any) -> None:
+    """ggml's quantizers (``convention="ggml"``) have no rule for NaN or Inf, and store Q8_0/Q4_0
+    scales as fp16: refuse non-finite input, input whose scale ``amax / 127`` (``/ 8``) would
+    overflow float16 (ggml would store an infinite scale), and MXFP4 input within 44 floats of
+    float32's largest (where ggml's encoder overflows). One reduction over ``x``."""
+    from .scaling import GGML_DIVISORS, GGML_MXFP4_LIMIT
+
+    xp = backend.xp
+    amax = _float32(backend, xp.max(xp.abs(x)))
+    if not backend.known_true(xp.isfinite(amax)):
+        nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int32)))
+        inf = int(xp.sum(xp.astype(xp.isinf(x), xp.int32)))
+        raise RecipeError(
+            f"{recipe.label()} reproduces ggml's quantizer, which has no rule for NaN or Inf, and this "
+            f"tensor holds {nan} NaN and {inf} Inf values; replace them (e.g. with nan_to_num) or use "
+            "a recipe with breccia's NaN rule"
+        )
+    if recipe.element_format.kind != "int":
+        if backend.known_true(amax >= GGML_MXFP4_LIMIT):
+            raise RecipeError(
+                f"{recipe.label()}: this tensor's largest magnitude {float(amax):.9g} rounds ggml's "
+                f"float32 log2 up to 128, so ggml's exponent byte becomes 253, at which its encoder's "
+                f"candidates 4 and 6 overflow float32 (a rule breccia does not copy); values must stay "
+                f"below {GGML_MXFP4_LIMIT:.9g}"
+            )
+    else:
+        divisor = abs(GGML_DIVISORS[recipe.element_format.bits])
+        d = backend.round_to(backend.divide(xp.reshape(amax, (1,)), divisor), "float16")
+        if not backend.known_true(xp.all(xp.isfinite(d))):
+            raise RecipeError(
+                f"{recipe.label()}: this tensor's largest magnitude {float(amax):.6g} makes ggml's block "
+                f"scale amax / {divisor:g} overflow float16 (ggml would store an infinite scale); scale "
+                "the tensor down first"
+            )
 
 
 def _check_float32_range(backend: Backend, x: Any) -> None:

@@ -93,6 +93,17 @@ class Recipe:
         """``None`` (symmetric), ``"int"`` (``(q - zp) * s``) or ``"float"`` (``q_u * s + zp``)."""
         return None
 
+    @property
+    def integer_rounding(self) -> str:
+        """How integer codes are rounded: ``"even"`` (round half to even: every recipe but ggml's),
+        ``"away"`` (ggml's Q8_0) or ``"ggml_q4_0"`` (see :func:`breccia.formats.round_integers`)."""
+        return "even"
+
+    @property
+    def finite_input_only(self) -> bool:
+        """Whether a cast refuses NaN and Inf input (ggml's quantizers have no rule for them)."""
+        return False
+
     def default_layout(self) -> Layout:
         raise NotImplementedError
 
@@ -315,17 +326,42 @@ class MXFP4BlockScaling(_MXRecipe):
     __doc__ = (_MXRecipe.__doc__ or "") + """
     ``convention="mlx"`` rounds the E2M1 elements as ``mx.quantize`` does: ties toward zero, and a
     value that rounds to zero is written +0 (``"ocp"``: round to nearest even, sign kept).
+
+    ``convention="ggml"`` is ggml's ``quantize_row_mxfp4_ref`` (and gguf-py's ``MXFP4``), the
+    quantizer behind GGUF's MXFP4 blocks; with ``scale_rounding="floor"`` only::
+
+        e    = floor(fl32(log2 amax)) - 2           (log2 rounded to float32 first, then floored)
+        byte = e + 127, wrapped mod 256 when negative (ggml's float -> uint8 cast); 0 for a zero block
+        data = the E2M1 code nearest x / 2**(byte - 127): ties toward zero, values that round to zero
+               written +0 (the first of ggml's table that minimizes |k * d - x|)
+
+    Rounding ``log2`` to float32 moves the floor up by one for amax just below a power of two
+    ``2**(k + 1)`` with ``|k + 1| >= 3`` (for ``k + 1 = 3`` only the float below 8; more floats for
+    larger ``|k + 1|``), as ggml's ``floorf(log2f(amax))`` and gguf-py's ``np.floor(np.log2(d))`` do.
+    Blocks with amax below ``2**-125`` get ggml's wrapped bytes 232..255 and all-zero codes (they
+    decode to 0 as ggml's do; byte 255, from amax in ``[2**-126, 2**-125)``, reads as NaN in breccia
+    and is refused by ``save_gguf``). NaN and Inf input are refused, and so is amax within 44
+    floats of float32's largest (ggml's byte 253, where its encoder's ``4 * d`` overflows).
     """
     scale_rounding: str = "floor"
     convention: str = "ocp"
 
     def __post_init__(self) -> None:
         _choice(self.name, "scale_rounding", self.scale_rounding, _E8M0_ROUNDINGS)
-        _choice(self.name, "convention", self.convention, ("ocp", "mlx"))
+        _choice(self.name, "convention", self.convention, ("ocp", "mlx", "ggml"))
+        if self.convention == "ggml" and self.scale_rounding != "floor":
+            raise RecipeError(
+                f"{self.name}(convention='ggml') is ggml's MXFP4 quantizer, whose exponent rule is its "
+                f"own floor; scale_rounding must be 'floor', got {self.scale_rounding!r}"
+            )
 
     @property
     def fp4_ties_toward_zero(self) -> bool:
-        return self.convention == "mlx"
+        return self.convention in ("mlx", "ggml")
+
+    @property
+    def finite_input_only(self) -> bool:
+        return self.convention == "ggml"
 
     @property
     def element_format(self) -> ElementFormat:
@@ -420,6 +456,20 @@ class _IntRecipe(Recipe):
 
     so the larger-magnitude edge is exact and ``s`` is negative in about half the groups. A bfloat16
     or float16 input stores ``s`` and ``zp`` in its own dtype (as MLX does) and dequantizes in it.
+
+    Symmetric ``convention="ggml"``: ggml's own quantizers (``quantize_row_q8_0_ref``,
+    ``quantize_row_q4_0_ref``; gguf-py's ``Q8_0``/``Q4_0``), the stored scale being the fp16 value
+    the GGUF block holds (``save_gguf`` writes them byte for byte)::
+
+        INT8 (Q8_0):  d = fl32(amax / 127);  q = roundf(x * (1 / d))     (half away from zero)
+        INT4 (Q4_0):  m = the block's first element of largest magnitude, with its sign
+                      d = fl32(m / -8);      q = min(15, trunc(fl32(x * (1 / d)) + 8.5)) - 8
+        1 / d is 0 where d is 0;  scale = fp16(d) (round to nearest even; -0 kept)
+
+    The codes use ``1 / d`` of the unrounded float32 ``d`` while the scale is ``fp16(d)``, as in
+    ggml. Q4_0's scale is negative when ``m`` is positive. NaN and Inf input are refused, and so is
+    a tensor whose ``d`` overflows float16 (amax above ~8.3e6 for INT8, ~5.2e5 for INT4), which ggml
+    would store as an infinite scale.
     """
 
     group_size: int | None = None
@@ -429,12 +479,27 @@ class _IntRecipe(Recipe):
     def __post_init__(self) -> None:
         _positive_int(self.name, "group_size", self.group_size, optional=True)
         _flag(self.name, "symmetric", self.symmetric)
-        _choice(self.name, "convention", self.convention, ("breccia", "torchao", "mlx"))
+        _choice(self.name, "convention", self.convention, ("breccia", "torchao", "mlx", "ggml"))
         if self.convention == "mlx" and self.symmetric:
             raise RecipeError(
                 f"{self.name}(convention='mlx') is MLX's affine mode, which is asymmetric; "
                 "pass symmetric=False"
             )
+        if self.convention == "ggml" and not self.symmetric:
+            raise RecipeError(
+                f"{self.name}(convention='ggml') is ggml's Q8_0/Q4_0 quantizer, which is symmetric; "
+                "drop symmetric=False (ggml's Q4_1 has no breccia cast)"
+            )
+
+    @property
+    def integer_rounding(self) -> str:
+        if self.convention != "ggml":
+            return "even"
+        return "away" if self.element_format.bits == 8 else "ggml_q4_0"
+
+    @property
+    def finite_input_only(self) -> bool:
+        return self.convention == "ggml"
 
     @property
     def zero_point_kind(self) -> str | None:

@@ -18,6 +18,7 @@ scale for which its codes still decode finite (values outside that window satura
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,9 @@ from .recipes import (
     _MXRecipe,
 )
 
-__all__ = ["BlockStats", "Scales", "AmaxHistory", "block_scales", "FLT_MAX", "FLT_EPS"]
+__all__ = [
+    "BlockStats", "Scales", "AmaxHistory", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
+]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_EPS = float(np.finfo(np.float32).eps)
@@ -85,6 +88,7 @@ class BlockStats:
     lo: Any = None  # min over the block (asymmetric recipes only)
     hi: Any = None  # max over the block (asymmetric recipes only)
     tensor_amax: Any = None  # amax of the whole tensor (NVFP4's global scale)
+    signed_max: Any = None  # the block's first element of largest magnitude, signed (ggml's Q4_0)
     input_dtype: str = "float32"  # dtype name of the tensor being cast (torchao computes scales in it)
 
 
@@ -208,8 +212,68 @@ def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) 
     return Scales(stored=backend.divide(1.0, q), multiplier=q)
 
 
+#: ggml's ``floorf(log2f(amax))``: ``log2`` rounded to float32 reaches ``k + 1`` for the top ``n``
+#: float32 mantissas of ``[2**k, 2**(k + 1))`` (``|k + 1| >= 3``), so the floor moves up by one there.
+#: ``(k_lo, k_hi, n)``: ``n`` is the number of float32 values ``a < 2**(k + 1)`` whose correctly
+#: rounded float32 ``log2`` is ``k + 1`` (half the float32 spacing below ``k + 1`` exceeds
+#: ``log2(2**(k + 1) / a)``); the tests recompute the table and check it against numpy's float32 log2.
+GGML_LOG2_BUMPS = (
+    (-149, -129, 88),
+    (-128, -65, 44),
+    (-64, -33, 22),
+    (-32, -17, 11),
+    (-16, -9, 5),
+    (-8, -5, 2),
+    (-4, -3, 1),
+    (2, 3, 1),
+    (4, 7, 2),
+    (8, 15, 5),
+    (16, 31, 11),
+    (32, 63, 22),
+    (64, 127, 44),
+)
+
+
+#: the smallest amax for which ggml's MXFP4 byte is 253 (log2 rounds up to 128): there ``4 * d`` and
+#: ``6 * d`` overflow float32 in ggml's encoder, so ``cast`` refuses such input
+GGML_MXFP4_LIMIT = (2.0 - GGML_LOG2_BUMPS[-1][2] * 2.0**-23) * 2.0**127
+
+
+def ggml_floor_log2(backend: Any, a: Any) -> Any:
+    """``floor(fl32(log2 a))`` for positive finite float32 ``a`` (subnormals included), exactly: the
+    exact ``k = floor(log2 a)``, plus one where ``a``'s mantissa ``a / 2**k`` is among the top
+    ``n`` of its binade (:data:`GGML_LOG2_BUMPS`). Subnormal ``a`` is scaled by ``2**64`` first, so
+    every power of two used is a normal float32 and every product exact."""
+    xp, pow2 = backend.xp, backend.pow2
+    tiny = a < 2.0**-126
+    t = xp.where(tiny, a, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, a)
+    k = formats.floor_log2(xp, pow2, t)
+    mantissa = backend.divide(t, pow2(k))
+    k = xp.where(tiny, k - _UNDERFLOW_SHIFT, k)
+    threshold = k * 0.0 + 2.0  # 2: no mantissa reaches it
+    for low, high, n in GGML_LOG2_BUMPS:
+        inside = xp.logical_and(k >= float(low), k <= float(high))
+        threshold = xp.where(inside, 2.0 - n * 2.0**-23, threshold)
+    return xp.where(mantissa >= threshold, k + 1.0, k)
+
+
+def _ggml_mxfp4_rule(backend: Any, stats: BlockStats) -> Scales:
+    """ggml's ``quantize_row_mxfp4_ref``: byte ``floor(fl32(log2 amax)) - 2 + 127``, wrapped mod 256
+    below 0 (its float -> uint8 cast), 0 for a zero block; the elements are divided by the byte's
+    scale (E2M1 ties toward zero come from the recipe's ``fp4_ties_toward_zero``)."""
+    xp, pow2 = backend.xp, backend.pow2
+    positive = stats.amax > 0
+    byte = ggml_floor_log2(backend, xp.where(positive, stats.amax, 1.0)) + 125.0
+    byte = xp.where(positive, xp.where(byte < 0.0, byte + 256.0, byte), 0.0)
+    # a wrapped byte (232..255) holds a block below 2**-125: its elements times 2**-126 encode to 0
+    multiplier = pow2(xp.maximum(127.0 - byte, -126.0))
+    return Scales(stored=xp.astype(byte, xp.uint8), multiplier=multiplier)
+
+
 def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
+    if getattr(recipe, "convention", None) == "ggml":
+        return _ggml_mxfp4_rule(backend, stats)
     fmt = recipe.element_format
     positive = stats.amax > 0
     amax = xp.where(positive, stats.amax, 1.0)
@@ -288,9 +352,33 @@ def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
     return Scales(stored=s, divisor=s, pre_offset=bias, post_offset=offset, zero_point=bias)
 
 
+#: the divisor of ggml's scale rule: Q8_0's ``d = amax / 127``, Q4_0's ``d = max / -8``
+GGML_DIVISORS = {8: 127.0, 4: -8.0}
+
+
+def _ggml_int_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
+    """ggml's ``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``: ``d = fl32(amax / 127)`` (INT8)
+    or ``d = fl32(max / -8)`` with ``max`` the block's first element of largest magnitude, signed
+    (INT4); the encode multiplier is ``1 / d`` of that float32 ``d`` (0 where ``d`` is 0) and the
+    stored scale ``fp16(d)``, the value the GGUF block holds. The recipe's ``integer_rounding`` rounds
+    the codes as ggml does."""
+    xp = backend.xp
+    edge = stats.amax if fmt.bits == 8 else stats.signed_max
+    d = backend.divide(edge, GGML_DIVISORS[fmt.bits])
+    # 1 / d overflows float32 exactly where 0 < |d| <= 2**-128; ggml then multiplies by Inf, which
+    # a NaN multiplier stands for (round_integers maps every non-finite product the same way)
+    overflows = xp.logical_and(d != 0, xp.abs(d) <= 2.0**-128)
+    regular = xp.logical_and(d != 0, xp.logical_not(overflows))
+    multiplier = xp.where(regular, backend.divide(1.0, xp.where(regular, d, 1.0)), 0.0)
+    multiplier = xp.where(overflows, math.nan, multiplier)
+    return Scales(stored=backend.round_to(d, "float16"), multiplier=multiplier)
+
+
 def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
     xp = backend.xp
     fmt = recipe.element_format
+    if recipe.convention == "ggml":
+        return _ggml_int_rule(backend, fmt, stats)
     if recipe.convention == "mlx":
         return _mlx_affine_rule(backend, fmt, stats)
     if recipe.convention == "torchao":

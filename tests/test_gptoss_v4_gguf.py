@@ -118,6 +118,33 @@ def test_gguf_checkpoint_lists_unknown_types_and_convert_refuses_them(tmp_path, 
     assert np.array_equal(out["a"], gguf.quants.dequantize(gguf.quants.quantize(values, T.Q8_0), T.Q8_0))
 
 
+def test_inspect_lists_gguf_types_it_does_not_decode_by_name(tmp_path, values, capsys):
+    from breccia.cli import main
+    from breccia.commands.inspect import inspect_checkpoint
+
+    rng = np.random.default_rng(3)
+    q4k = rng.integers(0, 256, (2, 2 * 144), dtype=np.uint8)  # [2, 512]: two Q4_K super-blocks per row
+    q6k = rng.integers(0, 256, (3, 210), dtype=np.uint8)  # [3, 256]: one Q6_K super-block per row
+    tensors = {"a": ("Q8_0", values), "k4": ("Q4_K", q4k), "b": ("F32", values[0]), "k6": ("Q6_K", q6k)}
+    _write_raw_gguf(tmp_path / "m.gguf", tensors)
+    fmt, rows = inspect_checkpoint(tmp_path / "m.gguf")
+    assert fmt.startswith("format: gguf") and "Q4_K (not decoded by breccia)" in fmt and "Q6_K (not" in fmt
+    by_name = {row["name"]: row for row in rows}
+    assert list(by_name) == ["a", "k4", "b", "k6"]
+    assert by_name["a"]["recipe"] is not None and by_name["a"]["nan"] == 0
+    for name, kind, shape, raw in (("k4", "Q4_K", [2, 512], q4k), ("k6", "Q6_K", [3, 256], q6k)):
+        row = by_name[name]
+        assert row["decoded"] is False and row["dtype"] == kind and row["shape"] == shape
+        assert row["bytes"] == raw.nbytes and row["recipe"] is None and row["nan"] is None
+    rc = main(["inspect", str(tmp_path / "m.gguf")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "- (Q4_K, not decoded)" in out and "- (Q6_K, not decoded)" in out
+    total = sum(row["bytes"] for row in rows)
+    assert out.rstrip().endswith(f"4 tensors (1 scaled, 1 plain, 2 not decoded), {total:,} bytes")
+    rc = main(["inspect", "--json", str(tmp_path / "m.gguf")])
+    assert rc == 0 and json.loads(capsys.readouterr().out) == rows
+
+
 def _patch_first(path, old: bytes, new: bytes) -> None:
     data = bytearray(path.read_bytes())
     at = data.index(old)
@@ -260,6 +287,30 @@ def test_gpt_oss_round_trip_and_gguf_transcode_are_byte_exact(tmp_path):
         assert np.array_equal(blocks, stored[name + "_blocks"]) and np.array_equal(
             scales, stored[name + "_scales"]
         )
+
+
+def test_gpt_oss_to_bf16_is_what_transformers_loads_from_the_source(tmp_path):
+    import torch
+    import transformers
+
+    stored = _gpt_oss_dir(tmp_path / "src")
+    report = bc.convert(tmp_path / "src", tmp_path / "bf16", to="bf16")
+    assert report.count("dequantized") == 2 * GPT_OSS["num_hidden_layers"]
+    load = transformers.GptOssForCausalLM.from_pretrained
+    theirs = load(tmp_path / "src", dtype=torch.bfloat16)  # transformers dequantizes the MXFP4 on CPU
+    ours = load(tmp_path / "bf16", dtype=torch.bfloat16)
+    mine = ours.state_dict()
+    for name, value in theirs.state_dict().items():
+        assert mine[name].shape == value.shape and torch.equal(mine[name], value), name
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(ours(tokens).logits, theirs(tokens).logits)
+    back = bc.convert(tmp_path / "bf16", tmp_path / "again", to="gpt-oss-mxfp4")
+    assert back.count("quantized") == 2 * GPT_OSS["num_hidden_layers"]
+    raw = bc.open_checkpoint(tmp_path / "again").raw
+    for name in EXPERTS:  # floor-cast blocks hold code 4 or 6 at their amax, so they come back as stored
+        for part in ("_blocks", "_scales"):
+            assert np.array_equal(raw.read_tensor(name + part), stored[name + part])
 
 
 def test_gpt_oss_to_mlx_mxfp4_is_what_mlx_lm_loads_from_the_source(tmp_path):

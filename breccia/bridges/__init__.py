@@ -34,6 +34,7 @@ __all__ = [
     "shard_jax",
     "save_gguf",
     "open_gguf",
+    "GGML_RECIPES",
 ]
 
 # public name -> private module that defines it
@@ -62,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "shard_jax": "_deepseek",
     "save_gguf": "_gguf",
     "open_gguf": "_gguf",
+    "GGML_RECIPES": "_gguf",
 }
 
 

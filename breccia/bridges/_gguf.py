@@ -38,6 +38,11 @@ Rules where the formats differ, chosen so that nothing is guessed:
   with only the sign of those zeros differing.
 - A Q8_0/Q4_0/Q4_1 scale (and Q4_1 offset) is fp16 in the file: a ScaledTensor is written only if
   each one is a float16 value already (else the write is refused: it would change values).
+
+Float tensors go straight to Q8_0, Q4_0 or MXFP4 (``save_gguf(..., types=...)``) through the recipes
+that reproduce ggml's own quantizers, :data:`GGML_RECIPES` (``convention="ggml"``, see
+:mod:`breccia.recipes`): the blocks written are byte for byte those of ``gguf.quants.quantize``
+(and ggml's ``quantize_row_*_ref``).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from ..layouts import PerBlockK
 from ..recipes import Int4Scaling, Int8Scaling, MXFP4BlockScaling, NVFP4BlockScaling
 from ..tensor import ScaledTensor
 
-__all__ = ["GGUFFile", "open_gguf", "save_gguf", "DECODED_TYPES"]
+__all__ = ["GGUFFile", "open_gguf", "save_gguf", "DECODED_TYPES", "GGML_RECIPES"]
 
 #: ggml types breccia reads (ScaledTensors, then plain arrays)
 QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "MXFP4", "NVFP4")
@@ -70,6 +75,12 @@ PLAIN_TYPES = {
     "I64": "int64",
 }
 DECODED_TYPES = (*QUANTIZED_TYPES, *PLAIN_TYPES)
+#: ggml type -> the breccia recipe that quantizes floats as ggml does (byte for byte)
+GGML_RECIPES = {
+    "Q8_0": Int8Scaling(group_size=32, convention="ggml"),
+    "Q4_0": Int4Scaling(group_size=32, convention="ggml"),
+    "MXFP4": MXFP4BlockScaling(convention="ggml"),
+}
 E8M0_NAN = 255
 UE4M3_ZERO = 0x7F  # ggml reads this UE4M3 byte as 0
 
@@ -187,6 +198,10 @@ class GGUFFile(Mapping):
     def shape(self, name: str) -> tuple[int, ...]:
         """The logical (numpy-order) shape of tensor ``name``."""
         return tuple(int(d) for d in reversed(self._tensors[name].shape.tolist()))
+
+    def nbytes(self, name: str) -> int:
+        """The bytes tensor ``name`` takes in the file (blocks and their scales)."""
+        return int(self._tensors[name].n_bytes)
 
     def __getitem__(self, name: str) -> ScaledTensor | np.ndarray:
         tensor = self._tensors.get(name) if isinstance(name, str) else None
@@ -399,24 +414,81 @@ def _encode(name: str, st: ScaledTensor) -> tuple[str, np.ndarray]:
     )
 
 
-def save_gguf(mapping: Mapping[str, Any], path: str | os.PathLike, *, arch: str = "breccia") -> None:
+def _quantize_types(mapping: Mapping[str, Any], types: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``save_gguf``'s ``types`` as ``name -> ggml type`` for the float arrays it quantizes."""
+    if types is None:
+        return {}
+    valid = ", ".join(GGML_RECIPES)
+    if isinstance(types, str):
+        if types.upper() not in GGML_RECIPES:
+            raise RecipeError(f"types={types!r}: breccia quantizes floats to the ggml types {valid}")
+        floats = {
+            name: types.upper()
+            for name, value in mapping.items()
+            if not isinstance(value, ScaledTensor)
+            and len(getattr(value, "shape", ())) >= 2
+            and "float" in str(getattr(value, "dtype", ""))
+        }
+        return floats
+    chosen = {}
+    for name, kind in types.items():
+        if name not in mapping:
+            raise RecipeError(f"types names tensor {name!r}, which is not in the mapping to write")
+        if not isinstance(kind, str) or kind.upper() not in GGML_RECIPES:
+            raise RecipeError(f"tensor {name!r}: types says {kind!r}; breccia quantizes floats to {valid}")
+        if isinstance(mapping[name], ScaledTensor):
+            raise RecipeError(
+                f"tensor {name!r} is already a ScaledTensor ({mapping[name].recipe!r}); types= quantizes "
+                "float arrays. Dequantize it first, or leave it out of types to move its blocks exactly"
+            )
+        chosen[name] = kind.upper()
+    return chosen
+
+
+def _ggml_cast(name: str, value: Any, kind: str) -> ScaledTensor:
+    """Float array ``value`` quantized as ggml quantizes to ``kind`` (rows a whole number of blocks)."""
+    from ..quantize import cast
+
+    shape = tuple(int(d) for d in value.shape)
+    if not shape or shape[-1] % 32:
+        raise RecipeError(
+            f"tensor {name!r}: GGUF {kind} needs rows of whole 32-element blocks; its shape is "
+            f"{list(shape)}. Leave it out of types (it is then written as it is)"
+        )
+    return cast(value, GGML_RECIPES[kind])
+
+
+def save_gguf(
+    mapping: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    arch: str = "breccia",
+    types: str | Mapping[str, str] | None = None,
+) -> None:
     """Write ``mapping`` (name -> ScaledTensor or array of any framework) as the GGUF file ``path``.
 
     ScaledTensors are moved into the ggml block type that holds them exactly (table in the module
     docstring) and refused, with a RecipeError saying why, when none does. Arrays are written as
-    F32/F16/BF16/F64/I8/I16/I32/I64 by dtype. ``gguf.GGUFReader`` plus ``gguf.quants.dequantize`` of
-    the file give ``bc.dequantize`` of each tensor bit for bit (up to E2M1's ``-0``, read as ``+0``).
-    The file is written beside ``path`` and renamed into place when complete; ``general.architecture``
-    is ``arch`` (the only metadata written).
+    F32/F16/BF16/F64/I8/I16/I32/I64 by dtype, except those ``types`` names: ``types`` maps a tensor
+    name to ``"Q8_0"``, ``"Q4_0"`` or ``"MXFP4"`` (or is one of these for every float array of two or
+    more axes, as llama.cpp keeps 1-D tensors float), and those arrays are quantized with
+    :data:`GGML_RECIPES`, so their blocks are the bytes ``gguf.quants.quantize`` writes (NaN and Inf
+    refused). ``gguf.GGUFReader`` plus ``gguf.quants.dequantize`` of the file give ``bc.dequantize``
+    of each tensor bit for bit (up to E2M1's ``-0``, read as ``+0``). The file is written beside
+    ``path`` and renamed into place when complete; ``general.architecture`` is ``arch`` (the only
+    metadata written).
     """
     gguf = _gguf()
     from ..backends import host_array
 
     target = os.path.abspath(os.fspath(path))
+    quantize = _quantize_types(mapping, types)
     entries = []
     for name, value in mapping.items():
         if not isinstance(name, str) or not name:
             raise FileFormatError(f"GGUF tensor names are non-empty strings; got {name!r}")
+        if name in quantize:
+            value = _ggml_cast(name, value, quantize[name])
         if isinstance(value, ScaledTensor):
             kind, raw = _encode(name, value)
             entries.append((name, raw, gguf.GGMLQuantizationType[kind]))

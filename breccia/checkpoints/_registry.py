@@ -72,6 +72,11 @@ class Checkpoint(Mapping):
         can do it on ScaledTensors (so they are repacked, not requantized); by default unchanged."""
         return values
 
+    def float_layout(self, name: str, array: Any) -> Any:
+        """``array``, the float value of tensor ``name``, laid out as transformers' float model of this
+        convention holds it (what the ``bf16``/``float16``/``float32`` targets write); by default as read."""
+        return array
+
     def read_numpy(self, name: str) -> ScaledTensor | Any:
         """``self[name]`` with numpy arrays, whatever this mapping's framework (what conversions use)."""
         if name not in self:

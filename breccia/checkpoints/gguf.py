@@ -62,6 +62,10 @@ class GGUFCheckpoint(Checkpoint):
     def _read(self, name: str) -> Any:
         return self.source[name]
 
+    def undecoded(self) -> dict[str, str]:
+        """The tensors whose ggml type breccia does not decode: name -> type name (reading one raises)."""
+        return self.source.undecoded()
+
     def close(self) -> None:
         self.source.close()
 

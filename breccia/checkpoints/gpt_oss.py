@@ -9,7 +9,9 @@ matrix ``[N, K]`` per expert) as two uint8 tensors::
 
 config.json's ``quantization_config`` is ``{"quant_method": "mxfp4", "modules_to_not_convert": [...]}``
 (attention, router, embeddings and ``lm_head`` stay bf16). transformers' CPU decoder
-(``integrations/mxfp4.py``) computes the same ``W`` and returns it transposed, ``[E, K, N]``.
+(``integrations/mxfp4.py``) computes the same ``W`` and returns it transposed, ``[E, K, N]``, the
+layout of transformers' float ``GptOssExperts`` (``gate_up_proj [E, hidden, 2 * intermediate]``,
+``down_proj [E, intermediate, hidden]``, same names without the suffixes).
 
 Read: ``P`` as one ScaledTensor ``[E, N, K]`` (``MXFP4BlockScaling``, ``PerBlockK(32)``): the stored
 bytes reshaped, nothing decoded. Scale byte 255 has one rule: it is refused (FileFormatError naming
@@ -18,10 +20,15 @@ that says mxfp4 without ``*_blocks`` tensors, blocks without scales (or of anoth
 and blocks under a module the config lists in ``modules_to_not_convert`` are errors naming both
 readings.
 
-Write (``gpt-oss-mxfp4``): 3-D expert weights ``P`` become ``P_blocks``/``P_scales``: an MXFP4
-ScaledTensor (any E8M0 rounding) is moved bit for bit, anything else is cast with
-``MXFP4BlockScaling()`` (OCP floor) in the orientation it has, ``[E, N, K]``. Other tensors are copied
-(quantized ones dequantized to the model dtype).
+To float (``bf16``, ``float16``, ``float32``) each expert weight is written as that float model loads
+it: ``W`` transposed to ``[E, K, N]`` (:meth:`GptOssCheckpoint.float_layout`), so transformers'
+``GptOssForCausalLM.from_pretrained`` reads the output with the values its own decoder gives the source.
+
+Write (``gpt-oss-mxfp4``): 3-D expert weights ``P`` become ``P_blocks``/``P_scales``. From a gpt-oss
+source (``[E, N, K]``) an MXFP4 ScaledTensor (any E8M0 rounding) is moved bit for bit and any other
+is cast with ``MXFP4BlockScaling()`` (OCP floor); from any other source the weight is in transformers'
+float layout ``[E, K, N]`` (a bf16 gpt-oss directory), so it is transposed to ``[E, N, K]`` (in
+float32) and then cast. Other tensors are copied (quantized ones dequantized to the model dtype).
 
 To mlx (``mlx-mxfp4``) the experts go through :meth:`GptOssCheckpoint.mlx_tensors`, which does what
 mlx-lm's ``gpt_oss`` sanitize does to the stored bytes (``gate_up_proj`` rows ``0::2`` become
@@ -170,6 +177,12 @@ class GptOssCheckpoint(StoredCheckpoint):
             dtype=self.dtype,
         )
 
+    def float_layout(self, name: str, array: Any) -> Any:
+        """Expert weights ``[E, N, K]`` as transformers' float ``GptOssExperts`` holds them, ``[E, K, N]``."""
+        if name not in self.pairs:
+            return array
+        return np.ascontiguousarray(np.swapaxes(array, -1, -2))
+
     def mlx_tensors(self, values: dict[str, Any]) -> dict[str, Any]:
         """mlx-lm's ``gpt_oss`` sanitize applied to ScaledTensors: ``experts.gate_up_proj`` rows
         ``0::2``/``1::2`` (and its bias) become ``gate_proj``/``up_proj``, ``down_proj`` gets ``.weight``."""
@@ -242,6 +255,7 @@ def write_gpt_oss(source: Checkpoint, out: OutputDirectory, report: ConversionRe
 
     dtype = model_dtype(source.config)
     recipe = MXFP4BlockScaling()
+    stored_layout = isinstance(source, GptOssCheckpoint)
     writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
         value = source.read_numpy(name)
@@ -252,9 +266,18 @@ def write_gpt_oss(source: Checkpoint, out: OutputDirectory, report: ConversionRe
             if not isinstance(value, ScaledTensor):
                 report.record(name, "copied")
             continue
-        if isinstance(value, ScaledTensor) and isinstance(value.recipe, MXFP4BlockScaling):
+        if stored_layout and isinstance(value, ScaledTensor) and isinstance(value.recipe, MXFP4BlockScaling):
             st = value
             report.record(name, "repacked")
+        elif not stored_layout:  # transformers' float layout [E, K, N]
+            float32 = np.asarray(dequantize(value, "float32")) if isinstance(value, ScaledTensor) else value
+            reference = np.ascontiguousarray(np.swapaxes(np.asarray(float32, np.float32), -1, -2))
+            st = cast(reference, recipe)
+            if isinstance(value, ScaledTensor):
+                error = relative_error(reference, np.asarray(dequantize(st, "float32")))
+                report.record(name, "requantized", error)
+            else:
+                report.record(name, "quantized")
         elif isinstance(value, ScaledTensor):
             reference = np.asarray(dequantize(value, "float32"))
             st = cast(reference, recipe)

@@ -8,8 +8,10 @@ a format breccia does not know is an error naming the tensor, never a silent flo
 Write (targets ``bf16``, ``float16``, ``float32``): every quantized tensor is dequantized (in float32,
 one rounding to the target dtype, a slab of rows at a time) and every float tensor is cast to the
 target dtype (round to nearest even), except float32 tensors the model keeps in float32 on purpose
-(DeepSeek's ``e_score_correction_bias``). Integer buffers (``position_ids``) are copied. config.json
-loses its ``quantization_config`` and says the new dtype (``torch_dtype`` and ``dtype``).
+(DeepSeek's ``e_score_correction_bias``). Integer buffers (``position_ids``) are copied. Each tensor is
+written in the layout transformers' float model of the source's convention holds
+(``Checkpoint.float_layout``; gpt-oss experts are stored ``[E, N, K]`` but loaded ``[E, K, N]``).
+config.json loses its ``quantization_config`` and says the new dtype (``torch_dtype`` and ``dtype``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def write_float(
     """Every tensor of ``source`` as a float checkpoint of ``dtype`` (see the module docstring)."""
     writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
-        writer.add(name, to_float(name, source.read_numpy(name), dtype, report))
+        writer.add(name, source.float_layout(name, to_float(name, source.read_numpy(name), dtype, report)))
         source.release()
     report.files = writer.finish()
     out.write_json("config.json", float_config(source.config, dtype))

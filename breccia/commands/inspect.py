@@ -11,8 +11,11 @@ at a time, so memory stays near 2**24 float32 values whatever the tensor's size.
 
 The first line names the checkpoint's format as breccia detects it (hf, breccia, deepseek-fp8,
 mlx-lm, ...) with details, e.g. "format: deepseek-fp8 (128x128 blocks, ue8m0 scales)". FILE is a
-.safetensors file or a model.safetensors.index.json; DIR is a model directory (or a directory of
-unrelated .safetensors files, each listed with its file name).
+.safetensors file, a model.safetensors.index.json or a .gguf file; DIR is a model directory (or a
+directory of unrelated .safetensors files, each listed with its file name).
+
+A GGUF tensor of a ggml type breccia does not decode (the K-quants, IQ types, ...) is listed by name,
+shape, bytes and ggml type as "not decoded", with no scale range or counts: nothing is guessed.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def register(commands: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("path", metavar="FILE|DIR", help="a .safetensors file, an index.json, or a directory")
+    parser.add_argument(
+        "path", metavar="FILE|DIR", help="a .safetensors file, an index.json, a .gguf file, or a directory"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(run=_run)
 
@@ -85,8 +90,12 @@ def inspect_checkpoint(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
     for checkpoint in checkpoints:
         with checkpoint:
             formats.append(checkpoint.format + (f" ({checkpoint.details})" if checkpoint.details else ""))
+            undecoded = _gguf_undecoded(checkpoint)
             for name in checkpoint:
-                row = describe(name, checkpoint[name])
+                if name in undecoded:
+                    row = _undecoded_row(name, undecoded[name], checkpoint)
+                else:
+                    row = describe(name, checkpoint[name])
                 if len(checkpoints) > 1:
                     row["file"] = os.path.basename(checkpoint.directory.single or "")
                 rows.append(row)
@@ -96,6 +105,31 @@ def inspect_checkpoint(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
 def inspect_path(path: str | Path) -> list[dict[str, Any]]:
     """One :func:`describe` row per tensor under ``path`` (file, index or directory), in file order."""
     return inspect_checkpoint(path)[1]
+
+
+def _gguf_undecoded(checkpoint: Any) -> dict[str, str]:
+    """The tensors of a GGUF checkpoint that breccia does not decode (name -> ggml type); else none."""
+    from ..checkpoints.gguf import GGUFCheckpoint
+
+    return checkpoint.undecoded() if isinstance(checkpoint, GGUFCheckpoint) else {}
+
+
+def _undecoded_row(name: str, kind: str, checkpoint: Any) -> dict[str, Any]:
+    """The row of a GGUF tensor of ggml type ``kind``, which breccia lists but does not decode."""
+    return {
+        "name": name,
+        "recipe": None,
+        "layout": None,
+        "shape": list(checkpoint.source.shape(name)),
+        "dtype": kind,
+        "bytes": checkpoint.source.nbytes(name),
+        "scale_min": None,
+        "scale_max": None,
+        "nan": None,
+        "inf": None,
+        "recipe_dict": None,
+        "decoded": False,
+    }
 
 
 # --- describing one tensor --------------------------------------------------------------------------
@@ -225,13 +259,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     body = [
         (
             printable(row["name"] if "file" not in row else f"{row['file']}:{row['name']}"),
-            row["recipe"] or f"- ({row['dtype']})",
+            row["recipe"] or f"- ({row['dtype']}{', not decoded' if row.get('decoded') is False else ''})",
             row["layout"] or "-",
             "x".join(str(d) for d in row["shape"]) or "scalar",
             f"{row['bytes']:,}",
             _range_text(row),
-            str(row["nan"]),
-            str(row["inf"]),
+            "-" if row["nan"] is None else str(row["nan"]),
+            "-" if row["inf"] is None else str(row["inf"]),
         )
         for row in rows
     ]
@@ -243,7 +277,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return "  ".join(padded)
 
     scaled = sum(1 for row in rows if row["recipe"] is not None)
+    undecoded = sum(1 for row in rows if row.get("decoded") is False)
+    plain = len(rows) - scaled - undecoded
     total = sum(row["bytes"] for row in rows)
     lines = [line(header), "  ".join("-" * w for w in widths), *(line(cells) for cells in body)]
-    lines.append(f"{len(rows)} tensors ({scaled} scaled, {len(rows) - scaled} plain), {total:,} bytes")
+    kinds = f"{scaled} scaled, {plain} plain" + (f", {undecoded} not decoded" if undecoded else "")
+    lines.append(f"{len(rows)} tensors ({kinds}), {total:,} bytes")
     return "\n".join(line.rstrip() for line in lines)

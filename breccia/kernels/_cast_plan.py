@@ -24,7 +24,7 @@ the power of two ``block_pad``, the padding masked off) in each of ``tile_rows``
 is the whole tile (``tile_rows = block_rows``, one block). Block sizes must be powers of two (Triton
 tiles are), but for PerRow; ragged edges are masked and read as zeros, which never change an amax
 (the reference's zero padding). Everything else (integers, NVFP4, torchao conventions, float64
-input, odd block sizes) takes the shared path.
+input, odd block sizes, ggml's conventions) takes the shared path.
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ def _next_pow2(n: int) -> int:
 
 def _rule(recipe: Recipe) -> dict | None:
     """The fused kernels' rule for ``recipe``, or None where only the shared code has it (E8M0 rules
-    other than floor and ceil, MLX's fp4 tie rule, every NVFP4 and integer recipe)."""
-    if recipe.fp4_ties_toward_zero:
+    other than floor and ceil, MLX's and ggml's fp4 tie rule and ggml's MXFP4 exponent, every NVFP4
+    and integer recipe, ggml's Q8_0/Q4_0 included)."""
+    if recipe.fp4_ties_toward_zero or getattr(recipe, "convention", None) == "ggml":
         return None
     if isinstance(recipe, _MXRecipe) and recipe.scale_rounding in ("floor", "ceil"):
         fmt = recipe.element_format
