@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from .errors import LayoutError, RecipeError
 from .formats import E2M1, E4M3, E5M2, E8M0, INT4, INT8, ElementFormat
 from .layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
+from .scale_rules import E8M0_ROUNDINGS
 
 __all__ = [
     "Recipe",
@@ -275,8 +276,8 @@ class Float8BlockScaling(Recipe):
         return PerBlock2D(self.block_m, self.block_k)
 
 
-#: How an MX recipe rounds its E8M0 exponent (see :class:`MXFP8BlockScaling`).
-_E8M0_ROUNDINGS = ("floor", "ceil", "nearest")
+#: How an MX recipe rounds its E8M0 exponent (see :class:`MXFP8BlockScaling` and :mod:`.scale_rules`).
+_E8M0_ROUNDINGS = E8M0_ROUNDINGS
 
 
 @dataclass(frozen=True)
@@ -285,13 +286,17 @@ class _MXRecipe(Recipe):
 
     ``scale_rounding="floor"`` is the OCP MX v1.0 rule, ``"ceil"`` what TransformerEngine, torchao's
     RCEIL and MLX (CUDA always; CPU and Metal from 0.32.2) produce, ``"nearest"`` what MLX's CPU and
-    Metal backends produced up to 0.32.1 (see ``docs/recipes.md``)::
+    Metal backends produced up to 0.32.1, ``"even"`` torchao's EVEN (:mod:`breccia.scale_rules` lists
+    every rule with the peers and versions that use it)::
 
         floor:   e = floor(log2 amax) - emax_elem  (emax_elem: 8 for E4M3, 15 for E5M2, 2 for E2M1)
         ceil:    e = ceil(log2 s)                  (s = amax / max rounded to nearest in fp32)
         nearest: e = round(log2 s)                 (the same s, rounded to nearest in log2:
                                                     e = k + 1 if s > sqrt(2) * 2**k else k, k = floor(log2 s);
                                                     exact, as sqrt(2) * 2**k is never a float)
+        even:    e = floor(log2 amax) + c - emax_elem  (c = 1 where amax's mantissa, rounded half up
+                                                    to the element's m bits, carries:
+                                                    amax >= 2**k * (2 - 2**-(m + 1)), k = floor(log2 amax))
         e    = clip(e, -127, 127); a zero block gets e = 0 (scale 1)
         data = encode(x / 2**e)    scale = 2**e (E8M0)
 

@@ -154,17 +154,19 @@ def _ceil_log2(xp: Any, pow2: Any, v: Any) -> Any:
 _LN2 = float(np.float32(np.log(2.0)))
 
 
-def _deepseek_ceil_log2(xp: Any, pow2: Any, s: Any) -> Any:
-    """``ceil(fl32(log2 s))`` for normal float32 ``s``: the UE8M0 exponent of DeepSeek's kernel, whose
-    float32 ``log2`` is correctly rounded (measured on an H200), so that ``s = 2**k * (1 + i * 2**-23)``
-    just above a power of two gets ``k``, not ``k + 1``, when ``log2(1 + i * 2**-23)`` is below half
-    the float32 spacing ``h`` next to ``k`` on the side of ``k + log2 m`` (``2**(j - 24)``, ``j =
+def _ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
+    """``ceil(fl32(log2 s))`` for positive float32 ``s`` down to ``2**-127``, with a correctly rounded
+    float32 ``log2`` (what torch's ``log2`` gives torchao's RCEIL on the CPU, and what DeepSeek's
+    kernel computes for its UE8M0 scales, measured on an H200). ``s = 2**k * (1 + i * 2**-23)`` just
+    above a power of two gets ``k``, not ``k + 1``, when ``log2(1 + i * 2**-23)`` is below half the
+    float32 spacing ``h`` next to ``k`` on the side of ``k + log2 m`` (``2**(j - 24)``, ``j =
     floor(log2 |k|)``, halved again below a negative power of two; for ``k = 0`` no ``i > 0``).
     ``log2(1 + i * 2**-23) < h`` is decided as ``i * 2**-23 < h * fl32(ln 2)``, both sides exact: no
     integer ``i`` lies between the two thresholds, which differ by a relative ``h ln2 / 2 < 2**-18``.
+    Below ``2**-127`` the result is at most -127, which every caller clamps to.
     """
     k = formats.floor_log2(xp, pow2, s)
-    i = (s * pow2(-k) - 1.0) * 2.0**23  # the mantissa bits, exactly
+    i = (s * pow2(-xp.maximum(k, -127.0)) - 1.0) * 2.0**23  # the mantissa bits, exactly
     a = xp.maximum(xp.abs(k), 1.0)
     j = formats.floor_log2(xp, pow2, a)
     h = pow2(xp.where((k < 0) & (pow2(j) == a), j - 25.0, j - 24.0))
@@ -199,7 +201,7 @@ def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) 
     if convention == "deepseek":
         s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(fmax)
         if recipe.power_2_scale:
-            s = pow2(_deepseek_ceil_log2(xp, pow2, s))
+            s = pow2(_ceil_f32_log2(xp, pow2, s))
         return Scales(stored=s, multiplier=backend.divide(1.0, s))
     if convention == "torchao":
         return _torchao_float8_rule(backend, fmax, stats)
@@ -270,6 +272,16 @@ def _ggml_mxfp4_rule(backend: Any, stats: BlockStats) -> Scales:
     return Scales(stored=xp.astype(byte, xp.uint8), multiplier=multiplier)
 
 
+def _even_log2(xp: Any, pow2: Any, amax: Any, mantissa_bits: int) -> Any:
+    """``floor(log2 amax')`` where ``amax'`` is ``amax`` with its mantissa rounded to ``mantissa_bits``
+    bits, half up (torchao's EVEN: ``(bits + 2**(22 - m)) & sign_exponent_mask``): ``k + 1`` where the
+    mantissa of ``amax = 2**k * f`` reaches ``f >= 2 - 2**-(m + 1)`` (the carry into the exponent),
+    else ``k``. The product ``2**k * (2 - 2**-(m + 1))`` is exact. A subnormal ``amax`` can only get a
+    smaller exponent than the clamp at -127 allows either way."""
+    k = formats.floor_log2(xp, pow2, amax)
+    return xp.where(amax >= pow2(k) * (2.0 - 2.0 ** -(mantissa_bits + 1)), k + 1.0, k)
+
+
 def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
     if getattr(recipe, "convention", None) == "ggml":
@@ -279,6 +291,10 @@ def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
     amax = xp.where(positive, stats.amax, 1.0)
     if recipe.scale_rounding == "floor":
         e = formats.floor_log2(xp, pow2, amax) - float(fmt.e_max)
+    elif recipe.scale_rounding == "even":
+        e = _even_log2(xp, pow2, amax, fmt.mantissa_bits) - float(fmt.e_max)
+    elif recipe.scale_rounding == "ceil_f32_log2":
+        e = _ceil_f32_log2(xp, pow2, backend.divide(amax, fmt.max_value))
     elif recipe.scale_rounding == "nearest":
         e = _nearest_log2(xp, pow2, backend.divide(amax, fmt.max_value))
     else:

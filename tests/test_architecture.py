@@ -10,7 +10,7 @@ import breccia
 #: rank -> the top-level names under breccia/ of that layer (docs/architecture.md's table)
 LAYERS = (
     ("errors",),
-    ("formats", "layouts", "recipes"),
+    ("formats", "layouts", "scale_rules", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
     ("quantize", "matmul", "kernels"),

@@ -139,7 +139,7 @@ CPU_CONFIGS = {
         lambda: MXDynamicActivationMXWeightConfig(),
         [torch.bfloat16],
         "MXTensor",
-        bc.MXFP8BlockScaling(scale_rounding="ceil"),
+        bc.MXFP8BlockScaling(scale_rounding="ceil_f32_log2"),
     ),
     "mxfp4": (
         lambda: MXDynamicActivationMXWeightConfig(
@@ -147,7 +147,7 @@ CPU_CONFIGS = {
         ),
         [torch.bfloat16],
         "MXTensor",
-        bc.MXFP4BlockScaling(scale_rounding="ceil"),
+        bc.MXFP4BlockScaling(scale_rounding="ceil_f32_log2"),
     ),
     "nvfp4-wo": (lambda: NVFP4WeightOnlyConfig(), DTYPES, "NVFP4Tensor", bc.NVFP4BlockScaling()),
 }
@@ -285,10 +285,16 @@ def test_cast_torchao_convention_rounds_scales_in_bf16():
     ids=["e4m3", "e5m2", "e2m1"],
 )
 @pytest.mark.parametrize(
-    "mode, rounding", [(ScaleCalculationMode.FLOOR, "floor"), (ScaleCalculationMode.RCEIL, "ceil")]
+    "mode, rounding",
+    [
+        (ScaleCalculationMode.FLOOR, "floor"),
+        (ScaleCalculationMode.RCEIL, "ceil_f32_log2"),
+        (ScaleCalculationMode.EVEN, "even"),
+    ],
 )
 def test_cast_mx_matches_to_mx_outside_zero_blocks(elem, recipe, mode, rounding, dtype):
-    """MX floor/ceil are torchao's FLOOR/RCEIL; only all-zero blocks differ (torchao 2**-127, breccia 1)."""
+    """MX floor/ceil_f32_log2/even are torchao's FLOOR/RCEIL/EVEN; only all-zero blocks differ (torchao
+    2**-127, breccia 1)."""
     x = weight(dtype)
     t = MXTensor.to_mx(x, elem, 32, mode)
     st = bc.cast(x, recipe(rounding))

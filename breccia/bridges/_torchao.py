@@ -261,7 +261,8 @@ def _read_mx(t: Any, recipe: Recipe | None) -> ScaledTensor:
         raise LayoutError(f"MXTensor with block_size={t.block_size}: breccia's MX recipes use blocks of 32")
     elem = t.elem_dtype
     mode = getattr(getattr(t.act_quant_kwargs, "scaling_mode", None), "name", "FLOOR")
-    rounding = "ceil" if mode == "RCEIL" else "floor"
+    # RCEIL's eager and CPU rule (torch.log2 in float32; scale_rules lists both RCEIL rules)
+    rounding = {"RCEIL": "ceil_f32_log2", "EVEN": "even"}.get(mode, "floor")
     if elem in (torch.float8_e4m3fn, torch.float8_e5m2):
         fp8 = _FP8_NAMES[str(elem).removeprefix("torch.")]
         inferred: Recipe = MXFP8BlockScaling(fp8_format=fp8, scale_rounding=rounding)
@@ -445,7 +446,13 @@ def _to_mx(st: ScaledTensor) -> Any:
     _block_size("MXTensor", st)
     fmt = st.recipe.element_format.name
     elem = {"E4M3": torch.float8_e4m3fn, "E5M2": torch.float8_e5m2, "E2M1": torch.float4_e2m1fn_x2}[fmt]
-    mode = ScaleCalculationMode.RCEIL if st.recipe.scale_rounding == "ceil" else ScaleCalculationMode.FLOOR
+    modes = {"ceil": "RCEIL", "ceil_f32_log2": "RCEIL", "even": "EVEN", "floor": "FLOOR"}
+    if st.recipe.scale_rounding not in modes:
+        raise RecipeError(
+            f"torchao's MXTensor has no {st.recipe.scale_rounding!r} E8M0 rounding (it has FLOOR, RCEIL and "
+            "EVEN); requantize with scale_rounding='floor', 'ceil' or 'even' first"
+        )
+    mode = getattr(ScaleCalculationMode, modes[st.recipe.scale_rounding])
     act = QuantizeTensorToMXKwargs(
         elem_dtype=elem, block_size=32, scaling_mode=mode, kernel_preference=KernelPreference.EMULATED,
         is_swizzled_scales=False,

@@ -93,8 +93,8 @@ class _Ops:
         e = self.floor_log2(v)
         return jnp.where(self.pow2(e) < v, e + 1, e)
 
-    def deepseek_ceil_log2(self, s: Any) -> Any:
-        """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._deepseek_ceil_log2``)."""
+    def ceil_f32_log2(self, s: Any) -> Any:
+        """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._ceil_f32_log2``)."""
         k = self.floor_log2(s)
         i = (_bits(s) & 0x7FFFFF).astype(jnp.float32)  # s is normal
         a = jnp.maximum(jnp.abs(k), 1)
@@ -118,7 +118,7 @@ class _Ops:
             floored = jnp.maximum(amax, jnp.float32(1e-4))
             s = self.div_deepseek(floored, jnp.full(amax.shape, plan.fmax, jnp.float32))
             if plan.power_2:
-                s = self.pow2(self.deepseek_ceil_log2(s))
+                s = self.pow2(self.ceil_f32_log2(s))
             return s, s
         positive = amax > 0
         am = jnp.where(positive, amax, 1.0)

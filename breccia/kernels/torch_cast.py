@@ -86,8 +86,8 @@ def _ceil_log2(v):
 
 
 @triton.jit
-def _deepseek_ceil_log2(s):
-    """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._deepseek_ceil_log2``)."""
+def _ceil_f32_log2(s):
+    """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._ceil_f32_log2``)."""
     k = _floor_log2(s)
     i = (s.to(tl.int32, bitcast=True) & 0x7FFFFF).to(tl.float32)  # s is normal
     a = tl.maximum(tl.abs(k), 1)
@@ -116,7 +116,7 @@ def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr,
     elif RULE == 1:  # deepseek: s = max(amax, 1e-4) / max, divided as DeepSeek's kernel divides
         s = _div_full(tl.maximum(amax, 1e-4), tl.full(amax.shape, FMAX, tl.float32))
         if POW2:
-            s = _pow2(_deepseek_ceil_log2(s))
+            s = _pow2(_ceil_f32_log2(s))
         return s, s
     else:  # MX: e = floor(log2 amax) - emax_elem, or ceil(log2(amax / max))
         positive = amax > 0
