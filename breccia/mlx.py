@@ -38,7 +38,6 @@ from .bridges._mlx import (
     from_mlx_quantized,
     mlx_recipe,
     resolve_mode,
-    to_mlx_framework,
     to_mlx_quantized,
 )
 
@@ -134,7 +133,7 @@ class Float8Linear(nn.Module):
             )
         if len(weight.shape) != 2:
             raise RecipeError(f"Float8Linear needs a 2-D [out, in] weight; got shape {weight.shape}")
-        st = to_mlx_framework(weight)
+        st = weight.to("mlx")
         self._st = st
         self["weight"] = st.data
         self["scale"] = st.scale
@@ -214,14 +213,14 @@ class ExportReport:
 
 
 def _to_mlx_array(value: Any) -> Any:
-    from .backends import backend_for
+    """A state dict's plain array (any framework) as an MLX array: float64 as float32, and fp8/fp4,
+    which need a scale, refused."""
+    from .backends import backend_for, get_backend
 
     if isinstance(value, mx.array):
         return value
     backend = backend_for(value, "state dict value")
     host = np.ascontiguousarray(backend.to_numpy(value))
-    if host.dtype.name == "bfloat16":
-        return mx.array(host.view(np.uint16)).view(mx.bfloat16)
     if host.dtype == np.float64:
         host = host.astype(np.float32)
     if host.dtype.kind == "V" or host.dtype.name.startswith("float8") or host.dtype.name.startswith("float4"):
@@ -229,7 +228,7 @@ def _to_mlx_array(value: Any) -> Any:
             f"a plain {host.dtype.name} tensor has no scale to go with it; load it as a ScaledTensor "
             "(e.g. breccia.bridges.load_deepseek_v3) before exporting to MLX"
         )
-    return mx.array(host)
+    return get_backend("mlx").from_host(host)
 
 
 def _is_torchao(value: Any) -> bool:
@@ -297,7 +296,7 @@ def _export_scaled(
     if q is not None and _fits(q, mode, group, bits):
         report.actions[name] = "repacked"
         return _arrays(name, q)
-    values = dequantize(to_mlx_framework(st), "float32")
+    values = dequantize(st.to("mlx"), "float32")
     if not quantize(name, st.shape):
         report.actions[name] = f"dequantized ({st.recipe!r} has no place in this MLX model)"
         return {name: values.astype(st.dtype)}

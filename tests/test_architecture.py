@@ -5,7 +5,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import breccia
+import breccia.backends
 
 #: rank -> the top-level names under breccia/ of that layer (docs/architecture.md's table)
 LAYERS = (
@@ -79,3 +82,138 @@ def test_the_documented_exceptions_still_exist():
         module = _module_name(path)
         present.update((module, imported) for imported, _ in _imports(path, module))
     assert set(ALLOWED_UPWARD) <= present
+
+
+# --- one place names a framework ---------------------------------------------------------------------
+FRAMEWORK_NAMES = frozenset(breccia.backends.FRAMEWORKS)
+BACKENDS = ROOT / "backends"
+
+
+def _names_a_framework(node: ast.AST) -> bool:
+    """A framework's name as a literal, or a tuple/list/set literal holding one."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str) and node.value in FRAMEWORK_NAMES
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_names_a_framework(e) for e in node.elts)
+    return False
+
+
+def _is_convention(node: ast.AST) -> bool:
+    """A recipe's ``convention`` (``"mlx"`` there names MLX's quantization arithmetic, which any
+    framework runs, not the framework): ``x.convention``, ``convention``, ``getattr(x, "convention", d)``."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "convention"
+    if isinstance(node, ast.Name):
+        return node.id == "convention"
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "getattr"
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and node.args[1].value == "convention"
+    )
+
+
+def _framework_comparisons(source: str) -> list[int]:
+    """Lines of ``source`` that compare something with a framework's name (``==``, ``!=``, ``in``,
+    ``is``, a ``case``), but for a recipe's convention."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(map(_names_a_framework, operands)) and not any(map(_is_convention, operands)):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and _names_a_framework(node.value):
+            lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "source, found",
+    [
+        ('if framework == "torch":\n    pass', True),
+        ('ok = backend.name != "numpy"', True),
+        ('host = dst.name in ("numpy", "mlx")', True),
+        ('ok = framework_of(x) not in (None, "torch")', True),
+        ('match framework:\n    case "jax":\n        pass', True),
+        ('mlx = recipe.convention == "mlx"', False),
+        ('mlx = getattr(recipe, "convention", None) == "mlx"', False),
+        ('st = st.to("torch")', False),
+        ('ok = backend.host_only', False),
+    ],
+)
+def test_the_framework_comparison_finder(source, found):
+    assert bool(_framework_comparisons(source)) is found
+
+
+def test_no_module_outside_backends_compares_a_framework_name():
+    """What differs between frameworks is a Backend attribute or method (docs/architecture.md): a
+    ``framework == "torch"`` ladder elsewhere is one more place a new framework must be added."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if BACKENDS in path.parents:
+            continue
+        source = path.read_text(encoding="utf-8")
+        found += [f"{path.relative_to(ROOT.parent)}:{line}" for line in _framework_comparisons(source)]
+    assert found == [], "framework names compared outside breccia/backends:\n" + "\n".join(found)
+
+
+# --- private names stay in their package -------------------------------------------------------------
+#: cross-package imports of a private name that remain, each to be made its package's public surface
+#: by the module's owner: (importer, imported) -> why it is still here
+KNOWN_PRIVATE_IMPORTS = {
+    ("breccia.bridges._huggingface", "breccia.quantize._prepare_layout"): "quantize.py is split (#23.5)",
+    ("breccia.kernels._cast_plan", "breccia.recipes._MXRecipe"): "recipe predicates replace it (#23.3)",
+}
+
+
+def _package_of(module: str) -> str:
+    """The package a module belongs to (a package's ``__init__`` belongs to the package itself)."""
+    path = ROOT.parent.joinpath(*module.split("."))
+    return module if path.is_dir() else module.rpartition(".")[0]
+
+
+def _private_imports(path: Path, module: str) -> list[tuple[str, int]]:
+    """``package.module._name`` for each underscore name ``path`` imports from another package."""
+    package = _package_of(module)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join([*base, node.module] if node.module else base)
+            else:
+                source = node.module or ""
+            imported = [(source, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            imported = [tuple(alias.name.rsplit(".", 1)) for alias in node.names if "." in alias.name]
+        else:
+            continue
+        for source, name in imported:
+            if source.split(".")[0] != "breccia" or not name.startswith("_"):
+                continue
+            if _package_of(source) != package:
+                found.append((f"{source}.{name}", node.lineno))
+    return found
+
+
+def test_no_module_imports_a_private_name_from_another_package():
+    """What another package needs is that package's public surface (a name without an underscore,
+    e.g. exported from ``breccia/bridges/__init__.py``); inside a package, private names are shared."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        module = _module_name(path)
+        for imported, line in _private_imports(path, module):
+            if (module, imported) not in KNOWN_PRIVATE_IMPORTS:
+                found.append(f"{module}:{line} imports {imported}")
+    assert found == [], "private names imported from another package:\n" + "\n".join(found)
+
+
+def test_the_known_private_imports_still_exist():
+    """A listed private import that no module makes any more is removed from the list."""
+    present = set()
+    for path in ROOT.rglob("*.py"):
+        module = _module_name(path)
+        present.update((module, imported) for imported, _ in _private_imports(path, module))
+    assert set(KNOWN_PRIVATE_IMPORTS) <= present

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ..errors import FrameworkError, NotAnArrayError, missing_dependency
-from ._base import Backend
+from ._base import Backend, host_order
 from ._dtypes import canonical_dtype_name, float_dtype_name
 
 __all__ = [
@@ -96,7 +96,4 @@ def host_array(x: Any) -> Any:
 
     if not isinstance(x, np.ndarray):
         x = backend_for(x, "tensor").to_numpy(x)
-    a = np.ascontiguousarray(x)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return a
+    return host_order(x)

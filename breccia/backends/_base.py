@@ -29,6 +29,14 @@ DLPACK_CUDA = 2
 CPU_SLAB_ELEMENTS = 1 << 20
 
 
+def host_order(a: np.ndarray) -> np.ndarray:
+    """numpy array ``a`` C-contiguous and little-endian (``a`` itself where it is, else one copy)."""
+    a = np.ascontiguousarray(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a
+
+
 class Backend:
     """Base class; subclasses fill in the framework-specific pieces."""
 
@@ -190,11 +198,38 @@ class Backend:
         return formats.decode(self.xp, codes, fmt, table)
 
     # --- host, devices, compilation ----------------------------------------------------------------
+    #: True where the framework's arrays live in host memory only (numpy, MLX): no device to move to
+    host_only: bool = False
+    #: True where :meth:`from_host` wraps host memory in a writable array (torch has no read-only
+    #: tensors): a reader hands such a backend memory of its own, never a view of a shared file map
+    writable_host_views: bool = False
+
     def to_numpy(self, x: Any) -> np.ndarray:
         raise NotImplementedError
 
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         raise NotImplementedError
+
+    def from_host(self, a: np.ndarray, device: Any = None) -> Any:
+        """numpy array ``a`` (perhaps a read-only view of a file) as this framework's array on
+        ``device``, the same bits: in the same dtype where the framework has it, else as unsigned
+        bits of its width (MLX's fp8). Never an array that writes through to a read-only ``a``. A
+        shape the framework cannot index is a ShapeError."""
+        return self.from_numpy(a, device=device)
+
+    def host_bytes(self, x: Any) -> np.ndarray:
+        """The bytes of array ``x`` as a flat C-ordered little-endian uint8 numpy array (a view where
+        ``x`` already is one in host memory, else one copy): what a file writer stores."""
+        return host_order(self.to_numpy(x)).reshape(-1).view(np.uint8)
+
+    def contiguous(self, x: Any) -> Any:
+        """``x`` in row-major memory where the framework keeps strided views that its own writers
+        refuse (torch: ``Tensor.contiguous()``); as it is elsewhere."""
+        return x
+
+    def check_device(self, device: Any) -> None:
+        """FrameworkError, before anything is read, if this framework cannot place arrays on
+        ``device`` (None: the framework's default)."""
 
     def device(self, x: Any) -> Any:
         return None

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import FrameworkError
+from ..errors import DTypeError, FrameworkError
 from ..formats import ElementFormat
 from ._base import DLPACK_CPU, Backend
 
@@ -143,6 +143,17 @@ class JaxBackend(Backend):
 
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         return jax.device_put(a, device) if device is not None else jnp.asarray(a)
+
+    def from_host(self, a: np.ndarray, device: Any = None) -> Any:
+        """A copy on ``device`` (JAX's default if None); a 64-bit ``a`` only where 64-bit JAX is on,
+        rather than the silent narrowing to 32 bits JAX would do."""
+        name = a.dtype.name
+        if name in ("float64", "int64", "uint64") and not jax.config.jax_enable_x64:
+            raise DTypeError(
+                f"JAX would silently narrow this {name} tensor to 32 bits; enable 64-bit JAX "
+                "(jax.config.update('jax_enable_x64', True)) or load it with framework='numpy'"
+            )
+        return jax.device_put(a, device)
 
     def device(self, x: Any) -> Any:
         if self.is_traced(x):

@@ -14,9 +14,13 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..errors import FrameworkError, ShapeError
 from ..formats import ElementFormat
 from . import _mlx_namespace
 from ._base import Backend
+
+#: MLX's array dimensions are int32
+MAX_DIM = 2**31 - 1
 
 
 class MlxBackend(Backend):
@@ -71,6 +75,23 @@ class MlxBackend(Backend):
         if np.dtype(a.dtype).name == "bfloat16":
             return mx.array(np.asarray(a, order="C").view(np.uint16)).view(mx.bfloat16)
         return mx.array(a)
+
+    host_only = True
+
+    def from_host(self, a: np.ndarray, device: Any = None) -> Any:
+        """A copy in MLX, fp8 as its uint8 bits (MLX has no fp8 dtype); ``device`` is MLX's default."""
+        if any(d > MAX_DIM for d in a.shape):
+            raise ShapeError(f"shape {list(a.shape)} has a dim beyond MLX's limit of 2**31 - 1")
+        name = a.dtype.name
+        if name.startswith("float8"):
+            return mx.array(a.view(np.uint8))
+        if name == "bfloat16":
+            return mx.array(a.view(np.uint16)).view(mx.bfloat16)
+        return mx.array(a, dtype=self.dtype(name))
+
+    def check_device(self, device: Any) -> None:
+        if device is not None:
+            raise FrameworkError(f"MLX arrays live in unified memory; device must be None, got {device!r}")
 
     def known_true(self, predicate: Any) -> bool:
         """Inside ``mx.compile`` (a user's), nothing can be evaluated: take the general branch."""

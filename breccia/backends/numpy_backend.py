@@ -7,6 +7,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from ..errors import FrameworkError
 from ..formats import ElementFormat
 from ._base import CPU_SLAB_ELEMENTS, DLPACK_CPU, Backend
 
@@ -147,6 +148,14 @@ class NumpyBackend(Backend):
 
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         return a
+
+    host_only = True
+
+    def check_device(self, device: Any) -> None:
+        if device not in (None, "cpu"):
+            raise FrameworkError(
+                f"numpy arrays live on the host; device must be None or 'cpu', got {device!r}"
+            )
 
     def finalize_output(self, a: Any) -> Any:
         """64-byte aligned, so that JAX can import breccia's own buffers through DLPack without a copy."""

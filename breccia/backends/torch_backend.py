@@ -13,6 +13,10 @@ from ..formats import ElementFormat
 from ._base import CPU_SLAB_ELEMENTS, DLPACK_CPU, Backend
 
 _NATIVE_FP8 = {"E4M3": torch.float8_e4m3fn, "E5M2": torch.float8_e5m2}
+#: dtypes torch has that numpy holds only through ml_dtypes (they cross as unsigned bits)
+_ML_DTYPES = (
+    "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "float8_e4m3fnuz", "float8_e5m2fnuz",
+)
 
 
 class TorchBackend(Backend):
@@ -98,13 +102,38 @@ class TorchBackend(Backend):
 
     def from_numpy(self, a: np.ndarray, device: Any = None) -> Any:
         name = np.dtype(a.dtype).name
-        if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"):
+        if name in _ML_DTYPES:
             bits = torch.from_numpy(np.asarray(a, order="C").view(np.uint16 if a.itemsize == 2 else np.uint8))
             t = bits.view(self.dtype(name))
         else:
             a = np.asarray(a, order="C")
             t = torch.from_numpy(a if a.flags.writeable else a.copy())
         return t if device is None else t.to(device)
+
+    writable_host_views = True
+
+    def from_host(self, a: np.ndarray, device: Any = None) -> Any:
+        """A tensor sharing ``a``'s memory where ``a`` is writable, else over a copy (torch has no
+        read-only tensors); moved to ``device`` if given."""
+        return self.from_numpy(a if a.flags.writeable else a.copy(), device=device)
+
+    def host_bytes(self, x: Any) -> np.ndarray:
+        """Made contiguous by torch (on the host), then viewed as bytes."""
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous().reshape(-1)
+        return (t if t.dtype == torch.uint8 else t.view(torch.uint8)).numpy()
+
+    def contiguous(self, x: Any) -> Any:
+        return x.contiguous()
+
+    def check_device(self, device: Any) -> None:
+        """torch is asked to make an empty tensor there."""
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            raise FrameworkError(f"torch cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
 
     def finalize_output(self, a: Any) -> Any:
         """Contiguous (a ragged cast ends in a slice), as safetensors and most kernels expect."""

@@ -35,6 +35,9 @@ __all__ = [
     "save_gguf",
     "open_gguf",
     "GGML_RECIPES",
+    # the safetensors container's pieces that the checkpoint layer builds on
+    "scaled_parts",
+    "stored_array",
 ]
 
 # public name -> private module that defines it
@@ -51,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "load_safetensors": "_huggingface",
     "load_plain_safetensors": "_huggingface",
     "open_safetensors": "_huggingface",
+    "scaled_parts": "_huggingface",
+    "stored_array": "_huggingface",
     "from_mlx_quantized": "_mlx",
     "to_mlx_quantized": "_mlx",
     "requantize_to_mlx": "_mlx",

@@ -175,9 +175,8 @@ def to_deepseek_v3(st: ScaledTensor) -> tuple[Any, Any]:
     data, scale = st.data, st.scale
     if backend.dtype_name(scale) != "float32":
         scale = backend.astype(scale, "float32")
-    if backend.name == "torch":  # row-major, as DeepSeek stores them (safetensors refuses strided tensors)
-        data, scale = data.contiguous(), scale.contiguous()
-    return data, scale
+    # row-major, as DeepSeek stores them (torch's safetensors refuses strided tensors)
+    return backend.contiguous(data), backend.contiguous(scale)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -239,7 +238,7 @@ class DeepSeekV3Checkpoint(Mapping):
         scale_fmt: str | None = None,
         check_scales: bool = True,
     ) -> None:
-        from ._huggingface import _check_device, open_safetensors
+        from ._huggingface import open_safetensors
         from ._safetensors_format import fspath
 
         path = fspath(path)
@@ -248,7 +247,7 @@ class DeepSeekV3Checkpoint(Mapping):
         self.check_scales = check_scales
         self.path = path
         self.backend = get_backend(framework)
-        _check_device(self.backend.name, device)
+        self.backend.check_device(device)
         self.device = device
         self.dtype = float_dtype_name(dtype)
         quant = read_quantization_config(path)
@@ -286,7 +285,7 @@ class DeepSeekV3Checkpoint(Mapping):
             raise KeyError(name)
         data = self._source[name]
         if isinstance(data, ScaledTensor):  # a breccia-format tensor: already paired with its scale
-            return data if self.backend.name == "numpy" else data.to(self.backend.name, self.device)
+            return data.to(self.backend.name, self.device)
         scale_name = name + SCALE_SUFFIX
         if data.dtype.name in _FP8_NAMES:
             if scale_name not in self._present:
@@ -367,13 +366,8 @@ class DeepSeekV3Checkpoint(Mapping):
             check_scales(f"{self.path}: {scale_name!r}", deepseek_recipe(), {"scale": scale})
 
     def _move(self, a: Any) -> Any:
-        if self.backend.name == "numpy":
-            return a
-        if self.backend.name == "mlx" and a.dtype.name.startswith("float8"):
-            a = a.view(np.uint8)  # MLX has no fp8 dtype: its fp8 arrays are uint8 bits
-        if self.backend.name == "torch" and not a.flags.writeable:
-            a = a.copy()  # torch cannot wrap a read-only memory map
-        return self.backend.from_numpy(a, device=self.device)
+        """A stored numpy array in this mapping's framework (:meth:`Backend.from_host`)."""
+        return self.backend.from_host(a, self.device)
 
 
 def load_deepseek_v3(
@@ -422,7 +416,7 @@ def shard_jax(st: ScaledTensor, mesh: Any, spec: Any) -> ScaledTensor:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    if not isinstance(st, ScaledTensor) or st.framework != "jax":
+    if not isinstance(st, ScaledTensor) or not isinstance(st.data, jax.Array):
         raise DTypeError("shard_jax needs a JAX ScaledTensor; move one with st.to('jax')")
     spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)
     if len(spec) > len(st.shape):

@@ -306,10 +306,9 @@ def _device_name(device: tuple[int, int]) -> str:
 def _target_device(dst: Backend, device: Any, here: tuple[int, int]) -> tuple[int, int]:
     """The DLPack device the result lives on."""
     if device is None:
-        host_only = dst.name in ("numpy", "mlx") or here[0] != DLPACK_CUDA
-        return DLPACK_CPU if host_only else here
+        return DLPACK_CPU if dst.host_only or here[0] != DLPACK_CUDA else here
     target = _parse_device(device)
-    if target != DLPACK_CPU and dst.name in ("numpy", "mlx"):
+    if target != DLPACK_CPU and dst.host_only:
         raise FrameworkError(
             f"{dst.name} arrays live in host memory; use device='cpu' or None, not {device!r}"
         )

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import backend_for, get_backend
+from ..backends import Backend, backend_for, get_backend
 from ..backends._base import FLOAT_DTYPES
 from ..errors import (
     BrecciaError,
@@ -66,6 +66,7 @@ from ..errors import (
     NotAnArrayError,
     RecipeError,
     ScaleValueError,
+    ShapeError,
 )
 from ..formats import packed_length
 from ..layouts import Layout, layout_from_dict, oversized_axes, scale_shape
@@ -101,6 +102,8 @@ __all__ = [
     "parse_size",
     "read_index",
     "save_safetensors",
+    "scaled_parts",
+    "stored_array",
 ]
 
 CONFIG_FORMAT = "breccia.ScaledTensor"
@@ -112,7 +115,6 @@ SINGLE_NAME = "model.safetensors"
 _FLOAT_ST = ("F32", "BF16", "F16")
 _MAX_NDIM = 32  # numpy 1.x holds at most 32 dimensions
 _MAX_DIM = np.iinfo(np.intp).max
-_MLX_MAX_DIM = 2**31 - 1  # MLX's dims are int32
 _PRIVATE_MAP_BYTES = 1 << 16  # torch tensors this large get a private map of their own, smaller ones a copy
 
 # ==================================================================================================
@@ -137,19 +139,7 @@ class _Part:
 
 def _host_bytes(x: Any) -> np.ndarray:
     """The bytes of array ``x`` as a flat C-ordered little-endian uint8 numpy array (a view if possible)."""
-    backend = backend_for(x)
-    if backend.name == "torch":
-        import torch
-
-        t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        t = t.contiguous().reshape(-1)
-        return (t if t.dtype == torch.uint8 else t.view(torch.uint8)).numpy()
-    a = np.ascontiguousarray(backend.to_numpy(x))
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return a.reshape(-1).view(np.uint8)
+    return backend_for(x).host_bytes(x)
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -179,8 +169,10 @@ def _float_part(name: str, owner: str, x: Any) -> _Part:
     return _Part(name, dtype, _shape(x), lambda: _host_bytes(x), owner)
 
 
-def _scaled_parts(name: str, st: ScaledTensor) -> tuple[list[_Part], str]:
-    """The raw tensors of ScaledTensor ``st`` and its ``.config`` JSON (after checking they fit)."""
+def scaled_parts(name: str, st: ScaledTensor) -> tuple[list[_Part], str]:
+    """The raw tensors of ScaledTensor ``st`` stored as ``name`` (``name.data``, ``name.scale``, ...)
+    and its ``.config`` JSON, after checking that they fit: what a writer of this file convention
+    stores. Each part has ``name``, ``dtype`` (safetensors'), ``shape`` and ``host()`` (its bytes)."""
     checked = from_buffer(
         st.data,
         st.scale,
@@ -250,7 +242,7 @@ def _collect(tensors: Mapping[str, Any]) -> tuple[list[_Part], dict[str, str]]:
         if not isinstance(name, str):
             raise FileFormatError(f"tensor names must be strings; got {name!r}")
         if isinstance(value, ScaledTensor):
-            scaled, configs[name + CONFIG_SUFFIX] = _scaled_parts(name, value)
+            scaled, configs[name + CONFIG_SUFFIX] = scaled_parts(name, value)
             parts.extend(scaled)
         else:
             parts.append(_plain_part(name, value))
@@ -524,60 +516,14 @@ class _Shard:
         self._map = None  # arrays viewing the map keep it alive; it is unmapped with the last of them
 
 
-_ML_DTYPE_NAMES = (
-    "bfloat16",
-    "float8_e4m3fn",
-    "float8_e5m2",
-    "float8_e8m0fnu",
-    "float8_e4m3fnuz",
-    "float8_e5m2fnuz",
-)
-
-
-def _to_framework(a: np.ndarray, framework: str, device: Any, where: str) -> Any:
-    """numpy array ``a`` (a map view; writable only if private to this read) as an array of
-    ``framework`` on ``device``, same bits. ``where`` names the tensor in errors."""
-    name = a.dtype.name
-    if framework == "mlx" and any(d > _MLX_MAX_DIM for d in a.shape):
-        raise FileFormatError(f"{where}: shape {list(a.shape)} has a dim beyond MLX's limit of 2**31 - 1")
-    if framework == "numpy":
-        if device not in (None, "cpu"):
-            raise FrameworkError(
-                f"numpy arrays live on the host; device must be None or 'cpu', got {device!r}"
-            )
-        return a
-    if framework == "torch":
-        import torch
-
-        if not a.flags.writeable:  # torch has no read-only tensors: never share a map view
-            a = a.copy()
-        if name in _ML_DTYPE_NAMES:
-            t = torch.from_numpy(a.view(np.uint16 if a.itemsize == 2 else np.uint8)).view(
-                getattr(torch, name)
-            )
-        else:
-            t = torch.from_numpy(a)
-        return t if device is None else t.to(device)
-    if framework == "jax":
-        import jax
-
-        if name in ("float64", "int64", "uint64") and not jax.config.jax_enable_x64:
-            raise DTypeError(
-                f"JAX would silently narrow this {name} tensor to 32 bits; enable 64-bit JAX "
-                "(jax.config.update('jax_enable_x64', True)) or load it with framework='numpy'"
-            )
-        return jax.device_put(a, device)
-    if framework == "mlx":
-        import mlx.core as mx
-
-        if device is not None:
-            raise FrameworkError(f"MLX arrays live in unified memory; device must be None, got {device!r}")
-        if name.startswith("float8"):
-            return mx.array(a.view(np.uint8))  # MLX has no fp8 dtype: the bits
-        if name == "bfloat16":
-            return mx.array(a.view(np.uint16)).view(mx.bfloat16)
-        return mx.array(a, dtype=getattr(mx, "bool_" if name == "bool" else name))
-    raise FrameworkError(f"unknown framework {framework!r}")
+def stored_array(a: np.ndarray, backend: Backend, device: Any, where: str) -> Any:
+    """numpy array ``a`` read from a file (a map view; writable only if private to this read) as
+    ``backend``'s array on ``device``, same bits (:meth:`~breccia.backends.Backend.from_host`). A
+    shape the framework cannot hold is a FileFormatError naming ``where`` (the file and tensor)."""
+    try:
+        return backend.from_host(a, device)
+    except ShapeError as exc:
+        raise FileFormatError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -712,8 +658,8 @@ class SafetensorsCheckpoint(Mapping):
     ):
         if not isinstance(framework, str):
             raise FrameworkError(f"framework must be a name such as 'numpy' or 'torch'; got {framework!r}")
-        get_backend(framework)  # unknown framework or missing dependency: fail now
-        _check_device(framework, device)
+        self._backend = get_backend(framework)  # unknown framework or missing dependency: fail now
+        self._backend.check_device(device)
         self.source = source
         self.framework = framework
         self.device = device
@@ -812,11 +758,11 @@ class SafetensorsCheckpoint(Mapping):
             raise KeyError(raw_name)
         shard, entry = found
         where = f"{shard.path}: tensor {raw_name!r}"
-        return _to_framework(self._array(shard, entry), self.framework, self.device, where)
+        return stored_array(self._array(shard, entry), self._backend, self.device, where)
 
     def _array(self, shard: _Shard, entry: TensorEntry) -> np.ndarray:
         """A stored tensor as numpy: a read-only view, or for torch an array of this read's own."""
-        return shard.array(entry, private=self.framework == "torch", once=self._once)
+        return shard.array(entry, private=self._backend.writable_host_views, once=self._once)
 
     def _read_scaled(self, spec: _ScaledSpec) -> ScaledTensor:
         """The ScaledTensor of ``spec``, whose parts were checked against its config on opening (the
@@ -838,7 +784,7 @@ class SafetensorsCheckpoint(Mapping):
             path = self._entries[spec.parts["scale"]][0].path
             check_scales(f"{path}: ScaledTensor {name!r}", config.recipe, host)
         arrays = {
-            part: _to_framework(a, self.framework, self.device, f"{self.source}: {spec.parts[part]!r}")
+            part: stored_array(a, self._backend, self.device, f"{self.source}: {spec.parts[part]!r}")
             for part, a in host.items()
         }
         return ScaledTensor(
@@ -876,23 +822,6 @@ class SafetensorsCheckpoint(Mapping):
             f"SafetensorsCheckpoint({self.source!r}, framework={self.framework}, files={len(self._shards)}, "
             f"scaled={len(self._scaled)}, plain={len(self._plain)})"
         )
-
-
-def _check_device(framework: str, device: Any) -> None:
-    """Refuse a device ``framework`` cannot place arrays on, before any tensor is read."""
-    if device is None:
-        return
-    if framework == "numpy" and device != "cpu":
-        raise FrameworkError(f"numpy arrays live on the host; device must be None or 'cpu', got {device!r}")
-    if framework == "mlx":
-        raise FrameworkError(f"MLX arrays live in unified memory; device must be None, got {device!r}")
-    if framework == "torch":
-        import torch
-
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
-            raise FrameworkError(f"torch cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
 
 
 def check_scales(where: str, recipe: Recipe, parts: Mapping[str, np.ndarray]) -> None:

@@ -51,7 +51,6 @@ from ..recipes import (
     MXFP8BlockScaling,
     NVFP4BlockScaling,
     Recipe,
-    _IntRecipe,
 )
 from ..tensor import ScaledTensor
 
@@ -66,7 +65,6 @@ __all__ = [
     "mlx_recipe",
     "mlx_e8m0_rounding",
     "mlx_modes_for",
-    "to_mlx_framework",
     "resolve_mode",
     "added_error",
 ]
@@ -238,40 +236,6 @@ def _modes_hint(shape: tuple[int, ...]) -> str:
     return "MLX modes that fit this shape: " + "; ".join(fits)
 
 
-# --- moving arrays to MLX ---------------------------------------------------------------------------
-
-
-def _mlx_array(backend: Any, a: Any) -> Any:
-    """``a`` (any framework) as an MLX array with the same bits (fp8/e8m0 as uint8, bf16 as bf16)."""
-    mx = _mx()
-    if a is None:
-        return None
-    if backend.name == "mlx":
-        return a
-    host = np.ascontiguousarray(backend.to_numpy(a))
-    name = host.dtype.name
-    if name.startswith("float8") or name.startswith("float4"):
-        return mx.array(host.view(np.uint8))
-    if name == "bfloat16":
-        return mx.array(host.view(np.uint16)).view(mx.bfloat16)
-    return mx.array(host)
-
-
-def to_mlx_framework(st: ScaledTensor) -> ScaledTensor:
-    """``st`` with its arrays as MLX arrays (bits unchanged; a copy through host memory)."""
-    if st.framework == "mlx":
-        return st
-    from ..backends import get_backend
-
-    backend = get_backend(st.framework)
-    arrays = [_mlx_array(backend, a) for a in st.arrays]
-    data, scale, global_scale, zero_point = arrays
-    return ScaledTensor(
-        data, scale, st.recipe, st.layout, st.shape, st.dtype_name, "mlx",
-        global_scale=global_scale, zero_point=zero_point,
-    )
-
-
 # --- breccia -> MLX ----------------------------------------------------------------------------------
 
 
@@ -293,7 +257,7 @@ def _mode_of(st: ScaledTensor) -> str:
                 "breccia.checkpoints.modelopt.to_multiplier_convention(st)"
             )
         return "nvfp4"
-    if isinstance(recipe, _IntRecipe):
+    if isinstance(recipe, (Int4Scaling, Int8Scaling)):
         return "affine"
     raise RecipeError(
         f"MLX has no quantization mode for {recipe.name} ({recipe.element_format.name} with "
@@ -388,7 +352,7 @@ def to_mlx_quantized(st: ScaledTensor, *, exact: bool = True) -> MLXQuantized:
         raise DTypeError(f"to_mlx_quantized needs a ScaledTensor; got {type(st).__name__}")
     mx = _mx()
     mode = _mode_of(st)
-    st = to_mlx_framework(st)
+    st = st.to("mlx")
     from ..backends import get_backend
 
     backend = get_backend("mlx")
@@ -554,7 +518,7 @@ def requantize_to_mlx(
     from ..quantize import cast, dequantize
 
     recipe = mlx_recipe(mode, group_size, bits)
-    st = to_mlx_framework(st)
+    st = st.to("mlx")
     _check_groups(st, mode, MLX_MODES[mode][2] if group_size is None else group_size)
     old = dequantize(st, "float32")
     new_st = cast(old, recipe)

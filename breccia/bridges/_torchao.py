@@ -491,8 +491,7 @@ def to_torchao(st: ScaledTensor) -> Any:
     if not isinstance(st, ScaledTensor):
         raise DTypeError(f"to_torchao needs a ScaledTensor; got {type(st).__name__}")
     _torchao()
-    if st.framework != "torch":
-        st = st.to("torch")
+    st = st.to("torch")
     if st.recipe.scale_format == "E8M0":
         return _to_mx(st)
     if st.recipe.scale_format == "E4M3":
@@ -528,15 +527,15 @@ def to_torchao_state_dict(tensors: Mapping[str, Any]) -> dict[str, Any]:
 
     Load the result with ``model.load_state_dict(sd, assign=True)``.
     """
-    from ..backends import backend_for, framework_of, get_backend
+    from ..backends import framework_of, get_backend, host_array
 
     out: dict[str, Any] = {}
     for name, value in tensors.items():
         try:
             if isinstance(value, ScaledTensor):
                 out[name] = to_torchao(value)
-            elif framework_of(value) not in (None, "torch"):
-                out[name] = get_backend("torch").from_numpy(backend_for(value).to_numpy(value))
+            elif framework_of(value) is not None and not get_backend("torch").is_array(value):
+                out[name] = get_backend("torch").from_host(host_array(value))
             else:
                 out[name] = value
         except BrecciaError as exc:

@@ -318,8 +318,7 @@ def to_transformer_engine(st: ScaledTensor) -> Any:
 
     if not isinstance(st, ScaledTensor):
         raise RecipeError(f"to_transformer_engine needs a ScaledTensor; got {type(st).__name__}")
-    if st.framework != "torch":
-        st = st.to("torch")
+    st = st.to("torch")
     recipe = st.recipe
     if isinstance(recipe, (DelayedScaling, Float8CurrentScaling)) and st.layout == PerTensor():
         return _to_float8(st, tex, torch)

@@ -84,12 +84,19 @@ class Checkpoint(Mapping):
         return self._read(name)
 
     def __getitem__(self, name: str) -> ScaledTensor | Any:
-        value = self.read_numpy(name)
-        if self._backend.name == "numpy":
-            return value
+        return self._in_framework(self.read_numpy(name))
+
+    def _in_framework(self, value: ScaledTensor | Any) -> ScaledTensor | Any:
+        """``value`` (a ScaledTensor or an array, of any framework) in this mapping's framework, on
+        its device: moved by :meth:`ScaledTensor.to` or the backend's ``from_host``; as it is where
+        it is there already."""
+        from ..backends import host_array
+
         if isinstance(value, ScaledTensor):
-            return value.to(self._backend.name, self.device)
-        return self._backend.from_numpy(value, device=self.device)
+            return value.to(self.framework, self.device)
+        if self._backend.is_array(value):
+            return value
+        return self._backend.from_host(host_array(value), self.device)
 
     @cached_property
     def _key_order(self) -> dict[str, None]:

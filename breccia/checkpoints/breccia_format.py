@@ -111,10 +111,10 @@ def _is_deepseek_layout(recipe: Recipe) -> bool:
 def write_breccia(
     source: Checkpoint, out: OutputDirectory, report: ConversionReport, recipe: Recipe, progress: Any
 ) -> None:
-    from ..bridges._huggingface import _scaled_parts
+    from ..bridges import scaled_parts
 
     def write_weight(writer: ShardWriter, name: str, value: Any) -> None:
-        parts, config = _scaled_parts(name, in_recipe(name, value, recipe, report))
+        parts, config = scaled_parts(name, in_recipe(name, value, recipe, report))
         for part in parts:  # the .config entry goes to the shard holding .data
             metadata = {name + CONFIG_SUFFIX: config} if part.name == name + ".data" else None
             writer.add_raw(part.name, part.dtype, part.shape, part.host(), metadata)

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import Backend, get_backend
+from ..bridges import stored_array
 from ..errors import DTypeError, FileFormatError, RecipeError, missing_dependency
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
@@ -136,26 +138,25 @@ class MLXLMCheckpoint(StoredCheckpoint):
         return mode, group, bits
 
     def __getitem__(self, name: str) -> ScaledTensor | Any:
-        """As :class:`Checkpoint`'s; with ``framework="mlx"`` the stored arrays go to MLX once (FP8 as
-        uint8 bits), with no round trip through numpy."""
-        if self.framework != "mlx" or name not in self:
+        """As :class:`Checkpoint`'s; a quantized layer is read into MLX (how it is stored) and moved
+        from there once, and a stored tensor goes to the framework once (FP8 as uint8 bits on MLX),
+        with no round trip through numpy."""
+        if name not in self:
             return super().__getitem__(name)
-        return self._from_mlx(name) if name in self._quantized else self._mlx_array(name)
+        if name in self._quantized:
+            return self._in_framework(self._from_mlx(name))
+        return self._stored_array(name, self._backend, self.device)
 
     def _read(self, name: str) -> Any:
         if name not in self._quantized:
             return self.raw.read_tensor(name)
-        from ..backends import get_backend
-
         value = self._from_mlx(name)
         return value.to("numpy") if isinstance(value, ScaledTensor) else get_backend("mlx").to_numpy(value)
 
-    def _mlx_array(self, raw_name: str) -> Any:
-        """Stored tensor ``raw_name`` as an MLX array of the same bits (FP8 as uint8)."""
-        from ..bridges._huggingface import _to_framework
-
+    def _stored_array(self, raw_name: str, backend: Backend, device: Any) -> Any:
+        """Stored tensor ``raw_name`` as ``backend``'s array of the same bits (FP8 as uint8 on MLX)."""
         where = f"{self.directory.root}: tensor {raw_name!r}"
-        return _to_framework(self.raw.read_tensor(raw_name), "mlx", None, where)
+        return stored_array(self.raw.read_tensor(raw_name), backend, device, where)
 
     def _from_mlx(self, name: str) -> Any:
         """Quantized weight ``name`` from its stored arrays: a ScaledTensor of MLX arrays, or for the
@@ -166,7 +167,7 @@ class MLXLMCheckpoint(StoredCheckpoint):
         mx = _mx()
         prefix = name[: -len("weight")]
         arrays = {
-            part: self._mlx_array(prefix + part)
+            part: self._stored_array(prefix + part, get_backend("mlx"), None)
             for part in ("weight", "scales", "biases", "global_scale")
             if part == "weight" or prefix + part in self._stored
         }

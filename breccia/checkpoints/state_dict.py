@@ -47,7 +47,7 @@ class StateDictCheckpoint(Checkpoint):
 
             value = from_torchao(value)
         if isinstance(value, ScaledTensor):
-            return value if value.framework == "numpy" else value.to("numpy")
+            return value.to("numpy")
         from ..backends import backend_for
 
         return backend_for(value, f"tensor {name!r}").to_numpy(value)
