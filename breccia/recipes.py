@@ -28,6 +28,7 @@ __all__ = [
     "Float8BlockScaling",
     "MXFP8BlockScaling",
     "MXFP4BlockScaling",
+    "MXRecipe",
     "NVFP4BlockScaling",
     "Int8Scaling",
     "Int4Scaling",
@@ -281,7 +282,7 @@ _E8M0_ROUNDINGS = E8M0_ROUNDINGS
 
 
 @dataclass(frozen=True)
-class _MXRecipe(Recipe):
+class MXRecipe(Recipe):
     """OCP Microscaling: 32 elements share one E8M0 (power-of-two) scale.
 
     ``scale_rounding="floor"`` is the OCP MX v1.0 rule, ``"ceil"`` what TransformerEngine, torchao's
@@ -312,8 +313,8 @@ class _MXRecipe(Recipe):
 
 
 @dataclass(frozen=True)
-class MXFP8BlockScaling(_MXRecipe):
-    __doc__ = _MXRecipe.__doc__
+class MXFP8BlockScaling(MXRecipe):
+    __doc__ = MXRecipe.__doc__
     fp8_format: str = "E4M3"
     scale_rounding: str = "floor"
 
@@ -327,8 +328,8 @@ class MXFP8BlockScaling(_MXRecipe):
 
 
 @dataclass(frozen=True)
-class MXFP4BlockScaling(_MXRecipe):
-    __doc__ = (_MXRecipe.__doc__ or "") + """
+class MXFP4BlockScaling(MXRecipe):
+    __doc__ = (MXRecipe.__doc__ or "") + """
     ``convention="mlx"`` rounds the E2M1 elements as ``mx.quantize`` does: ties toward zero, and a
     value that rounds to zero is written +0 (``"ocp"``: round to nearest even, sign kept).
 

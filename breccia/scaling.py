@@ -30,10 +30,10 @@ from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
     Float8CurrentScaling,
+    MXRecipe,
     NVFP4BlockScaling,
     Recipe,
     _IntRecipe,
-    _MXRecipe,
 )
 
 __all__ = [
@@ -282,7 +282,7 @@ def _even_log2(xp: Any, pow2: Any, amax: Any, mantissa_bits: int) -> Any:
     return xp.where(amax >= pow2(k) * (2.0 - 2.0 ** -(mantissa_bits + 1)), k + 1.0, k)
 
 
-def _mx_rule(backend: Any, recipe: _MXRecipe, stats: BlockStats) -> Scales:
+def _mx_rule(backend: Any, recipe: MXRecipe, stats: BlockStats) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
     if getattr(recipe, "convention", None) == "ggml":
         return _ggml_mxfp4_rule(backend, stats)
@@ -474,7 +474,7 @@ def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any =
     """The scales of every block of one tensor under ``recipe``."""
     if isinstance(recipe, (Float8CurrentScaling, DelayedScaling, Float8BlockScaling)):
         return _float8_rule(backend, recipe, stats, history)
-    if isinstance(recipe, _MXRecipe):
+    if isinstance(recipe, MXRecipe):
         return _mx_rule(backend, recipe, stats)
     if isinstance(recipe, NVFP4BlockScaling):
         return _nvfp4_rule(backend, recipe, stats)

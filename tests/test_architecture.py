@@ -164,7 +164,6 @@ def test_no_module_outside_backends_compares_a_framework_name():
 #: by the module's owner: (importer, imported) -> why it is still here
 KNOWN_PRIVATE_IMPORTS = {
     ("breccia.bridges._huggingface", "breccia.quantize._prepare_layout"): "quantize.py is split (#23.5)",
-    ("breccia.kernels._cast_plan", "breccia.recipes._MXRecipe"): "recipe predicates replace it (#23.3)",
 }
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ..formats import ElementFormat
 from ..layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
-from ..recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling, Recipe, _MXRecipe
+from ..recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling, MXRecipe, Recipe
 from ..tensor import ScaledTensor
 
 __all__ = ["CastPlan", "cast_plan", "dequantize_plan", "INPUT_DTYPES"]
@@ -98,7 +98,7 @@ def _rule(recipe: Recipe) -> dict | None:
     and integer recipe, ggml's Q8_0/Q4_0 included)."""
     if recipe.fp4_ties_toward_zero or getattr(recipe, "convention", None) == "ggml":
         return None
-    if isinstance(recipe, _MXRecipe) and recipe.scale_rounding in ("floor", "ceil"):
+    if isinstance(recipe, MXRecipe) and recipe.scale_rounding in ("floor", "ceil"):
         fmt = recipe.element_format
         return dict(rule=f"mx_{recipe.scale_rounding}", fmt=fmt, fmax=fmt.max_value, emax_elem=fmt.e_max,
                     scale_e8m0=True)
