@@ -4,7 +4,7 @@ A backend is a small object per framework (numpy, jax, mlx, torch), created lazi
 one of its arrays arrives. It gives the shared code an array-API namespace (``xp``) and the few
 things the array API lacks: bit views between codes and native low-precision dtypes, an exact power
 of two, host transfer, and a compiler. A backend may override ``encode``/``decode`` with a native
-cast only where ``tests/test_backends.py`` proves the bits identical to the shared code.
+cast only where ``tests/test_formats.py`` proves the bits identical to the shared code.
 """
 
 from __future__ import annotations

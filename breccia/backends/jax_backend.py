@@ -69,8 +69,8 @@ class JaxBackend(Backend):
 
     def pack_nibbles(self, codes: Any) -> Any:
         """The pair of nibbles summed as ``low + (high << 4)`` (they do not overlap, so the sum is
-        the OR): XLA's CPU loop fuses the strided-read form with the encode at about a tenth of
-        the speed of this reduction form."""
+        the OR): XLA's CPU loop fuses this reduction form with the encode far better than the
+        strided-read form (RESULTS.md, "Measurements behind code choices")."""
         if codes.shape[-1] % 2:
             codes = jnp.concatenate([codes, jnp.zeros((*codes.shape[:-1], 1), jnp.uint8)], axis=-1)
         pairs = codes.reshape(*codes.shape[:-1], codes.shape[-1] // 2, 2)
@@ -100,10 +100,9 @@ class JaxBackend(Backend):
         """``|max(max(x), -min(x))|``: the abs of the small result turns an all-zero block's ``-0.0``
         into the ``+0.0`` that ``max(|x|)`` gives (XLA may drop a ``where(m == 0, 0, m)``).
 
-        XLA's CPU code reduces ``max(|x|)`` over small blocks an order of magnitude slower than the
-        two plain reductions (4096x4096 float32 in 1x128 blocks: 18-22 ms against 1.4 ms, one
-        multi-output loop that reads ``x`` once). On the H100 the shared-path casts that use it (NVFP4,
-        integers) ran as fast as with ``max(|x|)`` (RESULTS.md).
+        XLA's CPU code reduces ``max(|x|)`` over small blocks far slower than the two plain reductions,
+        which it fuses into one multi-output loop that reads ``x`` once; on the GPU the two forms run
+        alike (RESULTS.md, "Measurements behind code choices").
         """
         high, low = jnp.max(x, axis=axes, keepdims=True), jnp.min(x, axis=axes, keepdims=True)
         return jnp.abs(jnp.maximum(high, -low))

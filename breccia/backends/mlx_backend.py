@@ -1,8 +1,8 @@
 """MLX backend: a small array-API shim over ``mlx.core``.
 
 Casts run op by op (MLX is lazy, so they still form one graph) with a data-dependent check for
-non-finite input, and each format's encode is one ``mx.compile``d elementwise kernel: on the CPU this
-is twice as fast as compiling the whole cast, which must take the non-finite branch always.
+non-finite input, and each format's encode is one ``mx.compile``d elementwise kernel: compiling the
+whole cast instead would take the non-finite branch always, which is slower on the CPU (RESULTS.md).
 
 MLX has no fp8 dtype: E4M3/E5M2/E8M0 codes are held as uint8 bits (``mx.from_fp8`` reads E4M3).
 """

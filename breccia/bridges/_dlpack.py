@@ -11,7 +11,7 @@ JAX's own bitcast copies outside ``jit``, so for JAX the view happens in the cap
 Nothing is rounded or converted anywhere: every move is a byte-for-byte share or copy. Recipe,
 layout, logical shape and logical dtype travel as Python values.
 
-Which moves share memory (DESIGN §3, verified in ``tests/test_dlpack.py``): every pair among numpy,
+Which moves share memory (verified in ``tests/test_dlpack.py``): every pair among numpy,
 torch and JAX on the host (JAX only for 64-byte aligned buffers, which breccia's numpy casts are),
 torch <-> JAX on one CUDA device, and MLX to numpy or torch. MLX cannot wrap memory it did not
 allocate, so a move into MLX copies once; a move between host and GPU copies once, explicitly

@@ -287,8 +287,8 @@ def _params(plan: CastPlan, interpret: bool, warps: int | None = None) -> dict[s
 
 def _cast_warps(plan: CastPlan) -> int:
     """The cast's warps: the plan's, but 4 where a program's tile is one wide block of one row (a
-    PerRow cast of a wide tensor): Pallas' code for it runs at 2.4 TB/s on an H100 with 4 warps and at
-    2.0 with the plan's 8 (torch's Triton kernel is fastest at the plan's; tune_cast_kernels.py)."""
+    PerRow cast of a wide tensor), where Pallas' code is faster with 4 than with the plan's 8 (torch's
+    Triton kernel is fastest at the plan's; ``scripts/tune_cast_kernels.py``, RESULTS.md)."""
     wide_row = plan.tile_rows == 1 and plan.tile_blocks == 1 and plan.block_rows == 1
     return 4 if wide_row and plan.block_pad >= 4096 else plan.num_warps
 
