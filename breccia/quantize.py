@@ -551,13 +551,13 @@ def _cast(
         data = backend.xp.reshape(data, ())
         scale = backend.xp.reshape(scale, ())
     st = ScaledTensor(
-        data,
-        scale,
-        recipe,
-        layout,
-        shape,
-        dtype_name,
-        backend.name,
+        data=data,
+        scale=scale,
+        recipe=recipe,
+        layout=layout,
+        shape=shape,
+        dtype_name=dtype_name,
+        framework=backend.name,
         global_scale=out.get("global_scale"),
         zero_point=out.get("zero_point"),
     )
@@ -743,9 +743,7 @@ def requantize(
     """
     recipe = _check_recipe(recipe)
     values = dequantize(st, "float32")
-    out = cast(values, recipe, layout, history=history)
-    out.dtype_name = st.dtype_name
-    return out
+    return cast(values, recipe, layout, history=history).replace(dtype_name=st.dtype_name)
 
 
 def from_buffer(
@@ -810,8 +808,8 @@ def from_buffer(
         raise RecipeError(f"{recipe!r} is symmetric and takes no zero_point")
     dtype_name = "float32" if dtype is None else float_dtype_name(dtype)
     return ScaledTensor(
-        data, scale, recipe, layout, logical, dtype_name, backend.name,
-        global_scale=global_scale, zero_point=zero_point,
+        data=data, scale=scale, recipe=recipe, layout=layout, shape=logical, dtype_name=dtype_name,
+        framework=backend.name, global_scale=global_scale, zero_point=zero_point,
     )
 
 

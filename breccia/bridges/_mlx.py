@@ -265,11 +265,7 @@ def to_mlx_framework(st: ScaledTensor) -> ScaledTensor:
 
     backend = get_backend(st.framework)
     arrays = [_mlx_array(backend, a) for a in st.arrays]
-    data, scale, global_scale, zero_point = arrays
-    return ScaledTensor(
-        data, scale, st.recipe, st.layout, st.shape, st.dtype_name, "mlx",
-        global_scale=global_scale, zero_point=zero_point,
-    )
+    return st.replace_arrays(*arrays, framework="mlx")
 
 
 # --- breccia -> MLX ----------------------------------------------------------------------------------
@@ -557,8 +553,7 @@ def requantize_to_mlx(
     st = to_mlx_framework(st)
     _check_groups(st, mode, MLX_MODES[mode][2] if group_size is None else group_size)
     old = dequantize(st, "float32")
-    new_st = cast(old, recipe)
-    new_st.dtype_name = st.dtype_name
+    new_st = cast(old, recipe).replace(dtype_name=st.dtype_name)
     q = to_mlx_quantized(new_st, exact=False)
     new = dequantize(new_st, "float32")
     rel = added_error(old, new)
