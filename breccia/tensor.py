@@ -422,44 +422,54 @@ def _check_arrays(
     """The arrays' half of the invariants (see the module docstring): ``specs`` (what each array must
     be, worked out once per description) against a few shapes and dtype names."""
     data_spec, scale_spec, global_spec, zero_spec = specs
-    dtype_name = get_backend(framework).dtype_name
-    _check_array(recipe, layout, shape, framework, dtype_name, data, data_spec)
-    _check_array(recipe, layout, shape, framework, dtype_name, scale, scale_spec)
+    _check_array(recipe, layout, shape, framework, data, data_spec)
+    _check_array(recipe, layout, shape, framework, scale, scale_spec)
     if global_spec is not None:
         if global_scale is None:
             raise RecipeError(f"{recipe.name} needs its global_scale (the fp32 second-level scale)")
-        _check_array(recipe, layout, shape, framework, dtype_name, global_scale, global_spec)
+        _check_array(recipe, layout, shape, framework, global_scale, global_spec)
     elif global_scale is not None:
         raise RecipeError(f"{recipe.name} has no global scale; only NVFP4BlockScaling does")
     if zero_spec is not None:
         if zero_point is None:
             raise RecipeError(f"{recipe!r} is asymmetric and needs its zero_point (shape {zero_spec[1]})")
-        _check_array(recipe, layout, shape, framework, dtype_name, zero_point, zero_spec)
+        _check_array(recipe, layout, shape, framework, zero_point, zero_spec)
     elif zero_point is not None:
         raise RecipeError(f"{recipe!r} is symmetric and has no zero_point")
 
 
 def _check_array(
-    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str, dtype_name: Any, a: Any,
-    spec: tuple,
+    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str, a: Any, spec: tuple
 ) -> None:
     what, dims, dtypes = spec
     if _framework(a) != framework:
         raise FrameworkError(
             f"the ScaledTensor is a {framework} tensor but its {what} is not a {framework} array"
         )
-    got = tuple(a.shape)
+    got = a.shape  # a tuple, or torch.Size (a tuple subclass): compared without a copy
     if dims is None:  # one value, any shape
         if math.prod(got) != 1:
-            raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {got}")
-    elif got != dims:
+            raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {tuple(got)}")
+    elif got != dims and tuple(got) != dims:
         raise ShapeError(
             f"{recipe.name} {what} of a tensor of shape {shape} under {layout!r} must have shape "
             f"{dims}; got {tuple(int(d) for d in got)}"
         )
-    name = dtype_name(a)
+    name = _dtype_name(framework, a)
     if name not in dtypes:
         raise DTypeError(f"{recipe.name} {what} must be {' or '.join(dtypes)}; got {name}")
+
+
+#: (framework, array dtype) -> the backend's name for it (every backend names a dtype by itself alone)
+_DTYPE_NAMES: dict[tuple, str] = {}
+
+
+def _dtype_name(framework: str, a: Any) -> str:
+    key = (framework, a.dtype)
+    name = _DTYPE_NAMES.get(key)
+    if name is None:
+        name = _DTYPE_NAMES[key] = get_backend(framework).dtype_name(a)
+    return name
 
 
 _JAX_REGISTERED = False
