@@ -34,8 +34,8 @@ def _caster(recipe: bc.Recipe, x: Any) -> Callable[[], bc.ScaledTensor]:
     """One cast of ``x``; DelayedScaling's is its second step, scaled from the history that a first
     step recorded (one pass over ``x``, where current per-tensor scaling needs two)."""
     if isinstance(recipe, bc.DelayedScaling):
-        _, history = bc.cast(x, recipe)
-        return lambda: bc.cast(x, recipe, history=history)[0]
+        _, history = bc.cast_with_history(x, recipe)
+        return lambda: bc.cast(x, recipe, history=history)
     return lambda: bc.cast(x, recipe)
 
 

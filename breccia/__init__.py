@@ -21,7 +21,7 @@ from .errors import (
 )
 from .layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
 from .matmul import linear, matmul
-from .quantize import cast, dequantize, from_buffer, requantize
+from .quantize import cast, cast_with_history, dequantize, from_buffer, requantize
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
@@ -43,6 +43,7 @@ __all__ = [
     "__version__",
     # operations
     "cast",
+    "cast_with_history",
     "dequantize",
     "from_buffer",
     "requantize",

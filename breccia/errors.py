@@ -15,6 +15,7 @@ __all__ = [
     "DTypeError",
     "NotAnArrayError",
     "FrameworkError",
+    "FrozenError",
     "CopyError",
     "DLPackError",
     "FileFormatError",
@@ -52,6 +53,11 @@ class NotAnArrayError(BrecciaError, TypeError):
 
 class FrameworkError(BrecciaError, ValueError):
     """An unknown framework name, or a device the framework cannot use."""
+
+
+class FrozenError(BrecciaError, AttributeError):
+    """A field of an immutable object (a ScaledTensor) was assigned or deleted; ``replace`` makes a
+    new one."""
 
 
 class CopyError(BrecciaError, ValueError):

@@ -32,7 +32,6 @@ from typing import Any
 
 from .backends import Backend, backend_for, get_backend
 from .errors import ShapeError
-from .layouts import PerTensor
 from .tensor import ScaledTensor
 
 __all__ = ["matmul", "linear", "TILE_ROWS"]
@@ -147,45 +146,14 @@ def linear(x: Any, w: Any) -> Any:
 
 
 def tile_rows(st: ScaledTensor) -> int:
-    """Rows per tile of a 2-D ScaledTensor: whole scale blocks, at least :data:`TILE_ROWS` rows."""
-    if isinstance(st.layout, PerTensor):
-        return TILE_ROWS
-    block = st.layout.block_shape(st.shape)[0]
-    return block * max(1, math.ceil(TILE_ROWS / block))
-
-
-def row_slice(st: ScaledTensor, start: int, stop: int) -> ScaledTensor:
-    """Rows ``start:stop`` of a 2-D ScaledTensor, with their scales (``start`` on a block boundary).
-
-    Packing is along the last axis, so the data slices by rows in every format; the scale rows are
-    ``start // block_m : ceil(stop / block_m)``, or the single scale of a per-tensor layout.
-    """
-    if isinstance(st.layout, PerTensor):
-        scale, zero_point = st.scale, st.zero_point
-    else:
-        block = st.layout.block_shape(st.shape)[0]
-        rows = slice(start // block, -(-stop // block))
-        scale = st.scale[rows]
-        zero_point = None if st.zero_point is None else st.zero_point[rows]
-    return ScaledTensor(
-        st.data[start:stop],
-        scale,
-        st.recipe,
-        st.layout,
-        (stop - start, st.shape[1]),
-        st.dtype_name,
-        st.framework,
-        global_scale=st.global_scale,
-        zero_point=zero_point,
-    )
+    """Rows per tile of a 2-D ScaledTensor: whole block rows, at least :data:`TILE_ROWS` rows."""
+    return st.block_rows * max(1, math.ceil(TILE_ROWS / st.block_rows))
 
 
 def _tiles(st: ScaledTensor):
-    rows = st.shape[0]
-    step = tile_rows(st)
-    for start in range(0, rows, step):
-        stop = min(start + step, rows)
-        yield start, stop, row_slice(st, start, stop).dequantize("float32")
+    """``(start, stop, rows start:stop of st in float32)``, a tile of :func:`tile_rows` rows at a time."""
+    for start, stop, rows in st.row_blocks(tile_rows(st) * max(1, st.shape[1])):
+        yield start, stop, rows.dequantize("float32")
 
 
 def _tiled_linear(backend: Backend, x: Any, w: ScaledTensor) -> Any:

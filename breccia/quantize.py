@@ -52,7 +52,7 @@ from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
 from .scaling import FLT_MAX, AmaxHistory, BlockStats, Scales, block_scales, decode_scale
 from .tensor import ScaledTensor
 
-__all__ = ["cast", "dequantize", "from_buffer", "requantize"]
+__all__ = ["cast", "cast_with_history", "dequantize", "from_buffer", "requantize"]
 
 
 class _Blocking:
@@ -495,14 +495,40 @@ def _prepare_layout(recipe: Recipe, layout: Layout | None, shape: tuple[int, ...
     return layout
 
 
-def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxHistory | None = None):
+def cast(
+    x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxHistory | None = None
+) -> ScaledTensor:
     """Quantize array ``x`` (numpy, jax, mlx or torch; float32, bfloat16, float16 or float64).
 
     Returns a :class:`ScaledTensor` in ``x``'s framework and on its device, whose logical dtype is
     ``x``'s. ``layout`` defaults to the recipe's. For :class:`DelayedScaling`, ``history`` is the
-    :class:`AmaxHistory` to scale from (a fresh one if omitted) and the result is the pair
-    ``(ScaledTensor, next_history)``.
+    :class:`AmaxHistory` to scale from (a fresh one, scale 1, if omitted); :func:`cast_with_history`
+    is the same cast that also returns the next history.
     """
+    return _cast(x, recipe, layout, history)[0]
+
+
+def cast_with_history(
+    x: Any, recipe: DelayedScaling, layout: Layout | None = None, *, history: AmaxHistory | None = None
+) -> tuple[ScaledTensor, AmaxHistory]:
+    """DelayedScaling's step: ``(cast(x, recipe, layout, history=history), next_history)``.
+
+    The scale comes from ``history`` (a fresh one, scale 1, if omitted), and ``next_history`` is
+    ``[amax(x), history[0], ..., history[-2]]``, computed in the same pass. Functional: ``history``
+    is not changed, so a step runs under ``jax.jit``; pass ``next_history`` to the next step.
+    """
+    if not isinstance(recipe, DelayedScaling):
+        raise RecipeError(
+            f"cast_with_history is DelayedScaling's cast; {_check_recipe(recipe).name} keeps no amax "
+            "history: use cast"
+        )
+    return _cast(x, recipe, layout, history)  # type: ignore[return-value]
+
+
+def _cast(
+    x: Any, recipe: Recipe, layout: Layout | None, history: AmaxHistory | None
+) -> tuple[ScaledTensor, AmaxHistory | None]:
+    """The cast of ``x`` and, under DelayedScaling, the next amax history (else None)."""
     recipe = _check_recipe(recipe)
     backend = backend_for(x, "cast input")
     _check_dense(x)
@@ -525,19 +551,17 @@ def cast(x: Any, recipe: Recipe, layout: Layout | None = None, *, history: AmaxH
         data = backend.xp.reshape(data, ())
         scale = backend.xp.reshape(scale, ())
     st = ScaledTensor(
-        data,
-        scale,
-        recipe,
-        layout,
-        shape,
-        dtype_name,
-        backend.name,
+        data=data,
+        scale=scale,
+        recipe=recipe,
+        layout=layout,
+        shape=shape,
+        dtype_name=dtype_name,
+        framework=backend.name,
         global_scale=out.get("global_scale"),
         zero_point=out.get("zero_point"),
     )
-    if delayed:
-        return st, AmaxHistory(out["history"])
-    return st
+    return st, AmaxHistory(out["history"]) if delayed else None
 
 
 def _check_dense(x: Any) -> None:
@@ -711,17 +735,15 @@ def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
 
 def requantize(
     st: ScaledTensor, recipe: Recipe, layout: Layout | None = None, *, history: AmaxHistory | None = None
-):
+) -> ScaledTensor:
     """``st`` under another recipe: dequantized in float32 and cast again, keeping ``st.dtype``.
 
     The error this adds is that of a fresh cast of the dequantized values; nothing else changes.
+    ``history`` is as in :func:`cast` (DelayedScaling's scale comes from it).
     """
     recipe = _check_recipe(recipe)
     values = dequantize(st, "float32")
-    result = cast(values, recipe, layout, history=history)
-    out = result[0] if isinstance(result, tuple) else result
-    out.dtype_name = st.dtype_name
-    return result
+    return cast(values, recipe, layout, history=history).replace(dtype_name=st.dtype_name)
 
 
 def from_buffer(
@@ -786,8 +808,8 @@ def from_buffer(
         raise RecipeError(f"{recipe!r} is symmetric and takes no zero_point")
     dtype_name = "float32" if dtype is None else float_dtype_name(dtype)
     return ScaledTensor(
-        data, scale, recipe, layout, logical, dtype_name, backend.name,
-        global_scale=global_scale, zero_point=zero_point,
+        data=data, scale=scale, recipe=recipe, layout=layout, shape=logical, dtype_name=dtype_name,
+        framework=backend.name, global_scale=global_scale, zero_point=zero_point,
     )
 
 

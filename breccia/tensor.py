@@ -4,6 +4,11 @@
 zero-point forms). The arrays belong to one framework (``framework``) and device; ``shape`` and
 ``dtype`` are the logical (dequantized) shape and dtype.
 
+A ScaledTensor is immutable: its fields are set once, by keyword, and :meth:`ScaledTensor.replace`
+makes a new one with some of them changed. It slices by rows (``st[a:b]``, the first axis, whole
+block rows; see :meth:`ScaledTensor.__getitem__`) and walks its rows in runs that fit a memory
+budget (:meth:`ScaledTensor.row_blocks`).
+
 The constructor checks the invariants once, with breccia's errors: ``recipe`` a Recipe and
 ``layout`` a Layout that recipe takes and that fits ``shape`` (non-negative ints); ``dtype_name`` a
 float dtype; ``framework`` a known one and every array one of its arrays; ``data`` of the recipe's
@@ -23,14 +28,20 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .backends import get_backend
-from .errors import DTypeError, FrameworkError, LayoutError, RecipeError, ShapeError
-from .layouts import Layout
+from .errors import DTypeError, FrameworkError, FrozenError, LayoutError, RecipeError, ShapeError
+from .layouts import Layout, PerTensor
 from .recipes import Recipe
 
-__all__ = ["ScaledTensor", "register_jax_pytrees"]
+__all__ = ["ScaledTensor", "register_jax_pytrees", "row_ranges"]
+
+#: a ScaledTensor's fields, in the constructor's order
+_FIELDS = (
+    "data", "scale", "recipe", "layout", "shape", "dtype_name", "framework", "global_scale", "zero_point"
+)
 
 
 def _nbytes(a: Any) -> int:
@@ -52,22 +63,17 @@ def _human(n: int) -> str:
 
 
 class ScaledTensor:
-    """A block-scaled low-precision tensor (see the module docstring for the meaning of fields)."""
+    """A block-scaled low-precision tensor (see the module docstring for the meaning of fields).
 
-    __slots__ = (
-        "data",
-        "dtype_name",
-        "framework",
-        "global_scale",
-        "layout",
-        "recipe",
-        "scale",
-        "shape",
-        "zero_point",
-    )
+    Immutable: assigning or deleting a field raises :class:`~breccia.errors.FrozenError`; use
+    :meth:`replace`.
+    """
+
+    __slots__ = _FIELDS
 
     def __init__(
         self,
+        *,
         data: Any,
         scale: Any,
         recipe: Recipe,
@@ -75,7 +81,6 @@ class ScaledTensor:
         shape: tuple[int, ...],
         dtype_name: str,
         framework: str,
-        *,
         global_scale: Any = None,
         zero_point: Any = None,
     ) -> None:
@@ -86,15 +91,15 @@ class ScaledTensor:
     def _set(
         self, data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point
     ) -> None:
-        self.data = data
-        self.scale = scale
-        self.global_scale = global_scale
-        self.zero_point = zero_point
-        self.recipe = recipe
-        self.layout = layout
-        self.shape = tuple(shape)
-        self.dtype_name = dtype_name
-        self.framework = framework
+        _SET_DATA(self, data)
+        _SET_SCALE(self, scale)
+        _SET_RECIPE(self, recipe)
+        _SET_LAYOUT(self, layout)
+        _SET_SHAPE(self, tuple(shape))
+        _SET_DTYPE_NAME(self, dtype_name)
+        _SET_FRAMEWORK(self, framework)
+        _SET_GLOBAL_SCALE(self, global_scale)
+        _SET_ZERO_POINT(self, zero_point)
 
     @classmethod
     def _unchecked(cls, data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point):
@@ -103,6 +108,27 @@ class ScaledTensor:
         st = object.__new__(cls)
         st._set(data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point)
         return st
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenError(
+            f"a ScaledTensor is immutable: cannot set {name!r}; st.replace({name}=...) makes a new one"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenError(f"a ScaledTensor is immutable: cannot delete {name!r}")
+
+    def __reduce__(self) -> tuple:
+        """Pickle and copy by the fields (rebuilt through the constructor's checks)."""
+        return _rebuilt, (self._fields(),)
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def replace(self, **changes: Any) -> ScaledTensor:
+        """A new ScaledTensor with the fields named in ``changes`` replaced (any of ``data``,
+        ``scale``, ``global_scale``, ``zero_point``, ``recipe``, ``layout``, ``shape``,
+        ``dtype_name``, ``framework``) and the rest shared; checked as the constructor checks."""
+        return ScaledTensor(**{**self._fields(), **changes})
 
     # --- derived properties -------------------------------------------------------------------------
     @property
@@ -147,17 +173,90 @@ class ScaledTensor:
         framework: str | None = None,
     ) -> ScaledTensor:
         """The same tensor description over other arrays (of ``framework``, by default this one's)."""
-        return ScaledTensor(
-            data,
-            scale,
-            self.recipe,
-            self.layout,
-            self.shape,
-            self.dtype_name,
-            framework or self.framework,
+        return self.replace(
+            data=data,
+            scale=scale,
             global_scale=global_scale,
             zero_point=zero_point,
+            framework=framework or self.framework,
         )
+
+    # --- rows ---------------------------------------------------------------------------------------
+    @property
+    def block_rows(self) -> int:
+        """The alignment of a row slice: ``st[a:b]`` needs ``a`` and ``b`` to be multiples of it (or
+        the end of the first axis). It is the layout's block height along the first axis (1 for
+        ``PerRow`` and for ``PerBlockK`` of 2-D and higher tensors, ``m`` for ``PerBlock2D(m, k)``),
+        1 under ``PerTensor`` (its one scale covers any rows), made even for 1-D 4-bit data (two
+        codes a byte)."""
+        height = self._block_height()
+        if len(self.shape) == 1 and self.recipe.element_format.packed:
+            return math.lcm(height, 2)
+        return height
+
+    def _block_height(self) -> int:
+        """Rows per block along the first axis; 1 under ``PerTensor``."""
+        if not self.shape:
+            raise ShapeError("a 0-d ScaledTensor has no rows")
+        return 1 if isinstance(self.layout, PerTensor) else self.layout.block_shape(self.shape)[0]
+
+    def __getitem__(self, index: slice) -> ScaledTensor:
+        """Rows ``index`` (``st[a:b]``: a slice of the first axis with step 1) as a ScaledTensor over
+        slices of this one's arrays (views where the framework's slicing makes views).
+
+        Data rows are sliced directly (4-bit codes are packed along the last axis, so a row keeps its
+        bytes; a 1-D tensor's bytes are ``a // 2 : ceil(b / 2)``). Scale and zero-point rows are
+        the block rows that cover the slice: ``a // h : a // h + ceil((b - a) / h)`` for the block
+        height ``h``; a per-tensor scale and NVFP4's global scale pass through unchanged. ``a`` and
+        ``b`` must be multiples of :attr:`block_rows` (or the end of the axis), so no block is cut.
+        Negative and omitted bounds mean what they mean for a list; an empty slice is ``st[0:0]``.
+        """
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise ShapeError(
+                "a ScaledTensor slices only its first axis, with step 1 (st[a:b]); "
+                f"got st[{_index_text(index)}]"
+            )
+        if not self.shape:
+            raise ShapeError("a 0-d ScaledTensor has no rows to slice")
+        start, stop, _ = index.indices(self.shape[0])
+        return self._rows(start, stop) if stop > start else self._rows(0, 0)
+
+    __iter__ = None  # rows are sliced, not iterated (``st[0]`` is not a row)
+
+    def _rows(self, start: int, stop: int) -> ScaledTensor:
+        n = self.shape[0]
+        if start == 0 and stop == n:
+            return self
+        height, unit = self._block_height(), self.block_rows
+        if any(edge % unit and edge != n for edge in (start, stop)):
+            why = "the block height" if unit == height else f"blocks of {height} in whole bytes"
+            raise LayoutError(
+                f"rows {start}:{stop} of a ScaledTensor of shape {self.shape} under {self.layout!r} cut "
+                f"a block: a row slice begins and ends on a multiple of {unit} rows ({why}) or at the "
+                f"end ({n})"
+            )
+        data_rows = slice(start, stop)
+        if len(self.shape) == 1 and self.recipe.element_format.packed:
+            data_rows = slice(start // 2, (stop + 1) // 2)
+        if isinstance(self.layout, PerTensor):
+            grid = slice(0, 1 if stop > start else 0)
+        else:
+            first = start // height
+            grid = slice(first, first - (-(stop - start) // height))
+        return self.replace(
+            data=self.data[data_rows],
+            scale=self.scale[grid],
+            zero_point=None if self.zero_point is None else self.zero_point[grid],
+            shape=(stop - start, *self.shape[1:]),
+        )
+
+    def row_blocks(self, max_elements: int) -> Iterator[tuple[int, int, ScaledTensor]]:
+        """``(start, stop, self[start:stop])`` for runs of rows that cover the first axis in order:
+        each a multiple of :attr:`block_rows` rows (the last one ends the axis), as many as fit in
+        ``max_elements`` logical elements, and at least one block row even where that is more (see
+        :func:`row_ranges`). A tensor that fits is one run, ``(0, n, self)``."""
+        unit = self.block_rows
+        return ((a, b, self._rows(a, b)) for a, b in row_ranges(self.shape, unit, max_elements))
 
     # --- operations ---------------------------------------------------------------------------------
     def dequantize(self, dtype: Any = None) -> Any:
@@ -187,6 +286,48 @@ class ScaledTensor:
             f"dtype={self.dtype_name}, framework={self.framework}, "
             f"bytes={_human(self.nbytes)}{ratio})"
         )
+
+
+# the slots' own setters: __setattr__ refuses every assignment, so ``_set`` writes through these
+_SET_DATA = ScaledTensor.data.__set__
+_SET_SCALE = ScaledTensor.scale.__set__
+_SET_RECIPE = ScaledTensor.recipe.__set__
+_SET_LAYOUT = ScaledTensor.layout.__set__
+_SET_SHAPE = ScaledTensor.shape.__set__
+_SET_DTYPE_NAME = ScaledTensor.dtype_name.__set__
+_SET_FRAMEWORK = ScaledTensor.framework.__set__
+_SET_GLOBAL_SCALE = ScaledTensor.global_scale.__set__
+_SET_ZERO_POINT = ScaledTensor.zero_point.__set__
+
+
+def _index_text(index: Any) -> str:
+    """``index`` as it was written between brackets (``1:8:2``, ``0``, ``..., 0``)."""
+    if isinstance(index, slice):
+        bounds = (index.start, index.stop) if index.step is None else (index.start, index.stop, index.step)
+        return ":".join("" if v is None else repr(v) for v in bounds)
+    if isinstance(index, tuple):
+        return ", ".join(_index_text(i) for i in index)
+    return "..." if index is Ellipsis else repr(index)
+
+
+def _rebuilt(fields: dict[str, Any]) -> ScaledTensor:
+    return ScaledTensor(**fields)
+
+
+def row_ranges(shape: tuple[int, ...], block_rows: int, max_elements: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` runs that cover the first axis of a tensor of ``shape``, in order: ``r``
+    rows each (the last run the rest), ``r`` the largest multiple of ``block_rows`` whose rows hold
+    at most ``max_elements`` elements, or ``block_rows`` if even one block row holds more. A tensor
+    with no rows is one empty run ``(0, 0)``."""
+    if not shape:
+        raise ShapeError("a 0-d tensor has no rows")
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
+        raise ShapeError(f"max_elements must be a positive int; got {max_elements!r}")
+    rows = shape[0]
+    step = max(block_rows, max_elements // max(1, math.prod(shape[1:])) // block_rows * block_rows)
+    if rows == 0:
+        return iter([(0, 0)])
+    return ((start, min(start + step, rows)) for start in range(0, rows, step))
 
 
 #: (id(recipe), id(layout), shape, dtype_name, framework) -> (recipe, layout, specs): descriptions
@@ -281,44 +422,54 @@ def _check_arrays(
     """The arrays' half of the invariants (see the module docstring): ``specs`` (what each array must
     be, worked out once per description) against a few shapes and dtype names."""
     data_spec, scale_spec, global_spec, zero_spec = specs
-    dtype_name = get_backend(framework).dtype_name
-    _check_array(recipe, layout, shape, framework, dtype_name, data, data_spec)
-    _check_array(recipe, layout, shape, framework, dtype_name, scale, scale_spec)
+    _check_array(recipe, layout, shape, framework, data, data_spec)
+    _check_array(recipe, layout, shape, framework, scale, scale_spec)
     if global_spec is not None:
         if global_scale is None:
             raise RecipeError(f"{recipe.name} needs its global_scale (the fp32 second-level scale)")
-        _check_array(recipe, layout, shape, framework, dtype_name, global_scale, global_spec)
+        _check_array(recipe, layout, shape, framework, global_scale, global_spec)
     elif global_scale is not None:
         raise RecipeError(f"{recipe.name} has no global scale; only NVFP4BlockScaling does")
     if zero_spec is not None:
         if zero_point is None:
             raise RecipeError(f"{recipe!r} is asymmetric and needs its zero_point (shape {zero_spec[1]})")
-        _check_array(recipe, layout, shape, framework, dtype_name, zero_point, zero_spec)
+        _check_array(recipe, layout, shape, framework, zero_point, zero_spec)
     elif zero_point is not None:
         raise RecipeError(f"{recipe!r} is symmetric and has no zero_point")
 
 
 def _check_array(
-    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str, dtype_name: Any, a: Any,
-    spec: tuple,
+    recipe: Recipe, layout: Layout, shape: tuple[int, ...], framework: str, a: Any, spec: tuple
 ) -> None:
     what, dims, dtypes = spec
     if _framework(a) != framework:
         raise FrameworkError(
             f"the ScaledTensor is a {framework} tensor but its {what} is not a {framework} array"
         )
-    got = tuple(a.shape)
+    got = a.shape  # a tuple, or torch.Size (a tuple subclass): compared without a copy
     if dims is None:  # one value, any shape
         if math.prod(got) != 1:
-            raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {got}")
-    elif got != dims:
+            raise ShapeError(f"{recipe.name}'s {what} is one value; got shape {tuple(got)}")
+    elif got != dims and tuple(got) != dims:
         raise ShapeError(
             f"{recipe.name} {what} of a tensor of shape {shape} under {layout!r} must have shape "
             f"{dims}; got {tuple(int(d) for d in got)}"
         )
-    name = dtype_name(a)
+    name = _dtype_name(framework, a)
     if name not in dtypes:
         raise DTypeError(f"{recipe.name} {what} must be {' or '.join(dtypes)}; got {name}")
+
+
+#: (framework, array dtype) -> the backend's name for it (every backend names a dtype by itself alone)
+_DTYPE_NAMES: dict[tuple, str] = {}
+
+
+def _dtype_name(framework: str, a: Any) -> str:
+    key = (framework, a.dtype)
+    name = _DTYPE_NAMES.get(key)
+    if name is None:
+        name = _DTYPE_NAMES[key] = get_backend(framework).dtype_name(a)
+    return name
 
 
 _JAX_REGISTERED = False

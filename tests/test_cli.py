@@ -15,7 +15,7 @@ import pytest
 
 import breccia as bc
 from breccia.cli import main
-from breccia.commands.inspect import _row_slabs, describe, format_table
+from breccia.commands.inspect import describe, format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BRECCIA = Path(sys.executable).parent / "breccia"
@@ -110,7 +110,7 @@ def test_row_slabs_cover_the_tensor_exactly(recipe):
     w = _weight((300, 96))
     w[290, 1] = np.nan
     st = bc.cast(w, recipe)
-    slabs = list(_row_slabs(st, max_elements=96 * 50))
+    slabs = [rows for _, _, rows in st.row_blocks(96 * 50)]
     assert len(slabs) > 1
     assert sum(s.shape[0] for s in slabs) == 300
     whole = bc.dequantize(st, "float32")

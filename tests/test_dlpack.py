@@ -50,8 +50,7 @@ def _input(framework: str, dtype: str, shape: tuple[int, ...] = (8, 256)):
 def _cast(recipe_id: str, framework: str) -> bc.ScaledTensor:
     """A tensor cast natively in ``framework`` (so its buffers are that framework's own)."""
     recipe, dtype = RECIPES[recipe_id]
-    st = bc.cast(_input(framework, dtype), recipe)
-    return st[0] if isinstance(st, tuple) else st
+    return bc.cast(_input(framework, dtype), recipe)
 
 
 def _bits(framework: str, a) -> bytes | None:

@@ -123,7 +123,7 @@ def _cast(x, recipe, layout):
 
         backend = backend_for(x)
         history = backend.from_numpy(_HISTORIES[recipe.amax_history_len], device=backend.device(x))
-        st, new_history = bc.cast(x, recipe, layout, history=bc.AmaxHistory(history))
+        st, new_history = bc.cast_with_history(x, recipe, layout, history=bc.AmaxHistory(history))
         return st, to_numpy(new_history.amax)
     return bc.cast(x, recipe, layout), None
 

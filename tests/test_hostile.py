@@ -578,9 +578,7 @@ def test_scaled_tensor_checks_its_invariants():
     def make(data=st.data, scale=st.scale, **changes):
         kw = {**fields, **changes}
         extra = {k: kw.pop(k) for k in ("global_scale", "zero_point") if k in kw}
-        return bc.ScaledTensor(
-            data, scale, kw["recipe"], kw["layout"], kw["shape"], kw["dtype_name"], kw["framework"], **extra
-        )
+        return bc.ScaledTensor(data=data, scale=scale, **kw, **extra)
 
     make()
     with pytest.raises(bc.errors.ShapeError, match="data"):
@@ -604,10 +602,10 @@ def test_scaled_tensor_checks_its_invariants():
         make(global_scale=np.float32(1.0))
     nv = _valid(bc.NVFP4BlockScaling())
     with pytest.raises(bc.errors.RecipeError, match="global_scale"):
-        bc.ScaledTensor(nv.data, nv.scale, nv.recipe, nv.layout, nv.shape, "float32", "numpy")
+        nv.replace(global_scale=None)
     asym = _valid(bc.Int8Scaling(group_size=32, symmetric=False))
     with pytest.raises(bc.errors.RecipeError, match="zero_point"):
-        bc.ScaledTensor(asym.data, asym.scale, asym.recipe, asym.layout, asym.shape, "float32", "numpy")
+        asym.replace(zero_point=None)
 
 
 def test_invariants_leave_jax_transformations_alone():

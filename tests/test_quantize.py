@@ -76,12 +76,6 @@ def wide_range(shape, seed=0) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _cast(x, recipe, layout=None):
-    """cast, unwrapping DelayedScaling's (tensor, history) pair."""
-    out = bc.cast(x, recipe, layout)
-    return out[0] if isinstance(out, tuple) else out
-
-
 SAME_BITS_CASES = [
     (recipe, layout, shape) for recipe, layout in CASES for shape in SHAPES if _fits(recipe, layout, shape)
 ]
@@ -94,7 +88,7 @@ SAME_BITS_CASES = [
 )
 def test_every_backend_gives_the_same_bits(recipe, layout, shape):
     x = wide_range(shape, seed=len(shape))
-    reference = _cast(x, recipe, layout)
+    reference = bc.cast(x, recipe, layout)
     expected = bc.dequantize(reference)
     assert reference.data.shape == (
         *shape[:-1],
@@ -102,7 +96,7 @@ def test_every_backend_gives_the_same_bits(recipe, layout, shape):
     )
     assert reference.scale.shape == scale_shape(reference.layout, shape)
     for framework in FRAMEWORKS[1:]:
-        got = _cast(to_framework(framework, x), recipe, layout)
+        got = bc.cast(to_framework(framework, x), recipe, layout)
         assert got.framework == framework
         assert_same_bits(got, reference)
         np.testing.assert_array_equal(to_numpy(bc.dequantize(got)), expected)
@@ -133,9 +127,9 @@ def test_a_cast_in_cpu_slabs_gives_the_bits_of_one_pass(monkeypatch, framework, 
     x = x.reshape(shape).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
     backend_class = type(get_backend(framework))
     monkeypatch.setattr(backend_class, "chunk_elements", lambda self, a: 0)
-    whole = _cast(to_framework(framework, x), recipe, layout)
+    whole = bc.cast(to_framework(framework, x), recipe, layout)
     monkeypatch.setattr(backend_class, "chunk_elements", lambda self, a: 1024)
-    slabbed = _cast(to_framework(framework, x), recipe, layout)
+    slabbed = bc.cast(to_framework(framework, x), recipe, layout)
     assert_same_bits(slabbed, whole)
 
 
@@ -182,7 +176,7 @@ def test_round_trip_error_is_within_half_a_step(recipe, layout, rows, cols, spre
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, cols)) * 2.0 ** rng.integers(-spread, spread + 1, (rows, cols))
     x = x.astype(np.float32)
-    quantized = _cast(x, recipe, layout)
+    quantized = bc.cast(x, recipe, layout)
     y = bc.dequantize(quantized).astype(np.float64)
     error = np.abs(y - x)
     bound = _error_bound(quantized, x)
@@ -194,7 +188,7 @@ def test_round_trip_error_is_within_half_a_step(recipe, layout, rows, cols, spre
 @pytest.mark.parametrize(("recipe", "layout"), CASES, ids=[_case_id(c) for c in CASES])
 def test_zero_blocks_get_a_finite_scale_and_decode_to_zero(framework, recipe, layout):
     x = np.zeros((4, 64), np.float32)
-    quantized = _cast(to_framework(framework, x), recipe, layout)
+    quantized = bc.cast(to_framework(framework, x), recipe, layout)
     assert np.all(np.isfinite(_effective_scale(numpy_copy(quantized))))
     np.testing.assert_array_equal(to_numpy(bc.dequantize(quantized)), x)
 
@@ -216,9 +210,9 @@ def test_nan_poisons_exactly_its_block(framework, recipe, layout):
     with_nan[where] = np.nan
     clean = x.copy()
     clean[where] = 0.0
-    got = to_numpy(bc.dequantize(_cast(to_framework(framework, with_nan), recipe, layout)))
-    expected = to_numpy(bc.dequantize(_cast(to_framework(framework, clean), recipe, layout)))
-    st_ = _cast(clean, recipe, layout)
+    got = to_numpy(bc.dequantize(bc.cast(to_framework(framework, with_nan), recipe, layout)))
+    expected = to_numpy(bc.dequantize(bc.cast(to_framework(framework, clean), recipe, layout)))
+    st_ = bc.cast(clean, recipe, layout)
     block = _block_mask(st_.layout, x.shape, where)
     assert np.all(np.isnan(got[block]))
     np.testing.assert_array_equal(got[~block], expected[~block])
@@ -233,12 +227,12 @@ def test_inf_saturates_and_leaves_the_rest_untouched(framework, recipe, layout):
     with_inf[where] = -np.inf
     clean = x.copy()
     clean[where] = 0.0
-    got = to_numpy(bc.dequantize(_cast(to_framework(framework, with_inf), recipe, layout)))
-    expected = to_numpy(bc.dequantize(_cast(to_framework(framework, clean), recipe, layout)))
+    got = to_numpy(bc.dequantize(bc.cast(to_framework(framework, with_inf), recipe, layout)))
+    expected = to_numpy(bc.dequantize(bc.cast(to_framework(framework, clean), recipe, layout)))
     others = np.ones(x.shape, bool)
     others[where] = False
     np.testing.assert_array_equal(got[others], expected[others])
-    block = _block_mask(_cast(clean, recipe, layout).layout, x.shape, where)
+    block = _block_mask(bc.cast(clean, recipe, layout).layout, x.shape, where)
     assert np.isfinite(got[where]) and got[where] < 0
     assert got[where] <= np.min(got[block & others]) + 0.0  # the most negative value the block can hold
 
@@ -316,7 +310,7 @@ def test_float64_numpy_input_keeps_its_dtype():
 @pytest.mark.parametrize(("recipe", "layout"), CASES, ids=[_case_id(c) for c in CASES])
 def test_from_buffer_round_trip(framework, recipe, layout):
     shape = (64, 96)
-    quantized = _cast(to_framework(framework, wide_range(shape)), recipe, layout)
+    quantized = bc.cast(to_framework(framework, wide_range(shape)), recipe, layout)
     rebuilt = bc.from_buffer(
         quantized.data,
         quantized.scale,
@@ -413,10 +407,10 @@ def test_bad_input_raises_breccia_errors(call, error, message):
 def test_delayed_scaling_scales_from_the_history_before_this_tensor():
     recipe = bc.DelayedScaling(amax_history_len=4)
     x = wide_range((8, 64)) * np.float32(2.0**-18)
-    first, history = bc.cast(x, recipe)
+    first, history = bc.cast_with_history(x, recipe)
     assert float(first.scale.reshape(())) == 1.0  # empty history: scale 1
     np.testing.assert_array_equal(history.amax, [np.abs(x).max(), 0, 0, 0])
-    second, history2 = bc.cast(x, recipe, history=history)
+    second, history2 = bc.cast_with_history(x, recipe, history=history)
     assert np.float32(second.scale.reshape(())) == np.float32(1) / (np.float32(448) / np.abs(x).max())
     np.testing.assert_array_equal(history2.amax, [np.abs(x).max()] * 2 + [0, 0])
     with pytest.raises(bc.ShapeError, match="amax_history_len"):
@@ -430,12 +424,30 @@ def test_delayed_scaling_under_jax_jit_matches_numpy():
 
     recipe = bc.DelayedScaling(amax_history_len=4)
     x = wide_range((8, 64))
-    _, history = bc.cast(x, recipe)
-    expected, expected_history = bc.cast(x, recipe, history=history)
-    step = jax.jit(functools.partial(bc.cast, recipe=recipe))
+    _, history = bc.cast_with_history(x, recipe)
+    expected, expected_history = bc.cast_with_history(x, recipe, history=history)
+    step = jax.jit(functools.partial(bc.cast_with_history, recipe=recipe))
     got, got_history = step(to_framework("jax", x), history=bc.AmaxHistory(to_framework("jax", history.amax)))
     assert_same_bits(got, expected)
     np.testing.assert_array_equal(np.asarray(got_history.amax), expected_history.amax)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_cast_returns_a_scaled_tensor_for_every_recipe_and_cast_with_history_adds_the_next(framework):
+    recipe = bc.DelayedScaling(amax_history_len=4)
+    x = to_framework(framework, wide_range((8, 64)))
+    _, history = bc.cast_with_history(x, recipe)
+    alone = bc.cast(x, recipe, history=history)
+    st, next_history = bc.cast_with_history(x, recipe, history=history)
+    assert isinstance(alone, bc.ScaledTensor) and isinstance(next_history, bc.AmaxHistory)
+    assert_same_bits(alone, st)
+    requantized = bc.requantize(st, recipe, history=history)
+    assert isinstance(requantized, bc.ScaledTensor) and requantized.dtype_name == st.dtype_name
+    for other, _ in CASES:
+        if not isinstance(other, bc.DelayedScaling):
+            assert isinstance(bc.cast(x, other), bc.ScaledTensor)
+            with pytest.raises(bc.RecipeError, match="cast_with_history is DelayedScaling's cast"):
+                bc.cast_with_history(x, other)
 
 
 def test_scaled_tensor_is_a_jax_pytree():
@@ -483,14 +495,14 @@ def test_cuda_gives_the_same_bits_as_cpu(framework, recipe, layout, dtype):
     if dtype != "float32":
         with np.errstate(over="ignore"):  # float16 holds +-Inf where float32 held large values
             x = x.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16)
-    reference = _cast(x, recipe, layout)
+    reference = bc.cast(x, recipe, layout)
     if framework == "torch":
         device_x = to_framework("torch", x, device="cuda")
     else:
         import jax
 
         device_x = jax.device_put(x, jax.devices("gpu")[0])
-    got = _cast(device_x, recipe, layout)
+    got = bc.cast(device_x, recipe, layout)
     assert "cuda" in str(got.device).lower() or "gpu" in str(got.device).lower()
     assert_same_cuda_bits(got, reference, x)
     np.testing.assert_array_equal(to_numpy(bc.dequantize(got)), bc.dequantize(numpy_copy(got)))
@@ -503,8 +515,8 @@ def test_cast_inside_mx_compile_gives_the_same_bits(recipe, layout):
 
     x = wide_range((64, 128))
     x[3, 5] = np.nan
-    compiled = mx.compile(lambda a: [t for t in _cast(a, recipe, layout).arrays if t is not None])
+    compiled = mx.compile(lambda a: [t for t in bc.cast(a, recipe, layout).arrays if t is not None])
     got = compiled(to_framework("mlx", x))
-    expected = [t for t in _cast(x, recipe, layout).arrays if t is not None]
+    expected = [t for t in bc.cast(x, recipe, layout).arrays if t is not None]
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(bits(g), bits(e))

@@ -788,13 +788,13 @@ class SafetensorsCheckpoint(Mapping):
             for part, a in host.items()
         }
         return ScaledTensor(
-            arrays["data"],
-            arrays["scale"],
-            config.recipe,
-            config.layout,
-            config.shape,
-            config.dtype_name,
-            self.framework,
+            data=arrays["data"],
+            scale=arrays["scale"],
+            recipe=config.recipe,
+            layout=config.layout,
+            shape=config.shape,
+            dtype_name=config.dtype_name,
+            framework=self.framework,
             global_scale=arrays.get("global_scale"),
             zero_point=arrays.get("zero_point"),
         )

@@ -521,8 +521,7 @@ def requantize_to_mlx(
     st = st.to("mlx")
     _check_groups(st, mode, MLX_MODES[mode][2] if group_size is None else group_size)
     old = dequantize(st, "float32")
-    new_st = cast(old, recipe)
-    new_st.dtype_name = st.dtype_name
+    new_st = cast(old, recipe).replace(dtype_name=st.dtype_name)
     q = to_mlx_quantized(new_st, exact=False)
     new = dequantize(new_st, "float32")
     rel = added_error(old, new)

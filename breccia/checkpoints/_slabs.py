@@ -1,10 +1,11 @@
 """Dequantize and cast whole checkpoint tensors a slab of rows at a time, so temporaries stay small.
 
 A conversion holds one output tensor at a time; its float32 temporaries are bounded by
-``SLAB_ELEMENTS``: a tensor is cut along axis 0 into slabs of whole scale blocks (so each slab is a
-ScaledTensor of its own, with the rows of the scale grid that cover it), each slab is dequantized or
-cast, and the results are written into one output array. Per-tensor scales and NVFP4's global scale
-are not cut: such a tensor is cast whole (its amax spans every row).
+``SLAB_ELEMENTS``: a tensor is cut along axis 0 into slabs of whole block rows
+(:meth:`ScaledTensor.row_blocks`, :func:`~breccia.tensor.row_ranges`), each slab is dequantized or
+cast, and the results are written into one output array. A quantized tensor's per-tensor scale or
+NVFP4 global scale is shared by its slabs; a cast to such a recipe is done whole (its amax spans
+every row).
 """
 
 from __future__ import annotations
@@ -15,76 +16,48 @@ from typing import Any
 
 import numpy as np
 
-from ..layouts import PerTensor
+from ..layouts import Layout, PerTensor
 from ..quantize import cast, dequantize, from_buffer
 from ..recipes import Recipe
-from ..tensor import ScaledTensor
+from ..tensor import ScaledTensor, row_ranges
 
 __all__ = ["SLAB_ELEMENTS", "cast_rows", "dequantize_rows", "in_recipe", "relative_error"]
 
 SLAB_ELEMENTS = 1 << 22  # about 16 MiB of float32 per slab
 
 
-def _row_slices(shape: tuple[int, ...], block_rows: int) -> list[slice]:
-    """Slices of axis 0 in whole blocks of ``block_rows``, each about ``SLAB_ELEMENTS`` elements."""
-    if len(shape) < 2 or shape[0] == 0:
-        return [slice(0, shape[0] if shape else 0)]
-    per_row = max(1, math.prod(shape[1:]))
-    rows = max(block_rows, SLAB_ELEMENTS // per_row // block_rows * block_rows)
-    return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
-
-
-def _block_rows(st: ScaledTensor) -> int:
-    if len(st.shape) < 2 or isinstance(st.layout, PerTensor):
-        return max(1, st.shape[0]) if st.shape else 1
-    return st.layout.block_shape(st.shape)[0]
-
-
-def _rows_of(st: ScaledTensor, rows: slice) -> ScaledTensor:
-    """Rows ``rows`` (whole blocks) of ``st`` as a ScaledTensor over views of its arrays."""
-    if rows.start == 0 and rows.stop == st.shape[0]:
-        return st
-    block = _block_rows(st)
-    grid = slice(rows.start // block, -(-rows.stop // block))
-    return from_buffer(
-        st.data[rows],
-        st.scale[grid],
-        st.recipe,
-        st.layout,
-        shape=(rows.stop - rows.start, *st.shape[1:]),
-        dtype=st.dtype_name,
-        global_scale=st.global_scale,
-        zero_point=None if st.zero_point is None else st.zero_point[grid],
-    )
-
-
 def dequantize_rows(st: ScaledTensor, dtype: str) -> np.ndarray:
     """``dequantize(st, dtype)`` (numpy), computed a slab of rows at a time."""
-    slabs = _row_slices(st.shape, _block_rows(st))
-    if len(slabs) == 1:
+    slabs = list(st.row_blocks(SLAB_ELEMENTS)) if st.shape else []
+    if len(slabs) <= 1:
         return np.asarray(dequantize(st, dtype))
     from ..backends import get_backend
 
     out = np.empty(st.shape, dtype=get_backend("numpy").dtype(dtype))
-    for rows in slabs:
-        out[rows] = dequantize(_rows_of(st, rows), dtype)
+    for start, stop, rows in slabs:
+        out[start:stop] = dequantize(rows, dtype)
     return out
 
 
 def cast_rows(
-    values: Callable[[slice], np.ndarray], shape: tuple[int, ...], recipe: Recipe, source_rows: int = 1
+    values: Callable[[slice], np.ndarray],
+    shape: tuple[int, ...],
+    recipe: Recipe,
+    source_rows: int = 1,
+    layout: Layout | None = None,
 ):
     """``cast`` of the tensor whose rows ``values(rows)`` gives, a slab at a time where blocks allow.
 
-    ``source_rows`` is the block height of the source (slabs cover whole source blocks too). Recipes
-    whose scale spans the tensor (per-tensor, NVFP4's global scale) are cast in one piece."""
-    layout = recipe.default_layout()
+    ``source_rows`` is the block height of the source (slabs cover whole source blocks too);
+    ``layout`` defaults to the recipe's. Recipes whose scale spans the tensor (per-tensor, NVFP4's
+    global scale) are cast in one piece."""
+    layout = recipe.default_layout() if layout is None else layout
     two_level = recipe.scale_format == "E4M3" and getattr(recipe, "convention", "") != "mlx"
     spans_tensor = isinstance(layout, PerTensor) or two_level or len(shape) < 2
     if spans_tensor:
-        return cast(values(slice(0, shape[0] if shape else 0)), recipe)
-    slabs = _row_slices(shape, math.lcm(layout.block_shape(shape)[0], source_rows))
-    parts = [cast(values(rows), recipe) for rows in slabs]
+        return cast(values(slice(0, shape[0] if shape else 0)), recipe, layout)
+    slabs = row_ranges(shape, math.lcm(layout.block_shape(shape)[0], source_rows), SLAB_ELEMENTS)
+    parts = [cast(values(slice(start, stop)), recipe, layout) for start, stop in slabs]
     if len(parts) == 1:
         return parts[0]
 

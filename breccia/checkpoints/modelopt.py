@@ -43,13 +43,13 @@ import numpy as np
 
 from ..errors import FileFormatError
 from ..layouts import Layout, PerBlockK, PerRow
-from ..quantize import cast, dequantize, from_buffer
+from ..quantize import dequantize, from_buffer
 from ..recipes import NVFP4BlockScaling, Recipe
 from ..tensor import ScaledTensor
 from ._directory import ModelDirectory
 from ._output import OutputDirectory, ShardWriter, like_source
 from ._registry import Checkpoint, Convention, StoredCheckpoint, register
-from ._slabs import SLAB_ELEMENTS, cast_rows, dequantize_rows, relative_error
+from ._slabs import cast_rows, dequantize_rows, relative_error
 from ._targets import ConversionReport, Target, TargetParser, register_target
 from .deepseek_fp8 import is_linear_weight, model_dtype
 
@@ -240,22 +240,9 @@ def _cast(
     values: Any, shape: tuple[int, ...], recipe: Recipe, layout: Layout, source_rows: int
 ) -> ScaledTensor:
     """``values(rows)`` cast with ``recipe`` in ``layout``, a slab of rows at a time."""
-    if layout == recipe.default_layout():
-        return cast_rows(values, shape, recipe, source_rows)
-    if layout != PerRow():
+    if layout not in (recipe.default_layout(), PerRow()):
         raise FileFormatError(f"no slab cast for {recipe!r} in {layout!r}")
-    step = max(source_rows, SLAB_ELEMENTS // max(1, shape[-1]) // source_rows * source_rows)
-    parts = [
-        cast(values(slice(i, min(i + step, shape[0]))), recipe, layout) for i in range(0, shape[0], step)
-    ]
-    return from_buffer(
-        np.concatenate([np.asarray(p.data) for p in parts]),
-        np.concatenate([np.asarray(p.scale) for p in parts]),
-        recipe,
-        layout,
-        shape=shape,
-        dtype=parts[0].dtype_name,
-    )
+    return cast_rows(values, shape, recipe, source_rows, layout)
 
 
 def _weight(name: str, value: Any, recipe: Recipe, layout: Layout, report: ConversionReport) -> ScaledTensor:

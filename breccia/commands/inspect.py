@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import FileFormatError
-from ..layouts import PerTensor
 from ..tensor import ScaledTensor
 
 __all__ = ["register", "inspect_path", "describe"]
@@ -184,37 +181,12 @@ def _scale_range(st: ScaledTensor) -> tuple[float | None, float | None]:
     return float(finite.min()), float(finite.max())
 
 
-def _row_slabs(st: ScaledTensor, max_elements: int = CHUNK_ELEMENTS) -> Iterator[ScaledTensor]:
-    """``st`` cut along axis 0 into tensors of at most about ``max_elements``, on block boundaries."""
-    if len(st.shape) < 2 or st.size <= max_elements:
-        yield st
-        return
-    rows, per_row = st.shape[0], math.prod(st.shape[1:])
-    step = max(1, max_elements // max(per_row, 1))
-    per_tensor = isinstance(st.layout, PerTensor)
-    block = 1 if per_tensor else st.layout.block_shape(st.shape)[0]
-    step = max(block, step - step % block)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        grid = slice(0, 1) if per_tensor else slice(r0 // block, -(-r1 // block))
-        yield ScaledTensor(
-            st.data[r0:r1],
-            st.scale[grid],
-            st.recipe,
-            st.layout,
-            (r1 - r0, *st.shape[1:]),
-            st.dtype_name,
-            st.framework,
-            global_scale=st.global_scale,
-            zero_point=None if st.zero_point is None else st.zero_point[grid],
-        )
-
-
 def _scaled_counts(st: ScaledTensor) -> tuple[int, int]:
     from ..quantize import dequantize
 
     nan = inf = 0
-    for slab in _row_slabs(st):
+    slabs = (rows for _, _, rows in st.row_blocks(CHUNK_ELEMENTS)) if st.shape else (st,)
+    for slab in slabs:
         values = np.asarray(dequantize(slab, "float32"))
         nan += int(np.count_nonzero(np.isnan(values)))
         inf += int(np.count_nonzero(np.isinf(values)))

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import recipes as r
 from ..backends import get_backend
-from ..quantize import cast, dequantize
+from ..quantize import cast, cast_with_history, dequantize
 
 DEMO_RECIPES: list[r.Recipe] = [
     r.Float8CurrentScaling(),
@@ -63,8 +63,8 @@ def _bits(backend: Any, a: Any) -> bytes:
 def _cast(x: Any, recipe: r.Recipe) -> Any:
     """One cast; DelayedScaling's is its second step, scaled from the history the first recorded."""
     if isinstance(recipe, r.DelayedScaling):
-        _, history = cast(x, recipe)
-        return cast(x, recipe, history=history)[0]
+        _, history = cast_with_history(x, recipe)
+        return cast(x, recipe, history=history)
     return cast(x, recipe)
 
 
