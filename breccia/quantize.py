@@ -484,7 +484,9 @@ def _check_recipe(recipe: Any) -> Recipe:
     return recipe
 
 
-def _prepare_layout(recipe: Recipe, layout: Layout | None, shape: tuple[int, ...]) -> Layout:
+def checked_layout(recipe: Recipe, layout: Layout | None, shape: tuple[int, ...]) -> Layout:
+    """The layout a cast of ``shape`` under ``recipe`` uses (``layout``, or the recipe's default),
+    checked against the recipe and the shape; raises LayoutError saying what does not fit."""
     layout = recipe.check_layout(layout)
     layout.check_shape(shape)
     if getattr(recipe, "convention", None) == "mlx" and shape and shape[-1] % layout.block_shape(shape)[-1]:
@@ -541,7 +543,7 @@ def _cast(
         raise RecipeError(f"history= is DelayedScaling's state; {recipe.name} takes none")
     if delayed:
         history = _check_history(backend, recipe, history, x)
-    layout = _prepare_layout(recipe, layout, shape)
+    layout = checked_layout(recipe, layout, shape)
     if recipe.finite_input_only and not backend.is_traced(x) and math.prod(shape):
         _check_ggml_input(backend, recipe, x)
     x_work = x if shape else backend.xp.reshape(x, (1,))  # a 0-d tensor is quantized as one element
@@ -786,7 +788,7 @@ def from_buffer(
                 f"data of shape {stored_shape} cannot hold a {fmt.name} tensor of shape {logical}; "
                 f"expected data shape {expected}"
             )
-    layout = _prepare_layout(recipe, layout, logical)
+    layout = checked_layout(recipe, layout, logical)
     grid = scale_shape(layout, logical or (1,))
     grid = grid if logical else ()
     if tuple(scale.shape) != grid:

@@ -70,7 +70,7 @@ from ..errors import (
 )
 from ..formats import packed_length
 from ..layouts import Layout, layout_from_dict, oversized_axes, scale_shape
-from ..quantize import _prepare_layout, from_buffer
+from ..quantize import checked_layout, from_buffer
 from ..recipes import SCALE_FORMATS, Recipe, recipe_from_dict
 from ..scaling import decode_scale
 from ..tensor import ScaledTensor
@@ -605,7 +605,7 @@ def _config(text: str) -> _Config:
         raise FileFormatError(f"config dtype must be one of {FLOAT_DTYPES}; got {config['dtype']!r}")
     try:
         recipe = recipe_from_dict(config["recipe"])
-        layout = _prepare_layout(recipe, layout_from_dict(config["layout"]), tuple(shape))
+        layout = checked_layout(recipe, layout_from_dict(config["layout"]), tuple(shape))
     except BrecciaError as exc:
         raise FileFormatError(str(exc)) from None
     oversized = oversized_axes(layout, tuple(shape))
