@@ -17,8 +17,9 @@ import numpy as np
 sys.path.insert(0, "tests")
 
 from conftest import bits
-from test_quantize import CASES, _case_id, _cast, _fits, wide_range
+from test_quantize import CASES, _case_id, _fits, wide_range
 
+import breccia as bc
 from breccia import formats
 from breccia.backends import get_backend
 
@@ -78,7 +79,7 @@ def recipe_checks() -> None:
     for recipe, layout in CASES:
         shape = (67, 300) if _fits(recipe, layout, (67, 300)) else (64, 256)
         x = wide_range(shape, seed=7)
-        reference = _cast(x, recipe, layout)
+        reference = bc.cast(x, recipe, layout)
         row = []
         for framework in ("torch", "jax"):
             device_x = (
@@ -86,7 +87,7 @@ def recipe_checks() -> None:
                 if framework == "torch"
                 else jax.device_put(x, gpu)
             )
-            got = _cast(device_x, recipe, layout)
+            got = bc.cast(device_x, recipe, layout)
             counts = []
             for field in ("data", "scale", "global_scale", "zero_point"):
                 want, have = bits(getattr(reference, field)), bits(getattr(got, field))
