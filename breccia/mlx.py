@@ -147,20 +147,10 @@ class Float8Linear(nn.Module):
         return self._st.replace_arrays(self["weight"], self["scale"])
 
     def dequantized_weight(self) -> Any:
-        """``from_fp8(data) * scale`` in float32, the scale broadcast over its blocks."""
-        st = self.weight
-        if st.recipe.element_format.name == "E4M3":
-            values = mx.from_fp8(st.data, dtype=mx.float32)
-        else:
-            from .quantize import dequantize
+        """The weight dequantized to float32 (``decode(data) * scale`` per block: :func:`dequantize`)."""
+        from .quantize import dequantize
 
-            return dequantize(st, "float32")
-        block = st.layout.block_shape(st.shape)
-        s = st.scale.astype(mx.float32)
-        for axis, (b, n) in enumerate(zip(block, st.shape)):
-            if s.shape[axis] > 1 and b > 1:
-                s = mx.repeat(s, b, axis=axis)[(slice(None),) * axis + (slice(0, n),)]
-        return values * s
+        return dequantize(self.weight, "float32")
 
     def __call__(self, x: Any) -> Any:
         w = self.dequantized_weight().astype(x.dtype)
