@@ -44,6 +44,8 @@ __all__ = [
     "INT8",
     "INT4",
     "FORMATS",
+    "NVFP4_GLOBAL_DIVISOR",
+    "offset_binary_flip",
     "format_by_name",
     "encode",
     "decode",
@@ -110,6 +112,20 @@ INT8 = ElementFormat("INT8", 8, "int", max_value=127, min_value=-128, safetensor
 INT4 = ElementFormat("INT4", 4, "int", max_value=7, min_value=-8, safetensors_dtype="U8")
 
 FORMATS: dict[str, ElementFormat] = {f.name: f for f in (E4M3, E5M2, E2M1, E8M0, INT8, INT4)}
+
+#: NVFP4's second level: ``global_scale = amax / 2688`` (E4M3 max * E2M1 max), so the largest block
+#: scale is E4M3's max and the largest element E2M1's.
+NVFP4_GLOBAL_DIVISOR = E4M3.max_value * E2M1.max_value
+
+
+def offset_binary_flip(bits: int) -> int:
+    """The byte to XOR a byte of two's-complement codes with to get offset-binary ones (``u = q +
+    2**(bits - 1)``) and back: the top bit of each code, ``0x88`` for two 4-bit codes, ``0x80`` for
+    one 8-bit code. MLX's affine codes and ggml's Q4_0 nibbles are offset binary; breccia's are
+    two's complement."""
+    if bits not in (4, 8):
+        raise RecipeError(f"offset-binary codes of {bits} bits: breccia holds 4- and 8-bit integers")
+    return 0x88 if bits == 4 else 0x80
 
 
 def format_by_name(name: str) -> ElementFormat:

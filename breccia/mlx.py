@@ -22,6 +22,7 @@ import numpy as np
 
 from .bridges._huggingface import INDEX_NAME
 from .errors import DTypeError, FileFormatError, FileMissingError, RecipeError, missing_dependency
+from .formats import NVFP4_GLOBAL_DIVISOR
 from .tensor import ScaledTensor
 
 try:
@@ -32,7 +33,6 @@ except ImportError as _exc:  # pragma: no cover - exercised only without MLX
 
 from .bridges._mlx import (
     MLX_MODES,
-    NVFP4_GLOBAL_DIVISOR,
     MLXQuantized,
     added_error,
     from_mlx_quantized,

@@ -48,7 +48,7 @@ from .formats import (
 )
 from .kernels._fused import fused_cast, fused_dequantize
 from .layouts import Layout, scale_shape
-from .recipes import SCALE_FORMATS, DelayedScaling, Recipe
+from .recipes import DelayedScaling, Recipe
 from .scaling import FLT_MAX, AmaxHistory, BlockStats, Scales, block_scales, decode_scale
 from .tensor import ScaledTensor
 
@@ -300,7 +300,7 @@ def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any
     if nan_blocks is not None:
         stored = _mark_nan(backend, stored, nan_blocks, recipe.scale_format)
     scale = blocking.grid_of(xp, stored)
-    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    scale_fmt = recipe.scale_element_format
     if scale_fmt is not None:
         scale = backend.to_storage(scale, scale_fmt)
     zero_point = None if scales.zero_point is None else blocking.grid_of(xp, scales.zero_point)
@@ -450,7 +450,7 @@ def _empty_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histor
         zeros = backend.from_numpy(np.zeros(dims, np.uint8 if storage != "int8" else np.int8), device=device)
         return zeros if storage in ("uint8", "int8") else backend.bitcast(zeros, storage)
 
-    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    scale_fmt = recipe.scale_element_format
     out: dict[str, Any] = {
         "data": empty(data_shape, backend.storage_dtype(fmt)),
         "scale": empty(grid, backend.storage_dtype(scale_fmt)) if scale_fmt else
@@ -832,7 +832,7 @@ def _check_scale_dtype(backend: Backend, scale: Any, recipe: Recipe) -> Any:
         if name not in ("float32", "bfloat16", "float16"):
             raise DTypeError(f"{recipe.name} scales must be float32 (or bfloat16/float16); got {name}")
         return scale
-    fmt = SCALE_FORMATS[recipe.scale_format]
+    fmt = recipe.scale_element_format
     target = backend.storage_dtype(fmt)
     if name == target:
         return scale

@@ -75,6 +75,13 @@ class Recipe:
     """Base class of every recipe."""
 
     scale_format: ClassVar[str] = "F32"  # "F32" | "E8M0" | "E4M3": how the block scale is stored
+    #: True where a float32 per-tensor scale multiplies every block scale (NVFP4's two levels)
+    has_global_scale: ClassVar[bool] = False
+
+    @property
+    def scale_element_format(self) -> ElementFormat | None:
+        """The element format the block scales are stored in (E8M0, E4M3), or None for float32."""
+        return SCALE_FORMATS[self.scale_format]
 
     @property
     def name(self) -> str:
@@ -409,6 +416,7 @@ class NVFP4BlockScaling(Recipe):
     """
 
     scale_format: ClassVar[str] = "E4M3"
+    has_global_scale: ClassVar[bool] = True
     convention: str = "nvidia"
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import formats
-from .formats import E4M3, E8M0
+from .formats import E4M3, E8M0, NVFP4_GLOBAL_DIVISOR
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
@@ -42,7 +42,6 @@ __all__ = [
 
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_EPS = float(np.finfo(np.float32).eps)
-NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3 max * E2M1 max
 DEEPSEEK_AMAX_FLOOR = 1e-4
 
 

@@ -394,7 +394,6 @@ def _expected_arrays(recipe: Recipe, layout: Layout, shape: tuple[int, ...], fra
     and zero point where the recipe has them (the other two must be None)."""
     from .formats import packed_length
     from .layouts import scale_shape
-    from .recipes import SCALE_FORMATS
 
     backend = get_backend(framework)
     fmt = recipe.element_format
@@ -406,7 +405,7 @@ def _expected_arrays(recipe: Recipe, layout: Layout, shape: tuple[int, ...], fra
 
     stored = (*shape[:-1], packed_length(shape[-1])) if fmt.packed and shape else shape
     grid = scale_shape(layout, shape) if shape else ()
-    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    scale_fmt = recipe.scale_element_format
     return (
         ("data", stored, codes(fmt)),
         ("scale", grid, floats if scale_fmt is None else codes(scale_fmt)),

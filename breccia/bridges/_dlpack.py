@@ -26,7 +26,6 @@ from typing import Any
 from ..backends import FRAMEWORKS, Backend, get_backend
 from ..backends._base import DLPACK_CPU, DLPACK_CUDA
 from ..errors import CopyError, DLPackError, DTypeError, FrameworkError
-from ..recipes import SCALE_FORMATS
 from ..tensor import ScaledTensor
 
 __all__ = ["DLPackCapsule", "from_dlpack", "to_dlpack"]
@@ -212,7 +211,7 @@ def from_dlpack(
     if copy is False:
         _check_shareable(src, dst, st, here, target)
     data = _move(src, dst, st.data, dst.storage_dtype(st.recipe.element_format), copy, target, "data")
-    scale_fmt = SCALE_FORMATS[st.recipe.scale_format]
+    scale_fmt = st.recipe.scale_element_format
     scale_dtype = src.dtype_name(st.scale) if scale_fmt is None else dst.storage_dtype(scale_fmt)
     scale = _move(src, dst, st.scale, scale_dtype, copy, target, "scale")
     small = None if copy is False else copy

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DTypeError, FileFormatError, RecipeError, missing_dependency
+from ..formats import offset_binary_flip
 from ..layouts import PerBlockK
 from ..recipes import Int4Scaling, Int8Scaling, MXFP4BlockScaling, NVFP4BlockScaling
 from ..tensor import ScaledTensor
@@ -112,7 +113,7 @@ def _pairs_to_halves(packed: np.ndarray, half: int) -> np.ndarray:
 def _flip_int4_bias(packed: np.ndarray) -> np.ndarray:
     """Two's complement INT4 nibbles ``q`` <-> unsigned ``u = q + 8`` nibbles, in place (an involution:
     both flip the top bit of each nibble)."""
-    return packed ^ np.uint8(0x88)
+    return packed ^ np.uint8(offset_binary_flip(4))
 
 
 # --- reading ----------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ from ..errors import (
 from ..formats import packed_length
 from ..layouts import Layout, layout_from_dict, oversized_axes, scale_shape
 from ..quantize import checked_layout, from_buffer
-from ..recipes import SCALE_FORMATS, Recipe, recipe_from_dict
+from ..recipes import Recipe, recipe_from_dict
 from ..scaling import decode_scale
 from ..tensor import ScaledTensor
 from ._paths import real_directory, regular_file
@@ -195,7 +195,7 @@ def scaled_parts(name: str, st: ScaledTensor) -> tuple[list[_Part], str]:
             name,
         )
     ]
-    scale_fmt = SCALE_FORMATS[st.recipe.scale_format]
+    scale_fmt = st.recipe.scale_element_format
     scale = checked.scale
     if scale_fmt is None:
         parts.append(_float_part(f"{name}.scale", name, scale))
@@ -552,13 +552,13 @@ def _expected_parts(recipe: Recipe, layout: Layout, shape: tuple[int, ...]):
     stored = (*shape[:-1], packed_length(shape[-1])) if fmt.packed and shape else shape
     grid = scale_shape(layout, shape) if shape else ()
     data_dtypes = (fmt.safetensors_dtype,) + (("U8",) if fmt.kind == "float" and not fmt.packed else ())
-    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    scale_fmt = recipe.scale_element_format
     scale_dtypes = _FLOAT_ST if scale_fmt is None else (scale_fmt.safetensors_dtype, "U8")
     expected: dict[str, tuple[tuple[str, ...], tuple[int, ...] | None]] = {
         "data": (data_dtypes, stored),
         "scale": (scale_dtypes, grid),
     }
-    if recipe.scale_format == "E4M3":
+    if recipe.has_global_scale:
         expected["global_scale"] = (_FLOAT_ST, None)
     if recipe.zero_point_kind is not None:
         expected["zero_point"] = (_FLOAT_ST, grid)
@@ -614,7 +614,7 @@ def _config(text: str) -> _Config:
             f"its layout {layout!r} has blocks far larger than the tensor of shape {tuple(shape)} along "
             f"axis {oversized}; a file's layout must describe its tensor"
         )
-    fmt, scale_fmt = recipe.element_format, SCALE_FORMATS[recipe.scale_format]
+    fmt, scale_fmt = recipe.element_format, recipe.scale_element_format
     views = {}
     if fmt.kind == "float" and not fmt.packed:
         views["data"] = numpy_dtype(fmt.safetensors_dtype)

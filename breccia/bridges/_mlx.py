@@ -43,6 +43,7 @@ import numpy as np
 
 from ..backends import float_dtype_name
 from ..errors import DTypeError, LayoutError, RecipeError, ShapeError, missing_dependency
+from ..formats import NVFP4_GLOBAL_DIVISOR, offset_binary_flip
 from ..layouts import PerBlockK, scale_shape
 from ..recipes import (
     Int4Scaling,
@@ -79,7 +80,6 @@ MLX_MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, int]] = {
 #: bits of the affine mode that breccia holds (INT4, INT8)
 AFFINE_BITS = (4, 8)
 #: MLX's nvfp4 ``global_scale`` g enters dequantization as ``g / (448 * 6)``
-NVFP4_GLOBAL_DIVISOR = 2688.0
 _E8M0_NAN = 255
 
 
@@ -375,9 +375,9 @@ def _int_to_affine(mx: Any, backend: Any, st: ScaledTensor) -> MLXQuantized:
     bits = recipe.element_format.bits
     group = _affine_group(st)
     if bits == 4:
-        codes = mx.bitwise_xor(st.data, mx.array(0x88, dtype=mx.uint8))
+        codes = mx.bitwise_xor(st.data, mx.array(offset_binary_flip(4), dtype=mx.uint8))
     else:
-        codes = mx.bitwise_xor(st.data.view(mx.uint8), mx.array(0x80, dtype=mx.uint8))
+        codes = mx.bitwise_xor(st.data.view(mx.uint8), mx.array(offset_binary_flip(8), dtype=mx.uint8))
     weight = codes.view(mx.uint32)
     block = st.layout.block_shape(st.shape)
     if recipe.zero_point_kind == "float":
@@ -480,9 +480,9 @@ def _affine_from_mlx(
         raise DTypeError("MLX affine biases must be an mlx array of the scales' dtype and shape")
     raw = w.view(mx.uint8)
     if bits == 4:
-        data = mx.bitwise_xor(raw, mx.array(0x88, dtype=mx.uint8))
+        data = mx.bitwise_xor(raw, mx.array(offset_binary_flip(4), dtype=mx.uint8))
     else:
-        data = mx.bitwise_xor(raw, mx.array(0x80, dtype=mx.uint8)).view(mx.int8)
+        data = mx.bitwise_xor(raw, mx.array(offset_binary_flip(8), dtype=mx.uint8)).view(mx.int8)
     dtype = scales.dtype if dtype is None else dtype
     return from_buffer(data, scales, recipe, layout, shape=shape, dtype=dtype, zero_point=biases)
 

@@ -494,7 +494,7 @@ def to_torchao(st: ScaledTensor) -> Any:
     st = st.to("torch")
     if st.recipe.scale_format == "E8M0":
         return _to_mx(st)
-    if st.recipe.scale_format == "E4M3":
+    if st.recipe.has_global_scale:
         return _to_nvfp4(st)
     if st.recipe.element_format.kind == "int":
         return _to_int(st)

@@ -36,6 +36,7 @@ import math
 from typing import Any
 
 from ..errors import LayoutError, MissingDependencyError, RecipeError, ShapeError
+from ..formats import NVFP4_GLOBAL_DIVISOR
 from ..layouts import PerBlock2D, PerBlockK, PerTensor
 from ..quantize import from_buffer
 from ..recipes import (
@@ -50,7 +51,6 @@ from ..tensor import ScaledTensor
 
 __all__ = ["from_transformer_engine", "to_transformer_engine"]
 
-NVFP4_AMAX_DIVISOR = 6.0 * 448.0  # E2M1 max * E4M3 max: TE's NVFP4 second-level scale is amax / 2688
 _TE_RECIPES = (
     "DelayedScaling or Float8CurrentScaling with PerTensor() (Float8Tensor), MXFP8BlockScaling "
     "(MXFP8Tensor), Float8BlockScaling with block_k=128 and block_m 1 or 128 (Float8BlockwiseQTensor), "
@@ -244,7 +244,7 @@ def _from_nvfp4(t: Any) -> tuple[Any, Any, Recipe, Any, tuple[int, ...], dict]:
         raise ShapeError(f"an NVFP4Tensor's last axis must be a multiple of 16; got shape {shape}")
     rows = math.prod(shape[:-1])
     scale = _padded_rowwise_scales(t, rows, k // 16, 16, "NVFP4Tensor")
-    global_scale = (t._amax_rowwise.reshape(()).float() / NVFP4_AMAX_DIVISOR).contiguous()
+    global_scale = (t._amax_rowwise.reshape(()).float() / NVFP4_GLOBAL_DIVISOR).contiguous()
     return (
         data,
         scale.reshape(*shape[:-1], k // 16),
@@ -466,7 +466,7 @@ def _to_nvfp4(st: ScaledTensor, tex: Any, torch: Any) -> Any:
     rows, cols = _rows_cols(st, 16)
     data = _codes(st)
     scale = st.scale.reshape(rows, cols).view(torch.uint8)
-    amax = (st.global_scale.to(torch.float32) * NVFP4_AMAX_DIVISOR).reshape(1)
+    amax = (st.global_scale.to(torch.float32) * NVFP4_GLOBAL_DIVISOR).reshape(1)
     return NVFP4Tensor(
         shape=st.shape,
         dtype=st.dtype,

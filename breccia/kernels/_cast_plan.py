@@ -187,7 +187,7 @@ def dequantize_plan(st: ScaledTensor, dtype_name: str) -> CastPlan | None:
     (rule ``per_tensor`` or ``blocks``), or None (shared path)."""
     recipe = st.recipe
     fmt = recipe.element_format
-    if fmt.name not in ("E4M3", "E5M2") or recipe.scale_format == "E4M3" or st.zero_point is not None:
+    if fmt.name not in ("E4M3", "E5M2") or recipe.has_global_scale or st.zero_point is not None:
         return None
     if dtype_name not in INPUT_DTYPES or st.size == 0 or not st.shape:
         return None

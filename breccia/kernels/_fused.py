@@ -17,7 +17,7 @@ from importlib import import_module
 from typing import Any
 
 from ..layouts import Layout, scale_shape
-from ..recipes import SCALE_FORMATS, Recipe
+from ..recipes import Recipe
 from ._cast_plan import cast_plan, dequantize_plan
 
 __all__ = ["fused_cast", "fused_dequantize"]
@@ -55,7 +55,7 @@ def _cast(backend: Any, kernels: Any, plan: Any, recipe: Recipe, layout: Layout,
     fmt = recipe.element_format
     data = xp.reshape(data, (*shape[:-1], shape[-1] // 2 if fmt.packed else shape[-1]))
     scale = xp.reshape(scale, scale_shape(layout, shape))
-    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    scale_fmt = recipe.scale_element_format
     if scale_fmt is not None:
         scale = backend.to_storage(scale, scale_fmt)
     return backend.to_storage(data, fmt), scale, None, None, new_history

@@ -29,6 +29,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..formats import offset_binary_flip
 from ..layouts import PerBlockK
 from ..recipes import Int4Scaling, Int8Scaling, MXFP4BlockScaling, MXFP8BlockScaling, NVFP4BlockScaling
 from ..tensor import ScaledTensor
@@ -54,7 +55,7 @@ def mlx_weight(st: ScaledTensor) -> tuple[Any, Any, Any, str, int, int] | None:
     elif isinstance(recipe, (Int4Scaling, Int8Scaling)) and recipe.convention == "mlx":
         mode = "affine"
         bits = recipe.element_format.bits
-        data = data.view(mx.uint8) ^ (0x88 if bits == 4 else 0x80)
+        data = data.view(mx.uint8) ^ offset_binary_flip(bits)
     else:
         return None
     if (mode == "affine" and g not in _AFFINE_GROUPS) or data.shape[-1] % 4 or st.shape[-1] % g:
