@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, backend_for, get_backend
-from .errors import ShapeError
+from .errors import FrameworkError, ShapeError
 from .tensor import ScaledTensor
 
 __all__ = ["matmul", "linear", "TILE_ROWS"]
@@ -78,7 +78,7 @@ def result_dtype(a: str, b: str) -> str:
 
 def _same_framework(a: Operand, b: Operand, op: str) -> None:
     if a.backend.name != b.backend.name:
-        raise ShapeError(
+        raise FrameworkError(
             f"{op} operands live in different frameworks ({a.backend.name}, {b.backend.name}); "
             "move one with .to(framework)"
         )

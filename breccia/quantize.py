@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, backend_for, float_dtype_name
-from .errors import DTypeError, LayoutError, NotAnArrayError, RecipeError, ShapeError
+from .errors import DTypeError, FrameworkError, LayoutError, NotAnArrayError, RecipeError, ShapeError
 from .formats import (
     E4M3,
     E8M0,
@@ -774,7 +774,10 @@ def from_buffer(
     fmt = recipe.element_format
     scale_backend = backend_for(scale, "scale")
     if scale_backend.name != backend.name:
-        raise DTypeError(f"data is a {backend.name} array but scale is a {scale_backend.name} array")
+        raise FrameworkError(
+            f"data is a {backend.name} array but scale is a {scale_backend.name} array; "
+            "pass both in one framework"
+        )
     data = _check_data_dtype(backend, data, fmt)
     stored_shape = tuple(int(d) for d in data.shape)
     if shape is None:
@@ -845,8 +848,9 @@ def _check_float_array(
     backend: Backend, a: Any, what: str, shape: tuple[int, ...], allow_size1: bool = False
 ) -> Any:
     """A float array ``a`` of ``shape`` in ``backend``'s framework (a size-1 array reshapes if allowed)."""
-    if backend_for(a, what).name != backend.name:
-        raise DTypeError(f"{what} must be a {backend.name} array like data")
+    found = backend_for(a, what).name
+    if found != backend.name:
+        raise FrameworkError(f"{what} must be a {backend.name} array like data; got a {found} one")
     if backend.dtype_name(a) not in ("float32", "bfloat16", "float16"):
         raise DTypeError(f"{what} must be float32; got {backend.dtype_name(a)}")
     got = tuple(a.shape)

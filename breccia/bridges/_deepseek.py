@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import backend_for, float_dtype_name, get_backend
-from ..errors import DTypeError, FileFormatError, LayoutError, RecipeError, ShapeError
+from ..errors import DTypeError, FileFormatError, FrameworkError, LayoutError, RecipeError, ShapeError
 from ..layouts import Layout, PerBlock2D, PerBlockK
 from ..quantize import from_buffer
 from ..recipes import Float8BlockScaling
@@ -145,7 +145,7 @@ def from_deepseek_v3(
 def _float_scale(backend: Any, scale: Any) -> Any:
     """``scale`` as float32/bf16/fp16 values; E8M0 (V3.2-style ue8m0 bytes in native dtype) widened."""
     if backend_for(scale, "scale").name != backend.name:
-        raise DTypeError(f"scale must be a {backend.name} array like data")
+        raise FrameworkError(f"scale must be a {backend.name} array like data")
     name = backend.dtype_name(scale)
     if name == "float8_e8m0fnu":
         return decode_scale(backend, scale, "E8M0")
