@@ -398,7 +398,7 @@ class NVFP4BlockScaling(Recipe):
     reciprocal, a *divisor*, and decoding divides by it (``compress``/``decompress`` of
     compressed-tensors 0.20, with ``calculate_qparams``/``generate_gparam`` in float32)::
 
-        global_scale = fl32(2688 / amax(tensor))        (1 when that is not finite: amax 0)
+        global_scale = fl32(fl32(1 / amax(tensor)) * 2688)   (1 when not finite: amax 0; torch's 2688 / t)
         s_b          = e4m3(min(global_scale * (amax_b / 6), 448))   (0.125 where that rounds to 0)
         data         = encode(x / (s_b / global_scale))
         x ~ decode(data) * (s_b / global_scale)

@@ -126,7 +126,7 @@ _RULES = (
          PeerUse("NVIDIA ModelOpt", "all", "weight_scale_2")),
     ),
     ScaleRule(
-        "nvfp4-divisor", "E4M3 + fp32", "g = 2688 / amax_t (a divisor), s_b = e4m3(amax_b / 6 * g)",
+        "nvfp4-divisor", "E4M3 + fp32", "g = fl32(1 / amax_t) * 2688 (a divisor), s_b = e4m3(amax_b / 6 * g)",
         'NVFP4BlockScaling(convention="compressed-tensors")',
         (PeerUse("compressed-tensors", ">= 0.20", "weight_global_scale"),),
     ),

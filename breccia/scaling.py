@@ -332,10 +332,14 @@ def _nvfp4_mlx_rule(backend: Any, stats: BlockStats) -> Scales:
 
 def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
     """compressed-tensors' NVFP4 (``generate_gparam``, ``calculate_qparams``, ``quantize``), in float32:
-    the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps)."""
+    the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps).
+    ``generate_gparam``'s ``2688 / amax`` is torch's ``amax.reciprocal() * 2688`` (a Python number over
+    a tensor), so ``g = fl32(fl32(1 / amax) * 2688)``: one ulp from ``fl32(2688 / amax)`` for about a
+    quarter of amaxes."""
     xp = backend.xp
-    g = backend.divide(NVFP4_GLOBAL_DIVISOR, stats.tensor_amax)
-    global_scale = xp.where(xp.isfinite(g), g, 1.0)
+    t = stats.tensor_amax
+    g = backend.divide(1.0, xp.where(t > 0, t, 1.0)) * NVFP4_GLOBAL_DIVISOR
+    global_scale = xp.where(xp.isfinite(g) & (t > 0), g, 1.0)
     block = xp.minimum(global_scale * backend.divide(stats.amax, 6.0), E4M3.max_value)
     rounds_to_zero = backend.decode(backend.encode(block, E4M3), E4M3) == 0
     codes = backend.encode(xp.where(rounds_to_zero, 0.125, block), E4M3)

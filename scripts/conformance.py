@@ -32,6 +32,7 @@ import breccia as bc
 from breccia import formats
 from breccia.backends import get_backend
 from breccia.formats import E2M1, E4M3, E5M2, E8M0, ElementFormat
+from breccia.layouts import PerBlockK
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "conformance.md")
 
@@ -400,6 +401,183 @@ def torchao_peer(device: str) -> Iterator[Row]:
             yield Row(peer, version, label, "decode", device, name, "values", total, differing)
 
 
+def _ct_presets() -> list[tuple[str, str, bc.Recipe, Any, int]]:
+    """The compressed-tensors presets breccia writes, in the page's order: (preset, breccia's target
+    whose ``layer_parts`` store it, the recipe and layout that reproduce the package's ``compress``,
+    the row width the golden inputs are tiled to: the preset's group where it is wider than 64)."""
+    from breccia.checkpoints.compressed_tensors import TARGETS
+    from breccia.layouts import PerBlock2D
+
+    def target(name: str) -> tuple[bc.Recipe, Any]:
+        return TARGETS[name].recipe, TARGETS[name].layout
+
+    return [
+        ("FP8_DYNAMIC", "compressed-tensors-fp8-dynamic", *target("compressed-tensors-fp8-dynamic"), 0),
+        # the package divides amax / 448 per tile as per row; breccia's target writes DeepSeek's rule
+        ("FP8_BLOCK", "compressed-tensors-fp8-block",
+         bc.Float8CurrentScaling(convention="torchao"), PerBlock2D(128, 128), 0),
+        ("NVFP4A16", "compressed-tensors-nvfp4", *target("compressed-tensors-nvfp4"), 0),
+        ("MXFP4A16", "compressed-tensors-mxfp4",
+         bc.MXFP4BlockScaling(scale_rounding="even"), PerBlockK(32), 0),
+        # no breccia rule is the package's MXFP8 exponent (_CT_MX8); ceil differs from it least
+        ("MXFP8", "compressed-tensors-mxfp8", bc.MXFP8BlockScaling(scale_rounding="ceil"), PerBlockK(32), 0),
+        ("W4A16", "compressed-tensors-w4a16", *target("compressed-tensors-w4a16"), 128),
+        ("W4A16_ASYM", "compressed-tensors-w4a16-asym",
+         bc.Int4Scaling(group_size=128, symmetric=False, convention="breccia"), PerBlockK(128), 128),
+    ]
+
+
+def _ct_qparams(w: Any, args: Any, global_scale: Any = None) -> tuple[Any, Any]:
+    """The package's scales and zero points for weight ``w``: its ``calculate_qparams`` on the minima
+    and maxima its observers reduce (per row, per group, or per zero-padded 2-D tile)."""
+    from compressed_tensors.quantization.utils import calculate_qparams, maybe_pad_tensor_for_block_quant
+
+    if args.strategy == "channel":
+        lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    elif args.strategy in ("group", "tensor_group"):
+        v = w.unflatten(-1, (w.shape[-1] // args.group_size, args.group_size))
+        lo, hi = v.amin(-1), v.amax(-1)
+    else:  # block
+        bm, bk = args.block_structure
+        w = maybe_pad_tensor_for_block_quant(w, (bm, bk))
+        v = w.reshape(w.shape[0] // bm, bm, w.shape[1] // bk, bk)
+        lo, hi = v.amin((1, 3)), v.amax((1, 3))
+    return calculate_qparams(lo, hi, args, global_scale=global_scale)
+
+
+def _torch_of(a: np.ndarray) -> Any:
+    """A numpy array as a torch tensor of the same type (ml_dtypes' fp8 as torch's), copied."""
+    import torch
+
+    a = np.ascontiguousarray(a)
+    if a.dtype == ml_dtypes.float8_e4m3fn:
+        return torch.from_numpy(a.view(np.uint8).copy()).view(torch.float8_e4m3fn)
+    return torch.from_numpy(a.copy())
+
+
+def compressed_tensors_peer(device: str) -> Iterator[Row]:
+    """compressed-tensors' own compressors for the presets breccia writes: encode compares the
+    package's ``compress`` (scales from its ``calculate_qparams``/``generate_gparam``, as llm-compressor
+    passes them) with ``layer_parts`` of ``bc.cast`` under the recipe that reproduces the preset
+    (:func:`_ct_presets`); decode compares the package's ``decompress`` of breccia's parts with
+    ``bc.dequantize`` in the dtype it returns."""
+    if device != "cpu" or not _installed("compressed_tensors"):
+        return
+    import torch
+    from compressed_tensors.compressors.base import BaseCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.utils import generate_gparam
+
+    from breccia.checkpoints.compressed_tensors import TARGETS, layer_parts
+
+    peer, version = "compressed-tensors", _version("compressed-tensors")
+    for preset, target, recipe, layout, width in _ct_presets():
+        spec = TARGETS[target]
+        scheme = preset_name_to_scheme(preset, ["Linear"])
+        compressor = BaseCompressor.get_value_from_registry(spec.format)
+        whole_rows = scheme.weights.strategy in ("group", "tensor_group")  # no ragged groups
+        for name, x in cases(recipe.element_format, ragged=not whole_rows).items():
+            x = np.tile(x, (1, width // x.shape[-1])) if width else x
+            w = torch.from_numpy(x.copy())
+            state = {"weight": w}
+            if scheme.weights.strategy == "tensor_group":
+                state["weight_global_scale"] = generate_gparam(w.min(), w.max())
+            global_scale = state.get("weight_global_scale")
+            state["weight_scale"], zero_point = _ct_qparams(w, scheme.weights, global_scale)
+            if not scheme.weights.symmetric:
+                state["weight_zero_point"] = zero_point
+            theirs = compressor.compress(state, scheme)
+            st = bc.cast(x, recipe, layout)
+            ours = layer_parts(spec, st)
+            total, differing = differ_bytes([(_host(theirs[k]), ours[k]) for k in sorted(theirs)])
+            yield Row(peer, version, preset, "encode", device, name, "bytes", total, differing)
+            decoded = compressor.decompress({k: _torch_of(v) for k, v in ours.items()}, scheme)["weight"]
+            our_values = bc.dequantize(st, str(decoded.dtype).removeprefix("torch."))
+            total, differing = differ_values(decoded.float().numpy(), np.asarray(our_values, np.float32))
+            yield Row(peer, version, preset, "decode", device, name, "values", total, differing)
+
+
+def transformers_mxfp4_peer(device: str) -> Iterator[Row]:
+    """transformers' gpt-oss MXFP4 decoder (``integrations/mxfp4.py``'s ``convert_moe_packed_tensors``,
+    what ``from_pretrained`` dequantizes gpt-oss with on the CPU) against ``bc.dequantize``: on
+    ``bc.cast(x, MXFP4BlockScaling())`` of each golden input in gpt-oss's ``_blocks``/``_scales``
+    layout (:func:`~breccia.checkpoints.gpt_oss.mxfp4_parts`'s, NaN blocks included), and on every
+    E2M1 code under every E8M0 scale."""
+    if device != "cpu" or not (_installed("transformers") and _installed("torch")):
+        return
+    import torch
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from breccia.quantize import from_buffer
+
+    version = _version("transformers")
+
+    def rows_of(name: str, st: bc.ScaledTensor) -> Row:
+        rows, k = st.shape
+        blocks = np.asarray(st.data).reshape(1, rows, k // 32, 16)  # one expert: [E, N, K/32, 16]
+        scales = np.asarray(st.scale).view(np.uint8).reshape(1, rows, k // 32)
+        theirs = convert_moe_packed_tensors(
+            torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.float32
+        ).transpose(1, 2)[0].numpy()  # transformers' [E, K, N] back to [N, K]
+        with np.errstate(over="ignore", invalid="ignore"):
+            ours = np.asarray(bc.dequantize(st, "float32"))
+        total, differing = differ_values(theirs, ours)
+        return Row("transformers", version, "gpt-oss MXFP4", "decode", device, name, "values", total,
+                   differing)
+
+    for name, x in cases(E2M1, ragged=False).items():
+        yield rows_of(name, bc.cast(x, bc.MXFP4BlockScaling()))
+    codes = np.tile(np.arange(16, dtype=np.uint8), 2)  # a block of 32: every code, twice
+    data = np.tile(codes[0::2] | (codes[1::2] << 4), (256, 1))
+    scale = np.arange(256, dtype=np.uint8).reshape(256, 1)  # block i under E8M0 code i
+    every = from_buffer(data, scale, bc.MXFP4BlockScaling(), PerBlockK(32), shape=(256, 32))
+    yield rows_of("every code, every scale", every)
+
+
+#: Golden inputs gguf-py's rows leave out: breccia's ggml recipes refuse NaN and Inf (ggml has no rule
+#: for them; ``tests/test_conformance.py`` asserts the refusal), and gguf-py's blocks of them are
+#: numpy's casts of NaN to integers, which the platform defines.
+GGML_REFUSED = ("+-Inf", "NaN")
+
+
+def gguf_peer(device: str) -> Iterator[Row]:
+    """gguf-py's ``gguf.quants.quantize``/``dequantize`` for the ggml types breccia quantizes to (Q8_0,
+    Q4_0, MXFP4): encode compares gguf-py's blocks with those ``save_gguf(..., types=...)`` writes (the
+    bridge's ``GGML_RECIPES``); decode compares gguf-py's ``dequantize`` of its own blocks with
+    ``bc.dequantize`` of what ``open_gguf`` reads from a file gguf-py wrote."""
+    if device != "cpu" or not _installed("gguf"):
+        return
+    import tempfile
+
+    import gguf
+
+    from breccia.bridges import GGML_RECIPES, open_gguf, save_gguf
+
+    version = _version("gguf")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, recipe in GGML_RECIPES.items():
+            qtype = gguf.GGMLQuantizationType[kind]
+            for i, (name, x) in enumerate(cases(recipe.element_format, ragged=False).items()):
+                if name in GGML_REFUSED:
+                    continue
+                theirs = gguf.quants.quantize(x, qtype)
+                ours_path = os.path.join(tmp, f"{kind}-{i}-breccia.gguf")
+                theirs_path = os.path.join(tmp, f"{kind}-{i}-gguf-py.gguf")
+                save_gguf({"t": x}, ours_path, types={"t": kind})
+                ours = np.array(gguf.GGUFReader(ours_path).tensors[0].data)
+                total, differing = differ_bytes([(theirs, ours)])
+                yield Row("gguf-py", version, kind, "encode", device, name, "bytes", total, differing)
+                writer = gguf.GGUFWriter(theirs_path, "conformance")
+                writer.add_tensor("t", theirs, raw_dtype=qtype)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+                writer.close()
+                ours = bc.dequantize(open_gguf(theirs_path)["t"], "float32")
+                total, differing = differ_values(gguf.quants.dequantize(theirs, qtype), ours)
+                yield Row("gguf-py", version, kind, "decode", device, name, "values", total, differing)
+
+
 DEEPSEEK_KERNEL = os.path.join(os.path.dirname(PAGE), "..", "tests", "data", "deepseek_v3_kernel.py")
 DEEPSEEK_COMMIT = "adecc0e"  # deepseek-ai/DeepSeek-V3, the last commit of inference/kernel.py
 
@@ -470,7 +648,8 @@ def _host(a: Any) -> np.ndarray:
 
 #: The peers, in the page's order. A peer is a function ``(device) -> rows``; add one here.
 PEERS: list[Callable[[str], Iterator[Row]]] = [
-    ml_dtypes_peer, torch_peer, jax_peer, mlx_peer, torchao_peer, deepseek_peer,
+    ml_dtypes_peer, torch_peer, jax_peer, mlx_peer, torchao_peer, compressed_tensors_peer,
+    transformers_mxfp4_peer, gguf_peer, deepseek_peer,
 ]
 
 
@@ -484,6 +663,28 @@ _FP4_TIES = "fp4: MLX rounds ties toward zero and never writes -0; breccia round
 _ZERO_TENSOR = "an all-zero tensor: the peer's global scale is 0 (0 / 0 in its block scales); breccia's is 1"
 _MX_ZERO = "an all-zero block: torchao writes E8M0 code 0 (2**-127), breccia 127 (scale 1); both decode to 0"
 _F8_ZERO = "an all-zero row: torchao's scale is 0 and its codes 0 / 0 = NaN; breccia's scale is 1, codes 0"
+_CT_ZERO = ("an all-zero row or tile: compressed-tensors' calculate_qparams replaces its 0 scale by float32 "
+            "eps (2**-23); breccia's is 1; codes 0 alike")
+_CT_INT4_ZERO = ("an all-zero group: compressed-tensors' scale is float32 eps (2**-23, calculate_qparams' "
+                 "floor for a 0 scale), torchao's int4 rule (breccia's) floors it at 2**-126; codes 0 alike")
+_CT_ASYM_ZERO = ("an all-zero group: compressed-tensors' zero point is bit_min - 0 / 0 (its 0 scale becomes "
+                 "eps only afterwards), NaN cast to int8 (0 here), so its codes are 0; breccia's zero point "
+                 "is -8 = qmin - round(0 / s) with codes -8; both decode to 0")
+_CT_FP4_ZERO = ("-0: compressed-tensors' CPU E2M1 cast (fp4_utils.cast_to_fp4: |x| rounded, times "
+                "torch.sign(x), which is +0 for -0) writes code 0; breccia keeps the sign (code 8)")
+_CT_MX_ZERO = "an all-zero block: compressed-tensors writes E8M0 code 0 (2**-127), breccia 127 (scale 1)"
+_CT_MX8 = ("compressed-tensors' MX exponent (generate_mx_scales) carries to the next power of two where "
+           "amax's mantissa is >= 1.75 (E2M1's half-step, kept for MXFP8); breccia's closest rule, ceil, "
+           "carries only above 1.75, so a block whose amax is 448 * 2**k gets half the package's scale")
+_CT_W4_DIVIDE = ("compressed-tensors divides x / s; torchao's rule (breccia's W4A16 recipe, the same scale "
+                 "amax / 7.5) multiplies x * fl32(1 / s): a quotient of exactly -7.5 there is -7.4999995 "
+                 "here, one code apart")
+_CT_E8M0_255 = ("E8M0 code 255 (breccia's NaN block): compressed-tensors reads its scale as 2**(255 - 127) = "
+                "Inf, so the block's nonzero codes decode to +-Inf, its zero codes to 0 * Inf = NaN; breccia "
+                "decodes the whole block to NaN")
+_GPT_OSS_255 = ("E8M0 code 255 (breccia's NaN block): transformers computes ldexp(code, 255 - 127): +-Inf, "
+                "+-2**127 for +-0.5, +-0 for +-0; breccia decodes the whole block to NaN, and its gpt-oss "
+                "writer refuses such blocks (mxfp4_parts)")
 
 #: (peer, format, direction, inputs[, device kind]) -> why this row differs (a device kind narrows it
 #: to that kind's rows). Every row not listed must be equal.
@@ -510,6 +711,23 @@ DOCUMENTED: dict[tuple[str, ...], str] = {
     **{(f"torchao {mode}", f"MXTensor {fmt}", "encode", inputs): note
        for mode in ("FLOOR", "RCEIL") for fmt in ("E4M3", "E2M1")
        for inputs, note in (("zeros", _MX_ZERO), ("+-Inf", _NONFINITE), ("NaN", _NONFINITE))},
+    **{("compressed-tensors", preset, "encode", inputs): _NONFINITE
+       for preset in ("FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16", "MXFP8", "W4A16", "W4A16_ASYM")
+       for inputs in ("+-Inf", "NaN")},
+    ("compressed-tensors", "FP8_DYNAMIC", "encode", "zeros"): _CT_ZERO,
+    ("compressed-tensors", "FP8_BLOCK", "encode", "zeros"): _CT_ZERO,
+    ("compressed-tensors", "NVFP4A16", "encode", "zeros"): _CT_FP4_ZERO,
+    ("compressed-tensors", "MXFP4A16", "encode", "zeros"): _CT_FP4_ZERO + "; " + _CT_MX_ZERO,
+    ("compressed-tensors", "MXFP8", "encode", "zeros"): _CT_MX_ZERO,
+    **{("compressed-tensors", "MXFP8", "encode", inputs): _CT_MX8
+       for inputs in ("ties", "subnormals", "max")},
+    ("compressed-tensors", "MXFP4A16", "decode", "NaN"): _CT_E8M0_255,
+    ("compressed-tensors", "MXFP8", "decode", "NaN"): _CT_E8M0_255,
+    ("compressed-tensors", "W4A16", "encode", "random"): _CT_W4_DIVIDE,
+    ("compressed-tensors", "W4A16", "encode", "zeros"): _CT_INT4_ZERO,
+    ("compressed-tensors", "W4A16_ASYM", "encode", "zeros"): _CT_ASYM_ZERO,
+    ("transformers", "gpt-oss MXFP4", "decode", "NaN"): _GPT_OSS_255,
+    ("transformers", "gpt-oss MXFP4", "decode", "every code, every scale"): _GPT_OSS_255,
 }
 
 
@@ -573,7 +791,24 @@ def render(table: list[Row], device: str = "cpu") -> str:
         "says *equal* is equal, and a documented difference still differs. The rules behind the "
         "differences are in [Numerics](numerics.md#how-breccia-and-the-peers-differ); encode rows use "
         "the recipe that reproduces the peer (`mlx_recipe(mode)`, the recipe `from_torchao` infers), "
-        "element casts breccia's element encoder at scale 1. The CUDA rows run on the device machine: "
+        "element casts breccia's element encoder at scale 1; `ragged` appears where the peer takes rows "
+        "that are not whole groups. compressed-tensors rows drive the package's own `compress` (scales "
+        "from its `calculate_qparams`/`generate_gparam`, as llm-compressor passes them) against "
+        "`layer_parts` of `bc.cast` for each preset breccia writes, with the recipe that reproduces it: "
+        "FP8_DYNAMIC and FP8_BLOCK `Float8CurrentScaling(convention=\"torchao\")` per row and per "
+        "128x128 tile, NVFP4A16 `NVFP4BlockScaling(convention=\"compressed-tensors\")`, MXFP4A16 "
+        "`MXFP4BlockScaling(scale_rounding=\"even\")`, MXFP8 `MXFP8BlockScaling(scale_rounding=\"ceil\")` "
+        "(the closest: no breccia rule is the package's), W4A16 `Int4Scaling(group_size=128, "
+        "convention=\"torchao\")` and W4A16_ASYM `Int4Scaling(group_size=128, symmetric=False)`, the "
+        "inputs tiled to 128 wide; decode rows are the package's `decompress` of breccia's parts. "
+        "transformers rows decode breccia's MXFP4 casts in gpt-oss's `_blocks`/`_scales` layout with "
+        "`convert_moe_packed_tensors` (its CPU dequantize), and `every code, every scale` (the 16 E2M1 "
+        "codes under each of the 256 E8M0 scales). gguf-py rows compare `gguf.quants.quantize` with the "
+        "blocks `save_gguf(..., types=...)` writes (`GGML_RECIPES`) and `gguf.quants.dequantize` with "
+        "`bc.dequantize` of what `open_gguf` reads from gguf-py's file; they leave out `+-Inf` and `NaN`, "
+        "which breccia's ggml recipes refuse (a `RecipeError`: ggml has no rule for them; the test "
+        "asserts it) and whose gguf-py blocks are numpy's platform-defined casts of NaN to integers. "
+        "The CUDA rows run on the device machine: "
         "torch's and JAX's casts on the GPU, and DeepSeek-V3's own Triton `act_quant` "
         "(`tests/data/deepseek_v3_kernel.py`) against breccia's torch and JAX CUDA casts on 1x128 "
         "activations: `random`, `ragged` (a random power of two per group), `zeros`, groups `below the "

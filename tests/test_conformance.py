@@ -135,6 +135,18 @@ def test_golden_inputs_cover_the_edges():
     assert 61440.0 in conformance.cases(E5M2)["max"]  # E5M2's tie between max and 2**16
 
 
+def test_the_inputs_gguf_rows_leave_out_are_refused():
+    """The page says the gguf-py rows leave out +-Inf and NaN because breccia's ggml recipes refuse them."""
+    pytest.importorskip("gguf")
+    from breccia.bridges import GGML_RECIPES
+
+    for kind, recipe in GGML_RECIPES.items():
+        for name in conformance.GGML_REFUSED:
+            with pytest.raises(bc.RecipeError, match="ggml's quantizer, which has no rule for NaN"):
+                bc.cast(conformance.cases(recipe.element_format)[name], recipe)
+            assert name in conformance.cases(recipe.element_format), kind
+
+
 # --- MLX's E8M0 rules ------------------------------------------------------------------------------
 
 

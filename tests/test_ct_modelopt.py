@@ -210,6 +210,24 @@ def test_nvfp4_cast_is_the_packages_compress_and_its_divisor_is_not_a_reciprocal
     assert 0 < np.mean(reciprocal != ours)
 
 
+def test_nvfp4_global_scale_is_generate_gparams_for_every_amax():
+    """``generate_gparam``'s ``2688 / amax`` is torch's ``amax.reciprocal() * 2688``, one float32 ulp
+    from the correctly rounded quotient for a share of amaxes; breccia's global scale is the package's
+    for each (an amax of 7, the conformance matrix's ``max`` input, is one of them)."""
+    rng = np.random.default_rng(3)
+    amaxes = np.abs(rng.standard_normal(300) * np.exp2(rng.uniform(-30, 30, 300))).astype(np.float32)
+    amaxes[0] = 7.0
+    recipe = bc.NVFP4BlockScaling(convention="compressed-tensors")
+    quotient_differs = 0
+    for amax in amaxes:
+        x = np.zeros((1, 16), np.float32)
+        x[0, 0] = amax
+        theirs = np.float32(generate_gparam(torch.tensor(-amax), torch.tensor(amax)).item())
+        assert np.float32(np.asarray(bc.cast(x, recipe).global_scale)) == theirs, amax
+        quotient_differs += theirs != np.float32(2688.0) / amax
+    assert 0 < quotient_differs < len(amaxes)
+
+
 # --- ModelOpt NVFP4 and the global-scale translations -----------------------------------------------
 
 
