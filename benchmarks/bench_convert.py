@@ -22,7 +22,9 @@ and times, each conversion in a fresh subprocess (wall time, and peak RSS from
   moved, global scale ``1 / g``) with the config from compressed-tensors' own ``QuantizationConfig``;
 * ``gpt-oss``: a gpt-oss MXFP4 model (a random bf16 ``GptOssForCausalLM`` saved by transformers,
   cast by breccia) to bf16 against transformers' ``convert_moe_packed_tensors`` (its CPU decoder) a
-  shard at a time, and to ``mlx-mxfp4`` against ``mlx_lm.convert`` of the same directory;
+  shard at a time, and to ``mlx-mxfp4`` against ``mlx_lm.convert -q --q-mode mxfp4`` of the same
+  directory (it keeps the MXFP4 experts and casts the bf16 attention, embeddings and lm_head, as
+  breccia does: the same tensors, bit for bit);
 * ``gguf``: GGUF files of the Llama's tensors in Q8_0, Q4_0 and MXFP4 (breccia's ``save_gguf``, whose
   blocks are ``gguf.quants.quantize``'s) to bf16 against ``GGUFReader`` + ``gguf.quants.dequantize``;
 * ``v4``: DeepSeek-V4 (FP8 128x128 E8M0 and FP4 experts) to bf16, breccia only: DeepSeek's own
@@ -240,7 +242,6 @@ BODIES = {
         convert(sys.argv[1], sys.argv[2], quantize=True, **kwargs)
         """
     ),
-    "mlx_lm_copy": "from mlx_lm.convert import convert\nconvert(sys.argv[1], sys.argv[2])",
     "fp8_cast_bf16": SHARDS
     + textwrap.dedent(
         """
@@ -558,9 +559,7 @@ def main() -> None:
             _measure("breccia", oss_bf16, oss, "gpt-oss-mxfp4")
             print(f"gpt-oss: {n / 1e6:.0f}M parameters, MXFP4 experts {_mib(oss)}")
             bench.row("gpt-oss-mxfp4 --to bf16", oss, "bf16", "gpt_oss_bf16", "transformers mxfp4 (CPU)")
-            bench.row(
-                "gpt-oss-mxfp4 --to mlx-mxfp4", oss, "mlx-mxfp4", "mlx_lm_copy", "mlx_lm.convert (no -q)"
-            )
+            bench.row("gpt-oss-mxfp4 --to mlx-mxfp4", oss, "mlx-mxfp4", "mlx_lm", "mlx_lm.convert -q")
         if "gguf" in only:
             for kind in ("Q8_0", "Q4_0", "MXFP4"):
                 path = os.path.join(tmp, f"gguf-{kind}", "llama.gguf")  # its folder is the source
