@@ -267,6 +267,7 @@ def write_deepseek_v4(
     wrote_fp4 = False
     writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
+        source.release()  # the previous tensor's file pages: resident memory stays one tensor
         value = source.read_numpy(name)
         if not isinstance(value, ScaledTensor):
             writer.add(name, value)

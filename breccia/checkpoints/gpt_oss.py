@@ -258,6 +258,7 @@ def write_gpt_oss(source: Checkpoint, out: OutputDirectory, report: ConversionRe
     stored_layout = isinstance(source, GptOssCheckpoint)
     writer = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     for name in progress(list(source)):
+        source.release()  # the previous tensor's file pages: resident memory stays one tensor
         value = source.read_numpy(name)
         if not _expert_weight(name, value):
             writer.add(

@@ -315,6 +315,7 @@ def write_quantized(
     shards = ShardWriter(out, metadata={"format": "pt"}, **like_source(source))
     excluded: list[str] = []
     for name in progress(list(source)):
+        source.release()  # the previous tensor's file pages: resident memory stays one tensor
         value = source.read_numpy(name)
         shape = tuple(value.shape)
         prefix = name[: -len("weight")]
