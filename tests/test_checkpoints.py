@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -281,6 +282,19 @@ def test_non_empty_destination_needs_overwrite(small, tmp_path):
     assert _cli("convert", str(small), str(dst), "--to", "float32", "--no-progress", "--overwrite")[0] == 0
     assert not (dst / "old.txt").exists() and any(n.endswith(".safetensors") for n in os.listdir(dst))
     assert not [n for n in os.listdir(tmp_path) if "breccia-tmp" in n or n.endswith(".old")]
+
+
+def test_output_has_the_modes_of_a_plain_mkdir_and_open(small, tmp_path):
+    """The finished directory is not left owner-only (mkdtemp's 0700): it and its files get the
+    modes the umask gives, as the directories mlx-lm and transformers write have."""
+    mask = os.umask(0o022)
+    try:
+        dst = tmp_path / "dst"
+        assert _cli("convert", str(small), str(dst), "--to", "bf16", "--no-progress")[0] == 0
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o755
+    assert {stat.S_IMODE(os.stat(dst / name).st_mode) for name in os.listdir(dst)} == {0o644}
 
 
 @pytest.mark.parametrize("failure", ["disk full", "interrupted"])

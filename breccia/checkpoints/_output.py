@@ -85,7 +85,10 @@ class OutputDirectory:
         shutil.copyfile(source, self.join(name), follow_symlinks=True)
 
     def commit(self) -> None:
-        """Move the finished directory into place (replacing DST's contents when overwriting)."""
+        """Move the finished directory into place (replacing DST's contents when overwriting). It is
+        owner-only while written (``mkdtemp``) and gets the mode a plain ``mkdir`` would give it
+        (``0o777`` less the umask) just before, as the directories of mlx-lm and transformers have."""
+        os.chmod(self.path, 0o777 & ~_umask())
         if os.path.lexists(self.dst):
             if os.listdir(self.dst) and not self.overwrite:  # filled while we worked
                 raise FileFormatError(f"{self.dst}: was filled while converting; nothing was replaced")
@@ -278,3 +281,10 @@ class ShardWriter:
         for (partial, _), final in zip(self._finished, finals):
             os.replace(partial, self.out.join(final))
         return finals
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
