@@ -91,9 +91,8 @@ def _launch(kernels: Any, plan: CastPlan, bits: np.ndarray, codes: np.ndarray) -
     elif plan.rule.startswith("mx_"):
         scale = aligned_empty((plan.rows, plan.scale_cols), np.uint8)
         rule = kernels.MX_CEIL if plan.rule == "mx_ceil" else kernels.MX_FLOOR
-        kernels.mx_blocks(
-            bits, codes, scale, lows, plan.block_cols, rule, fmax, plan.emax_elem, f, plan.packed
-        )
+        kernel = kernels.mx4_blocks if plan.packed else kernels.mx_blocks
+        kernel(bits, codes, scale, lows, plan.block_cols, rule, fmax, plan.emax_elem, f)
     else:
         scale = aligned_empty((plan.scale_rows, plan.scale_cols), np.float32)
         rule = kernels.TE if plan.rule == "te" else kernels.DEEPSEEK

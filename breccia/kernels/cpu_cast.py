@@ -92,12 +92,9 @@ def _block_amax(x, r0, r1, c0, c1):
 
 
 @njit
-def _encode_block(x, out, r0, r1, c0, c1, q, f, packed):
+def _encode_block(x, out, r0, r1, c0, c1, q, f):
     for r in range(r0, r1):
-        if packed:
-            _encode_packed(x[r, c0:c1], out[r, c0 // 2 : (c1 + 1) // 2], q, f)
-        else:
-            _encode(x[r, c0:c1], out[r, c0:c1], q, f)
+        _encode(x[r, c0:c1], out[r, c0:c1], q, f)
 
 
 @njit(cache=True, parallel=True)
@@ -123,27 +120,86 @@ def float8_blocks(x, out, scales, lows, block_rows, block_cols, rule, fmax, eps,
             else:
                 stored = deepseek_scale(amax, reciprocal, power_2)
                 q = np.float32(1.0) / stored
-            _encode_block(x, out, r0, r1, c0, c1, q, f, False)
+            _encode_block(x, out, r0, r1, c0, c1, q, f)
             scales[i, j] = np.float32(np.nan) if nan else stored
 
 
 @njit(cache=True, parallel=True)
-def mx_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f, packed):
-    """MXFP8/MXFP4 per block of ``block_cols`` (even where ``packed``): ``x * 2**-e``, stored E8M0
-    ``e + 127`` (255 for a NaN block), ``e`` by the OCP floor rule or the ceil rule
-    (:func:`._cpu_scalar.mx_exponent`); ``lows`` as in :func:`float8_blocks`."""
+def mx_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
+    """MXFP8 per block of ``block_cols``: ``x * 2**-e``, stored E8M0 ``e + 127`` (255 for a NaN
+    block), ``e`` by the OCP floor rule or the ceil rule (:func:`._cpu_scalar.mx_exponent`);
+    ``lows`` as in :func:`float8_blocks`. The block loops are written out, and whole blocks loop
+    over ``block_cols`` (the same count every time, which the compiler vectorizes best), the
+    ragged last block over what is left."""
     rows, cols = x.shape
-    grid_cols = scales.shape[1]
+    whole = cols // block_cols
+    ceil = rule == MX_CEIL
     for r in prange(rows):
-        lows[r] = np.inf
-        for j in range(grid_cols):
-            c0 = j * block_cols
-            c1 = min(c0 + block_cols, cols)
-            amax, low, nan = _block_amax(x, r, r + 1, c0, c1)
-            lows[r] = min(lows[r], low)
-            e = mx_exponent(amax, fmax, emax_elem, rule == MX_CEIL)
-            _encode_block(x, out, r, r + 1, c0, c1, pow2(-e), f, packed)
+        xr, orow = x[r], out[r]
+        mask, inf = patterns(xr[0])
+        low = inf
+        for j in range(whole + (whole * block_cols < cols)):
+            base = j * block_cols
+            top, nan = u32(0), u32(0)
+            if j < whole:
+                for i in range(block_cols):
+                    m = u32(u32(xr[base + i]) & mask)
+                    top = max(top, m if m < inf else u32(0))
+                    low = min(low, m if m != u32(0) else inf)
+                    nan |= u32(m > inf)
+            else:
+                for i in range(cols - base):
+                    m = u32(u32(xr[base + i]) & mask)
+                    top = max(top, m if m < inf else u32(0))
+                    low = min(low, m if m != u32(0) else inf)
+                    nan |= u32(m > inf)
+            e = mx_exponent(as_float(widen_as(top, xr[0])), fmax, emax_elem, ceil)
+            q = pow2(-e)
+            if j < whole:
+                for i in range(block_cols):
+                    v = xr[base + i]
+                    code = encode(as_float(widen(v)) * q, f)
+                    orow[base + i] = np.uint8(0 if u32(u32(v) & mask) > inf else code)
+            else:
+                for i in range(cols - base):
+                    v = xr[base + i]
+                    code = encode(as_float(widen(v)) * q, f)
+                    orow[base + i] = np.uint8(0 if u32(u32(v) & mask) > inf else code)
             scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
+        lows[r] = as_float(widen_as(low, xr[0]))
+
+
+@njit(cache=True, parallel=True)
+def mx4_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
+    """:func:`mx_blocks` for MXFP4: E2M1 codes packed two a byte (``block_cols`` even)."""
+    rows, cols = x.shape
+    whole = cols // block_cols
+    ceil = rule == MX_CEIL
+    for r in prange(rows):
+        xr, orow = x[r], out[r]
+        mask, inf = patterns(xr[0])
+        low = inf
+        for j in range(whole + (whole * block_cols < cols)):
+            base = j * block_cols
+            top, nan = u32(0), u32(0)
+            if j < whole:
+                for i in range(block_cols):
+                    m = u32(u32(xr[base + i]) & mask)
+                    top = max(top, m if m < inf else u32(0))
+                    low = min(low, m if m != u32(0) else inf)
+                    nan |= u32(m > inf)
+            else:
+                for i in range(cols - base):
+                    m = u32(u32(xr[base + i]) & mask)
+                    top = max(top, m if m < inf else u32(0))
+                    low = min(low, m if m != u32(0) else inf)
+                    nan |= u32(m > inf)
+            e = mx_exponent(as_float(widen_as(top, xr[0])), fmax, emax_elem, ceil)
+            q = pow2(-e)
+            n = min(block_cols, cols - base)
+            _encode_packed(xr[base : base + n], orow[base // 2 : (base + n + 1) // 2], q, f)
+            scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
+        lows[r] = as_float(widen_as(low, xr[0]))
 
 
 @njit(cache=True, parallel=True)
