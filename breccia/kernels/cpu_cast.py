@@ -91,37 +91,59 @@ def _block_amax(x, r0, r1, c0, c1):
     return as_float(widen_as(top, x[r0, c0])), as_float(widen_as(low, x[r0, c0])), nan != 0
 
 
-@njit
-def _encode_block(x, out, r0, r1, c0, c1, q, f):
-    for r in range(r0, r1):
-        _encode(x[r, c0:c1], out[r, c0:c1], q, f)
-
-
 @njit(cache=True, parallel=True)
 def float8_blocks(x, out, scales, lows, block_rows, block_cols, rule, fmax, eps, power_2, f):
     """Float8CurrentScaling/Float8BlockScaling per block: ``te`` (``x * q``, stored ``1 / q``) or
     ``deepseek`` (``x * fl32(1 / s)``, stored ``s``); float32 scales, NaN for a NaN block.
-    ``lows[i]``: the smallest nonzero magnitude in row of blocks ``i``."""
+    ``lows[i]``: the smallest nonzero magnitude in row of blocks ``i``. As in :func:`mx_blocks`, the
+    loops are written out and whole blocks loop over ``block_cols`` columns."""
     rows, cols = x.shape
-    grid_cols = scales.shape[1]
+    whole = cols // block_cols
     reciprocal = np.float32(1.0) / fmax
     for i in prange(scales.shape[0]):
         r0 = i * block_rows
         r1 = min(r0 + block_rows, rows)
-        lows[i] = np.inf
-        for j in range(grid_cols):
-            c0 = j * block_cols
-            c1 = min(c0 + block_cols, cols)
-            amax, low, nan = _block_amax(x, r0, r1, c0, c1)
-            lows[i] = min(lows[i], low)
+        mask, inf = patterns(x[0, 0])
+        low = inf
+        for j in range(whole + (whole * block_cols < cols)):
+            base = j * block_cols
+            n = block_cols if j < whole else cols - base
+            top, nan = u32(0), u32(0)
+            for r in range(r0, r1):
+                xr = x[r]
+                if j < whole:
+                    for k in range(block_cols):
+                        m = u32(u32(xr[base + k]) & mask)
+                        top = max(top, m if m < inf else u32(0))
+                        low = min(low, m if m != u32(0) else inf)
+                        nan |= u32(m > inf)
+                else:
+                    for k in range(n):
+                        m = u32(u32(xr[base + k]) & mask)
+                        top = max(top, m if m < inf else u32(0))
+                        low = min(low, m if m != u32(0) else inf)
+                        nan |= u32(m > inf)
+            amax = as_float(widen_as(top, x[0, 0]))
             if rule == TE:
                 q = te_multiplier(amax, fmax, eps, power_2)
                 stored = np.float32(1.0) / q
             else:
                 stored = deepseek_scale(amax, reciprocal, power_2)
                 q = np.float32(1.0) / stored
-            _encode_block(x, out, r0, r1, c0, c1, q, f)
+            for r in range(r0, r1):
+                xr, orow = x[r], out[r]
+                if j < whole:
+                    for k in range(block_cols):
+                        v = xr[base + k]
+                        code = encode(as_float(widen(v)) * q, f)
+                        orow[base + k] = np.uint8(0 if u32(u32(v) & mask) > inf else code)
+                else:
+                    for k in range(n):
+                        v = xr[base + k]
+                        code = encode(as_float(widen(v)) * q, f)
+                        orow[base + k] = np.uint8(0 if u32(u32(v) & mask) > inf else code)
             scales[i, j] = np.float32(np.nan) if nan else stored
+        lows[i] = as_float(widen_as(low, x[0, 0]))
 
 
 @njit(cache=True, parallel=True)
@@ -196,8 +218,15 @@ def mx4_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
                     nan |= u32(m > inf)
             e = mx_exponent(as_float(widen_as(top, xr[0])), fmax, emax_elem, ceil)
             q = pow2(-e)
-            n = min(block_cols, cols - base)
-            _encode_packed(xr[base : base + n], orow[base // 2 : (base + n + 1) // 2], q, f)
+            if j < whole:
+                half = base // 2
+                for k in range(block_cols // 2):
+                    lo, hi = xr[base + 2 * k], xr[base + 2 * k + 1]
+                    lo_code = 0 if u32(u32(lo) & mask) > inf else encode(as_float(widen(lo)) * q, f)
+                    hi_code = 0 if u32(u32(hi) & mask) > inf else encode(as_float(widen(hi)) * q, f)
+                    orow[half + k] = np.uint8(lo_code | (hi_code << 4))
+            else:
+                _encode_packed(xr[base:], orow[base // 2 :], q, f)
             scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
         lows[r] = as_float(widen_as(low, xr[0]))
 
