@@ -90,7 +90,11 @@ def main() -> None:
     for framework in frameworks:
         backend = get_backend(framework)
         x = backend.astype(backend.from_numpy(host), args.dtype)
-        sync = _sync(framework)
+        framework_sync = _sync(framework)
+
+        def sync(out, framework_sync=framework_sync):  # the ml_dtypes anchor returns numpy
+            return None if isinstance(out, np.ndarray) else framework_sync(out)
+
         bare = bare_cast(framework, x)[1]
         for name, recipe, layout in RECIPES:
             def kernel(x=x, recipe=recipe, layout=layout):
