@@ -204,16 +204,19 @@ def test_zero_size_and_0d(monkeypatch, recipe_name, framework):
     assert _bytes(framework, got.scale) == _bytes(framework, want.scale)
 
 
-def test_outputs_share_memory_with_the_kernel_buffers():
-    """torch and JAX wrap the kernel's output buffers (no copy): the data is 64-byte aligned host
-    memory that the framework did not allocate through a copy of its own."""
+@pytest.mark.parametrize("recipe_name", ["mxfp8-floor", "current-row", "current-tensor"])
+def test_outputs_share_memory_with_the_kernel_buffers(recipe_name):
+    """torch and JAX wrap the kernel's output buffers (no copy): data and scale are 64-byte aligned
+    host memory (what JAX needs to import them without a copy through the DLPack hub)."""
     torch = pytest.importorskip("torch")
+    recipe, layout = RECIPES[recipe_name]
     x = torch.randn(64, 256)
-    st = bc.cast(x, bc.MXFP8BlockScaling())
-    assert st.data.dtype == torch.float8_e4m3fn and st.data.data_ptr() % 64 == 0
+    st = bc.cast(x, recipe, layout)
+    assert st.data.dtype == torch.float8_e4m3fn
+    assert st.data.data_ptr() % 64 == 0 and st.scale.data_ptr() % 64 == 0
     jax = pytest.importorskip("jax")
-    st = bc.cast(jax.numpy.asarray(x.numpy()), bc.MXFP8BlockScaling())
-    assert st.data.unsafe_buffer_pointer() % 64 == 0
+    st = bc.cast(jax.numpy.asarray(x.numpy()), recipe, layout)
+    assert st.data.unsafe_buffer_pointer() % 64 == 0 and st.scale.unsafe_buffer_pointer() % 64 == 0
 
 
 def test_import_breccia_does_not_import_numba():

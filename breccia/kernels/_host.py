@@ -87,7 +87,8 @@ def _launch(kernels: Any, plan: CastPlan, bits: np.ndarray, codes: np.ndarray) -
     lows = np.empty(plan.scale_rows if plan.rule != "given" else plan.rows, np.float32)
     if plan.rule == "given":  # per-tensor current scaling: two passes
         stored = kernels.tensor_cast(bits, codes, lows, fmax, np.float32(plan.eps), plan.power_2, f)
-        scale = np.full((1, 1), stored, np.float32)
+        scale = aligned_empty((1, 1), np.float32)
+        scale[...] = stored
     elif plan.rule.startswith("mx_"):
         scale = aligned_empty((plan.rows, plan.scale_cols), np.uint8)
         rule = kernels.MX_CEIL if plan.rule == "mx_ceil" else kernels.MX_FLOOR
