@@ -49,7 +49,9 @@ def _kernels() -> Any:
 def host_cast(backend: Any, recipe: Recipe, layout: Layout, x: Any, history: Any) -> tuple | None:
     """``(data, scale, None, None, None)`` of a cast of the host array ``x`` by a CPU kernel, in
     ``x``'s framework, or None where none applies (the caller then runs the shared code)."""
-    if history is not None or backend.is_traced(x) or backend.dlpack_device(x) != DLPACK_CPU:
+    if history is not None or backend.is_traced(x) or backend.is_cuda(x):  # the GPU's fused kernels
+        return None
+    if backend.dlpack_device(x) != DLPACK_CPU:
         return None
     shape = tuple(int(d) for d in x.shape)
     plan = cast_plan(recipe, layout, shape, backend.dtype_name(x))
