@@ -46,7 +46,7 @@ from .formats import (
     round_integers,
     unpack_nibbles,
 )
-from .kernels._fused import fused_cast, fused_dequantize
+from .kernels._fused import fused_cast, fused_dequantize, host_cast
 from .layouts import Layout, scale_shape
 from .recipes import DelayedScaling, Recipe
 from .scaling import FLT_MAX, AmaxHistory, BlockStats, Scales, block_scales, decode_scale
@@ -470,6 +470,9 @@ def _run_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history:
     """The cast's arrays by name, eagerly or through the backend's compiler."""
     if math.prod(x.shape) == 0:
         return _empty_cast(backend, recipe, layout, x, history)
+    on_host = host_cast(backend, recipe, layout, x, history)  # a one-pass CPU kernel, same arrays
+    if on_host is not None:
+        return dict(zip(_OUTPUTS, on_host))
     if _runs_eagerly(backend, x):
         eager = not backend.is_traced(x)
         return dict(zip(_OUTPUTS, _cast_arrays(backend, recipe, layout, x, history, eager)))

@@ -25,6 +25,11 @@ is the whole tile (``tile_rows = block_rows``, one block). Block sizes must be p
 tiles are), but for PerRow; ragged edges are masked and read as zeros, which never change an amax
 (the reference's zero padding). Everything else (integers, NVFP4, torchao conventions, float64
 input, odd block sizes, ggml's conventions) takes the shared path.
+
+The same plan chooses the one-pass CPU casts (:mod:`._host`, numba) for a host array of any
+framework: they take every ``te``, ``deepseek``, ``mx_floor``/``mx_ceil`` plan and the current
+per-tensor one (DelayedScaling, which carries a history, stays on the shared path), and use only
+its rule and its 2-D view; the tile fields are the GPU's.
 """
 
 from __future__ import annotations

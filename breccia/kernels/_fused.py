@@ -1,4 +1,5 @@
-"""The fused GPU casts and dequantizations, framework-neutral: plan, launch, and assemble the arrays.
+"""The fused GPU casts and dequantizations, framework-neutral: plan, launch, and assemble the arrays;
+and :func:`host_cast`, the one-pass CPU casts of host arrays (:mod:`._host`), chosen by the same plan.
 
 :func:`fused_cast` returns exactly what :func:`breccia.quantize._cast_arrays` returns, computed by the
 kernels of :mod:`.torch_cast` or :mod:`.jax_cast`, which share one interface: ``launch_cast`` (a
@@ -19,8 +20,9 @@ from typing import Any
 from ..layouts import Layout, scale_shape
 from ..recipes import Recipe
 from ._cast_plan import cast_plan, dequantize_plan
+from ._host import host_cast
 
-__all__ = ["fused_cast", "fused_dequantize"]
+__all__ = ["fused_cast", "fused_dequantize", "host_cast"]
 
 _MODULES = {"torch": "torch_cast", "jax": "jax_cast"}
 
@@ -73,3 +75,4 @@ def fused_dequantize(backend: Any, st: Any, dtype_name: str, shared: Callable[[]
         return backend.xp.reshape(out, st.shape)
 
     return backend.by_platform(st.data, fused, shared)
+
