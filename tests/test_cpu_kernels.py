@@ -54,6 +54,12 @@ SHAPES = {
 }
 
 
+
+@pytest.fixture(autouse=True)
+def _kernels_on(monkeypatch):
+    """The kernels are opt-in (``BRECCIA_CPU_KERNELS=1``); every test here turns them on."""
+    monkeypatch.setenv(_host.ENABLE, "1")
+
 def _values(shape: tuple[int, ...], dtype: str, kind: str = "") -> np.ndarray:
     """float32 values of many magnitudes (each row its own), rounded to ``dtype``; ``kind="specials"``
     adds rows of zeros, -0, huge values, and NaN/+-Inf scattered through blocks, ``"tiny"`` rows of
@@ -259,3 +265,14 @@ def test_element_encode_exhaustive(fmt):
     want = encode(np, get_backend("numpy").pow2, y, fmt)
     got = _encode_all(y, _host._encode_fields(fmt))
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_kernels_are_opt_in(monkeypatch):
+    """Without ``BRECCIA_CPU_KERNELS=1`` every cast takes the shared code (a fresh machine would
+    otherwise compile each kernel on its first cast)."""
+    x = np.ones((4, 256), np.float32)
+    recipe = bc.MXFP8BlockScaling()
+    layout = recipe.default_layout()
+    assert _host.host_cast(get_backend("numpy"), recipe, layout, x, None) is not None
+    monkeypatch.delenv(_host.ENABLE)
+    assert _host.host_cast(get_backend("numpy"), recipe, layout, x, None) is None

@@ -13,13 +13,17 @@ A framework whose own CPU code flushes subnormals (JAX's XLA) computes other bit
 for inputs holding magnitudes below 2**-96 (subnormal, or blocks that small); such a cast is given
 to the shared code after all, so that the arrays are always the framework's own.
 
-numba is optional (the ``cpu`` extra): without it, or where a plan does not apply, :func:`host_cast`
-returns None and the shared code runs, which gives the same arrays.
+numba is optional (the ``cpu`` extra), and the kernels are opt-in for now: they run only where the
+environment sets ``BRECCIA_CPU_KERNELS=1``, because a fresh machine compiles each kernel on its
+first cast (about 26 s per input dtype on the 2-core dev VM; cached on disk after that). Without
+numba, without the variable, or where a plan does not apply, :func:`host_cast` returns None and the
+shared code runs, which gives the same arrays.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from typing import Any
 
@@ -33,7 +37,10 @@ from ..layouts import Layout, scale_shape
 from ..recipes import SCALE_FORMATS, Recipe
 from ._cast_plan import CastPlan, cast_plan
 
-__all__ = ["host_cast"]
+__all__ = ["host_cast", "ENABLE"]
+
+#: The environment variable that turns the CPU kernels on ("1").
+ENABLE = "BRECCIA_CPU_KERNELS"
 
 
 @functools.cache
@@ -49,6 +56,8 @@ def _kernels() -> Any:
 def host_cast(backend: Any, recipe: Recipe, layout: Layout, x: Any, history: Any) -> tuple | None:
     """``(data, scale, None, None, None)`` of a cast of the host array ``x`` by a CPU kernel, in
     ``x``'s framework, or None where none applies (the caller then runs the shared code)."""
+    if os.environ.get(ENABLE) != "1":
+        return None
     if history is not None or backend.is_traced(x) or backend.is_cuda(x):  # the GPU's fused kernels
         return None
     if backend.dlpack_device(x) != DLPACK_CPU:
