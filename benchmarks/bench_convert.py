@@ -80,12 +80,16 @@ SHARDS = textwrap.dedent(
     """
 )
 
+#: the test suite's folder, whose peers.py drives compressed-tensors' observers in the child process
+TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+
 CT_COMPRESS = textwrap.dedent(
     """
     from compressed_tensors.compressors.base import BaseCompressor
     from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
-    from compressed_tensors.quantization.utils import (
-        calculate_qparams, generate_gparam, maybe_pad_tensor_for_block_quant)
+    from compressed_tensors.quantization.utils import generate_gparam
+    sys.path.insert(0, TESTS_DIR)  # the suite's peers.py: the package's observer reductions
+    from peers import compressed_tensors_qparams
     preset = sys.argv[3]
     fmt = {"FP8_BLOCK": "float-quantized", "NVFP4A16": "nvfp4-pack-quantized",
            "W4A16": "pack-quantized"}[preset]
@@ -93,15 +97,7 @@ CT_COMPRESS = textwrap.dedent(
     args = scheme.weights
     compressor = BaseCompressor.get_value_from_registry(fmt)
     def qparams(w, global_scale=None):
-        if args.strategy in ("group", "tensor_group"):
-            v = w.unflatten(-1, (w.shape[-1] // args.group_size, args.group_size))
-            lo, hi = v.amin(-1), v.amax(-1)
-        else:  # block
-            bm, bk = args.block_structure
-            w = maybe_pad_tensor_for_block_quant(w, (bm, bk))
-            v = w.reshape(w.shape[0] // bm, bm, w.shape[1] // bk, bk)
-            lo, hi = v.amin((1, 3)), v.amax((1, 3))
-        return calculate_qparams(lo, hi, args, global_scale=global_scale)
+        return compressed_tensors_qparams(w, args, global_scale)
     for shard in shards:
         out = {}
         for name, w in load_file(os.path.join(src, shard)).items():
@@ -122,7 +118,7 @@ CT_COMPRESS = textwrap.dedent(
     config["quantization_config"] = quant.model_dump(mode="json")
     json.dump(config, open(os.path.join(dst, "config.json"), "w"))
     """
-)
+).replace("TESTS_DIR", repr(TESTS_DIR))
 
 CT_DECOMPRESS = textwrap.dedent(
     """

@@ -34,7 +34,11 @@ from breccia.backends import get_backend
 from breccia.formats import E2M1, E4M3, E5M2, E8M0, ElementFormat
 from breccia.layouts import PerBlockK
 
-PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "conformance.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.path.join(ROOT, "docs", "conformance.md")
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # peers.py: how the suite drives peers without a one-call API
+
+from peers import compressed_tensors_qparams  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -427,24 +431,6 @@ def _ct_presets() -> list[tuple[str, str, bc.Recipe, Any, int]]:
     ]
 
 
-def _ct_qparams(w: Any, args: Any, global_scale: Any = None) -> tuple[Any, Any]:
-    """The package's scales and zero points for weight ``w``: its ``calculate_qparams`` on the minima
-    and maxima its observers reduce (per row, per group, or per zero-padded 2-D tile)."""
-    from compressed_tensors.quantization.utils import calculate_qparams, maybe_pad_tensor_for_block_quant
-
-    if args.strategy == "channel":
-        lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
-    elif args.strategy in ("group", "tensor_group"):
-        v = w.unflatten(-1, (w.shape[-1] // args.group_size, args.group_size))
-        lo, hi = v.amin(-1), v.amax(-1)
-    else:  # block
-        bm, bk = args.block_structure
-        w = maybe_pad_tensor_for_block_quant(w, (bm, bk))
-        v = w.reshape(w.shape[0] // bm, bm, w.shape[1] // bk, bk)
-        lo, hi = v.amin((1, 3)), v.amax((1, 3))
-    return calculate_qparams(lo, hi, args, global_scale=global_scale)
-
-
 def _torch_of(a: np.ndarray) -> Any:
     """A numpy array as a torch tensor of the same type (ml_dtypes' fp8 as torch's), copied."""
     import torch
@@ -483,7 +469,7 @@ def compressed_tensors_peer(device: str) -> Iterator[Row]:
             if scheme.weights.strategy == "tensor_group":
                 state["weight_global_scale"] = generate_gparam(w.min(), w.max())
             global_scale = state.get("weight_global_scale")
-            state["weight_scale"], zero_point = _ct_qparams(w, scheme.weights, global_scale)
+            state["weight_scale"], zero_point = compressed_tensors_qparams(w, scheme.weights, global_scale)
             if not scheme.weights.symmetric:
                 state["weight_zero_point"] = zero_point
             theirs = compressor.compress(state, scheme)

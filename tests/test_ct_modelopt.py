@@ -23,11 +23,8 @@ transformers = pytest.importorskip("transformers")
 ct = pytest.importorskip("compressed_tensors")
 from compressed_tensors.compressors.base import BaseCompressor  # noqa: E402
 from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, preset_name_to_scheme  # noqa: E402
-from compressed_tensors.quantization.utils import (  # noqa: E402
-    calculate_qparams,
-    generate_gparam,
-    maybe_pad_tensor_for_block_quant,
-)
+from compressed_tensors.quantization.utils import generate_gparam  # noqa: E402
+from peers import compressed_tensors_qparams  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from test_checkpoints import DEEPSEEK, _save  # noqa: E402
 
@@ -114,24 +111,6 @@ def test_what_breccia_writes_the_package_decompresses_to_breccias_values(llama, 
 # --- the package compresses, breccia reads ----------------------------------------------------------
 
 
-def _qparams(w, args, global_scale=None):
-    """The package's scales for weight ``w`` under ``args`` (its calculate_qparams on the right minima)."""
-    strategy = args.strategy
-    if strategy == "tensor":
-        lo, hi = w.min(), w.max()
-    elif strategy == "channel":
-        lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
-    elif strategy in ("group", "tensor_group"):
-        v = w.unflatten(-1, (w.shape[-1] // args.group_size, args.group_size))
-        lo, hi = v.amin(-1), v.amax(-1)
-    else:
-        bm, bk = args.block_structure
-        w = maybe_pad_tensor_for_block_quant(w, (bm, bk))  # ragged tiles, zero-padded as the package does
-        v = w.reshape(w.shape[0] // bm, bm, w.shape[1] // bk, bk)
-        lo, hi = v.amin((1, 3)), v.amax((1, 3))
-    return calculate_qparams(lo, hi, args, global_scale=global_scale)
-
-
 def _package_compress(src: str, dst, preset: str) -> None:
     """``src`` compressed by compressed-tensors itself with ``preset`` (lm_head ignored)."""
     fmt = PRESETS[preset]
@@ -148,7 +127,8 @@ def _package_compress(src: str, dst, preset: str) -> None:
         state = {"weight": w}
         if scheme.weights.strategy == "tensor_group":
             state["weight_global_scale"] = generate_gparam(w.min(), w.max())
-        state["weight_scale"], zp = _qparams(w, scheme.weights, state.get("weight_global_scale"))
+        global_scale = state.get("weight_global_scale")
+        state["weight_scale"], zp = compressed_tensors_qparams(w, scheme.weights, global_scale)
         if not scheme.weights.symmetric:
             state["weight_zero_point"] = zp
         compressed = BaseCompressor.get_value_from_registry(fmt).compress(state, scheme)
@@ -193,7 +173,7 @@ def test_nvfp4_cast_is_the_packages_compress_and_its_divisor_is_not_a_reciprocal
     w = torch.from_numpy(x)
     g = generate_gparam(w.min(), w.max())
     state = {"weight": w, "weight_global_scale": g}
-    state["weight_scale"], _ = _qparams(w, scheme.weights, g)
+    state["weight_scale"], _ = compressed_tensors_qparams(w, scheme.weights, g)
     packed = BaseCompressor.get_value_from_registry("nvfp4-pack-quantized").compress(state, scheme)
     assert np.array_equal(packed["weight_packed"].numpy(), np.asarray(st.data))
     assert np.array_equal(
