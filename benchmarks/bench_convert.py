@@ -295,18 +295,6 @@ def _child(*args: str) -> str:
     ).stdout
 
 
-def _write_tokenizer(path: str) -> None:
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator(
-        ["hello world"] * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"])
-    )
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)
-
-
 def _random_model(config, path: str) -> int:
     import torch
     import transformers
@@ -319,7 +307,9 @@ def _random_model(config, path: str) -> int:
         for p in model.parameters():
             p.normal_(0, 0.02)
     model.save_pretrained(path, max_shard_size="100MB")
-    _write_tokenizer(path)
+    from breccia.demo.checkpoints import write_tokenizer
+
+    write_tokenizer(path)
     return sum(p.numel() for p in model.parameters())
 
 
