@@ -298,7 +298,9 @@ def test_output_has_the_modes_of_a_plain_mkdir_and_open(small, tmp_path):
 
 
 @pytest.mark.parametrize("failure", ["disk full", "interrupted"])
-@pytest.mark.parametrize("target", ["bf16", "mlx-affine4"])
+@pytest.mark.parametrize(
+    "target", ["bf16", "mlx-affine4", "compressed-tensors-nvfp4", "modelopt-nvfp4", "deepseek-fp8"]
+)
 def test_failed_or_interrupted_conversion_leaves_nothing_and_the_source_untouched(
     small, tmp_path, monkeypatch, failure, target
 ):
