@@ -35,6 +35,9 @@ from _timing import GPU_BATCH, interleaved_median_seconds, median_seconds
 import breccia as bc
 from breccia.bridges import deepseek_recipe, from_deepseek_v3
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from peers import deepseek_v3_kernel
+
 
 def weight(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -98,16 +101,6 @@ def differing(names: tuple[str, ...], ours: tuple, eager: tuple, compiled: tuple
     return text + (f"; DeepSeek's kernel: {count(ours, kernel)}" if kernel else "")
 
 
-def deepseek_kernel() -> Any:
-    """DeepSeek-V3's ``inference/kernel.py`` (Triton), as kept in ``tests/data`` (commit adecc0e)."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data",
-                        "deepseek_v3_kernel.py")
-    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- CPU -------------------------------------------------------------------------------------------
@@ -225,7 +218,7 @@ def cuda(shape: tuple[int, int], tokens: int) -> None:
     import torch
 
     gpu = jax.devices("gpu")[0]
-    kernel = deepseek_kernel()
+    kernel = deepseek_v3_kernel()
     m, n = shape
     data, scale = weight(shape)
     nbytes = m * n * (1 + 2) + scale.nbytes

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, "docs", "conformance.md")
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # peers.py: how the suite drives peers without a one-call API
 
-from peers import compressed_tensors_qparams  # noqa: E402
+from peers import compressed_tensors_qparams, deepseek_v3_kernel  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -564,7 +564,6 @@ def gguf_peer(device: str) -> Iterator[Row]:
                 yield Row("gguf-py", version, kind, "decode", device, name, "values", total, differing)
 
 
-DEEPSEEK_KERNEL = os.path.join(os.path.dirname(PAGE), "..", "tests", "data", "deepseek_v3_kernel.py")
 DEEPSEEK_COMMIT = "adecc0e"  # deepseek-ai/DeepSeek-V3, the last commit of inference/kernel.py
 
 
@@ -598,9 +597,7 @@ def deepseek_peer(device: str) -> Iterator[Row]:
         return
     from breccia.bridges import deepseek_recipe
 
-    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", DEEPSEEK_KERNEL)
-    kernel = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kernel)
+    kernel = deepseek_v3_kernel()
     gpu = jax.devices("gpu")[0]
     for scale_fmt in (None, "ue8m0"):
         recipe = deepseek_recipe("activation", scale_fmt=scale_fmt)

@@ -13,21 +13,18 @@ loads ``tests/data/deepseek_v3_kernel.py`` and prints, for the record in ``bench
 
 from __future__ import annotations
 
-import importlib.util
+import os
+import sys
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from peers import deepseek_v3_kernel
+
 DEVICE = "cuda"
-
-
-def _kernel_module():
-    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", "tests/data/deepseek_v3_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @triton.jit
@@ -60,7 +57,7 @@ def _f32_bits(a: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    kernel = _kernel_module()
+    kernel = deepseek_v3_kernel()
     print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())
     kernel.act_quant(torch.randn(256, 7168, device=DEVICE, dtype=torch.bfloat16))
     compiled = next(iter(kernel.act_quant_kernel.device_caches[0][0].values()))

@@ -27,3 +27,16 @@ def compressed_tensors_qparams(w: Any, args: Any, global_scale: Any = None) -> t
         v = w.reshape(w.shape[0] // bm, bm, w.shape[1] // bk, bk)
         lo, hi = v.amin((1, 3)), v.amax((1, 3))
     return calculate_qparams(lo, hi, args, global_scale=global_scale)
+
+
+def deepseek_v3_kernel() -> Any:
+    """DeepSeek-V3's ``inference/kernel.py`` (Triton; CUDA only), kept unchanged in ``tests/data``
+    (``tests/data/README.md`` names its commit), imported as a module."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "deepseek_v3_kernel.py")
+    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

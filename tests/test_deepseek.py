@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FRAMEWORKS, bits, requires_cuda, to_framework, to_numpy
+from peers import deepseek_v3_kernel
 
 import breccia as bc
 from breccia import checkpoints, scaling
@@ -613,18 +614,6 @@ def test_cuda_dequant_and_act_quant_match_cpu(framework):
         np.testing.assert_array_equal(to_numpy(q.scale), s)
 
 
-def _deepseek_kernel():
-    """DeepSeek-V3's ``inference/kernel.py`` as published (tests/data/README.md names its commit)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parent / "data" / "deepseek_v3_kernel.py"
-    spec = importlib.util.spec_from_file_location("deepseek_v3_kernel", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("scale_fmt", [None, "ue8m0"])
@@ -637,7 +626,7 @@ def test_cuda_cast_reproduces_deepseek_act_quant_kernel(rows, dtype, scale_fmt):
     are rare (4 of 117,440,512 at 16384x7168)."""
     import jax
 
-    kernel = _deepseek_kernel()
+    kernel = deepseek_v3_kernel()
     x = torch.randn(rows, 7168, generator=torch.Generator().manual_seed(rows), dtype=torch.float32)
     x[0, :128] = 0.0  # a zero group: the 1e-4 floor
     x[-1, 128:256] *= 1e-6  # a group below the floor
