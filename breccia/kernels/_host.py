@@ -34,7 +34,7 @@ from ..backends._base import DLPACK_CPU
 from ..backends.numpy_backend import aligned_empty
 from ..formats import ElementFormat, packed_length
 from ..layouts import Layout, scale_shape
-from ..recipes import SCALE_FORMATS, Recipe
+from ..recipes import Recipe
 from ._cast_plan import CastPlan, cast_plan
 
 __all__ = ["host_cast", "ENABLE"]
@@ -80,7 +80,7 @@ def host_cast(backend: Any, recipe: Recipe, layout: Layout, x: Any, history: Any
     device = backend.device(x)
     data_shape = (*shape[:-1], packed_length(shape[-1]) if fmt.packed else shape[-1])
     data = _wrap(backend, codes.reshape(data_shape), backend.storage_dtype(fmt), device)
-    scale_fmt = SCALE_FORMATS[recipe.scale_format]
+    scale_fmt = recipe.scale_element_format
     stored = "float32" if scale_fmt is None else backend.storage_dtype(scale_fmt)
     return data, _wrap(backend, scale.reshape(scale_shape(layout, shape)), stored, device), None, None, None
 
