@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, "docs", "conformance.md")
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # peers.py: how the suite drives peers without a one-call API
 
-from peers import compressed_tensors_qparams, deepseek_v3_kernel  # noqa: E402
+from peers import compressed_tensors_qparams, deepseek_v3_kernel, load_transformer_engine_first  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -613,6 +613,80 @@ def deepseek_peer(device: str) -> Iterator[Row]:
                           "bytes", total, differing)
 
 
+def _te_quantizers(fmt_name: str) -> list[tuple[str, Callable[[], Any]]]:
+    """TransformerEngine's quantizers that run on every CUDA GPU, by label (row-wise buffers only).
+    ``Float8Quantizer`` (delayed scaling) is given the scale 16, which breccia's DelayedScaling
+    reproduces from a history holding ``max / 16``."""
+    import torch
+    import transformer_engine_torch as tex
+    from transformer_engine.pytorch.tensor.float8_blockwise_tensor import Float8BlockQuantizer
+    from transformer_engine.pytorch.tensor.float8_tensor import Float8CurrentScalingQuantizer, Float8Quantizer
+
+    dt = getattr(tex.DType, f"kFloat8{fmt_name}")
+    cuda = torch.device("cuda")
+    rowwise = {"rowwise": True, "columnwise": False}
+    out = [
+        ("Float8Tensor current", lambda: Float8CurrentScalingQuantizer(dt, cuda, **rowwise)),
+        ("Float8Tensor delayed", lambda: Float8Quantizer(
+            torch.tensor([16.0], device=cuda), torch.zeros(1, device=cuda), dt, **rowwise)),
+    ]
+    for dim, block in ((1, "1x128"), (2, "128x128")):
+        for pow2 in (True, False):
+            out.append((
+                f"Float8BlockwiseQTensor {block}{' pow2' if pow2 else ''}",
+                lambda dim=dim, pow2=pow2: Float8BlockQuantizer(
+                    dt, **rowwise, block_scaling_dim=dim, force_pow_2_scales=pow2),
+            ))
+    return out
+
+
+def transformer_engine_peer(device: str) -> Iterator[Row]:
+    """TransformerEngine's own quantizers and dequantize on the GPU (CUDA only, when TE is installed):
+    encode compares the codes and scales of ``from_transformer_engine(quantizer(x))`` with
+    ``bc.cast`` of the recipe it reports, on torch and on JAX on the GPU; decode compares TE's
+    ``dequantize(dtype=float32)`` with ``bc.dequantize``. MXFP8 and NVFP4 are left out: TE 2.20's
+    quantizers for them need sm_100+ (on sm_90 MXFP8 returns unwritten buffers, NVFP4 raises)."""
+    if device != "cuda" or not (_installed("transformer_engine") and _installed("jax")):
+        return
+    import jax
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    import transformer_engine.pytorch  # noqa: F401  (loads TE's library before transformer_engine_torch)
+
+    from breccia.bridges import from_transformer_engine
+
+    version = _version("transformer-engine")
+    gpu = jax.devices("gpu")[0]
+    on_gpu = {"torch": lambda a: torch.from_numpy(a).cuda(), "jax": lambda a: jax.device_put(a, gpu)}
+    for fmt in (E4M3, E5M2):
+        for label, quantizer in _te_quantizers(fmt.name):
+            for name, x in cases(fmt).items():
+                x = np.tile(x, (1, 4))  # 256 (or 160) columns: whole and ragged 128-wide blocks
+                t = quantizer()(on_gpu["torch"](x))
+                theirs = from_transformer_engine(t)
+                theirs_bytes = [_host(theirs.data), _host(theirs.scale)]
+                history = float(fmt.max_value) / 16.0
+                for framework, move in on_gpu.items():
+                    array = move(x)
+                    if isinstance(theirs.recipe, bc.DelayedScaling):
+                        full = np.full((theirs.recipe.amax_history_len,), history, np.float32)
+                        ours, _ = bc.cast_with_history(array, theirs.recipe, theirs.layout,
+                                                       history=bc.AmaxHistory(move(full)))
+                    else:
+                        ours = bc.cast(array, theirs.recipe, theirs.layout)
+                    ours = ours.to("numpy")
+                    pairs = list(zip(theirs_bytes, [ours.data.view(np.uint8), ours.scale]))
+                    total, differing = differ_bytes(pairs)
+                    yield Row("transformer-engine", version, f"{label} {fmt.name}", "encode",
+                              f"cuda {framework}", name, "bytes", total, differing)
+                total, differing = differ_values(_host(t.dequantize(dtype=torch.float32)),
+                                                 _host(bc.dequantize(theirs, "float32")))
+                yield Row("transformer-engine", version, f"{label} {fmt.name}", "decode", "cuda torch",
+                          name, "values", total, differing)
+
+
 def _host(a: Any) -> np.ndarray:
     """A torch tensor (or numpy array) as numpy: 1- and 2-byte types as their raw bits."""
     if a is None:
@@ -632,7 +706,7 @@ def _host(a: Any) -> np.ndarray:
 #: The peers, in the page's order. A peer is a function ``(device) -> rows``; add one here.
 PEERS: list[Callable[[str], Iterator[Row]]] = [
     ml_dtypes_peer, torch_peer, jax_peer, mlx_peer, torchao_peer, compressed_tensors_peer,
-    transformers_mxfp4_peer, gguf_peer, deepseek_peer,
+    transformers_mxfp4_peer, gguf_peer, deepseek_peer, transformer_engine_peer,
 ]
 
 
@@ -668,6 +742,9 @@ _CT_E8M0_255 = ("E8M0 code 255 (breccia's NaN block): compressed-tensors reads i
 _GPT_OSS_255 = ("E8M0 code 255 (breccia's NaN block): transformers computes ldexp(code, 255 - 127): +-Inf, "
                 "+-2**127 for +-0.5, +-0 for +-0; breccia decodes the whole block to NaN, and its gpt-oss "
                 "writer refuses such blocks (mxfp4_parts)")
+
+_TE_LABELS = ("Float8Tensor current", "Float8Tensor delayed", *(
+    f"Float8BlockwiseQTensor {block}{pow2}" for block in ("1x128", "128x128") for pow2 in (" pow2", "")))
 
 #: (peer, format, direction, inputs[, device kind]) -> why this row differs (a device kind narrows it
 #: to that kind's rows). Every row not listed must be equal.
@@ -709,6 +786,8 @@ DOCUMENTED: dict[tuple[str, ...], str] = {
     ("compressed-tensors", "W4A16", "encode", "random"): _CT_W4_DIVIDE,
     ("compressed-tensors", "W4A16", "encode", "zeros"): _CT_INT4_ZERO,
     ("compressed-tensors", "W4A16_ASYM", "encode", "zeros"): _CT_ASYM_ZERO,
+    **{("transformer-engine", f"{label} {fmt}", "encode", "NaN"): _NONFINITE
+       for label in _TE_LABELS for fmt in ("E4M3", "E5M2")},
     ("transformers", "gpt-oss MXFP4", "decode", "NaN"): _GPT_OSS_255,
     ("transformers", "gpt-oss MXFP4", "decode", "every code, every scale"): _GPT_OSS_255,
 }
@@ -738,7 +817,7 @@ def _kept_from_page(device: str) -> tuple[list[str], list[str]]:
     generated = [line for line in lines if line.startswith("- Generated ") and f"({kind} rows)" not in line]
     rows = []
     for line in lines:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = [c.strip() for c in line.strip().strip("|").split("|", 6)]  # a note may hold "|"
         if line.startswith("| ") and len(cells) == 7 and cells[0] not in ("peer", "---"):
             if _run_kind(cells[4]) != kind:
                 rows.append(line)
@@ -797,7 +876,12 @@ def render(table: list[Row], device: str = "cpu") -> str:
         "activations: `random`, `ragged` (a random power of two per group), `zeros`, groups `below the "
         "1e-4 floor`, `scales at powers of two` (the UE8M0 edge) and `max` (up to 3.4e38); the CPU's "
         "residue against that kernel is counted in "
-        "[the DeepSeek bridge](bridges/deepseek.md#act_quant-ue8m0).",
+        "[the DeepSeek bridge](bridges/deepseek.md#act_quant-ue8m0). TransformerEngine rows run TE's own "
+        "quantizers on the GPU (`Float8CurrentScalingQuantizer`, `Float8Quantizer` with scale 16, "
+        "`Float8BlockQuantizer` 1x128 and 128x128 with and without power-of-two scales; the inputs "
+        "tiled to 256 or 160 columns) against `bc.cast` on torch and JAX on the GPU with the recipe "
+        "`from_transformer_engine` reports, and TE's `dequantize` against `bc.dequantize`; TE's MXFP8 and "
+        "NVFP4 quantizers need sm_100+ and have no rows from an H200.",
         "",
         "| peer | version | format | direction | device | inputs | result |",
         "|---|---|---|---|---|---|---|",
@@ -833,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (the CUDA rows run on the device machine)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/conformance.md")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        load_transformer_engine_first()
     table = rows(args.device)
     width = max(len(r.peer) for r in table)
     for r in table:

@@ -7,6 +7,7 @@ import importlib.util
 import ml_dtypes
 import numpy as np
 import pytest
+from peers import load_transformer_engine_first
 
 import breccia as bc
 from breccia.backends import get_backend
@@ -24,6 +25,9 @@ def cuda_available() -> bool:
 
 
 requires_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+
+if cuda_available():
+    load_transformer_engine_first()
 
 
 def to_framework(name: str, a: np.ndarray, device=None):

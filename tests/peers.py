@@ -40,3 +40,13 @@ def deepseek_v3_kernel() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_transformer_engine_first() -> None:
+    """Import TransformerEngine, if installed, before anything imports JAX: JAX's CUDA wheels load their
+    own cuDNN, after which TE's core library fails to link against the system's (``undefined symbol
+    ... libcudnn_graph.so.9``). The suite's conftest and ``scripts/conformance.py --device cuda`` call it."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformer_engine") is not None:
+        import transformer_engine.pytorch  # noqa: F401
