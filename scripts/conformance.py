@@ -203,8 +203,12 @@ def _all_codes(fmt: ElementFormat) -> np.ndarray:
 
 
 def _element_rows(
-    peer: str, version: str, device: str, fmt: ElementFormat,
-    encode: Callable[[np.ndarray], np.ndarray], decode: Callable[[np.ndarray], np.ndarray] | None,
+    peer: str,
+    version: str,
+    device: str,
+    fmt: ElementFormat,
+    encode: Callable[[np.ndarray], np.ndarray],
+    decode: Callable[[np.ndarray], np.ndarray] | None,
 ) -> Iterator[Row]:
     """Rows of an element cast (``encode``: float32 -> codes as uint8; ``decode``: codes -> float32)."""
     inputs = {k: v for k, v in cases(fmt).items() if k not in ("NaN", "+-Inf")}
@@ -375,16 +379,32 @@ def torchao_peer(device: str) -> Iterator[Row]:
     makers: list[tuple[str, ElementFormat, Callable[[Any], Any], bc.Recipe | None]] = [
         ("Float8Tensor", E4M3, lambda x: Float8Tensor.from_hp(x, granularity=PerRow()), None),
         ("Int8Tensor", formats.INT8, lambda x: Int8Tensor.from_hp(x, PerRow()), None),
-        ("IntxUnpackedToInt8Tensor", formats.INT4,
-         lambda x: IntxUnpackedToInt8Tensor.from_hp(x, (1, 32), torch.int4), None),
+        (
+            "IntxUnpackedToInt8Tensor",
+            formats.INT4,
+            lambda x: IntxUnpackedToInt8Tensor.from_hp(x, (1, 32), torch.int4),
+            None,
+        ),
         ("MXTensor FLOOR", E4M3, lambda x: MXTensor.to_mx(x, mx8, 32), bc.MXFP8BlockScaling()),
-        ("MXTensor RCEIL", E4M3, lambda x: MXTensor.to_mx(x, mx8, 32, rceil),
-         bc.MXFP8BlockScaling(scale_rounding="ceil")),
+        (
+            "MXTensor RCEIL",
+            E4M3,
+            lambda x: MXTensor.to_mx(x, mx8, 32, rceil),
+            bc.MXFP8BlockScaling(scale_rounding="ceil"),
+        ),
         ("MXTensor FLOOR", E2M1, lambda x: MXTensor.to_mx(x, mx4, 32), bc.MXFP4BlockScaling()),
-        ("MXTensor RCEIL", E2M1, lambda x: MXTensor.to_mx(x, mx4, 32, rceil),
-         bc.MXFP4BlockScaling(scale_rounding="ceil")),
-        ("NVFP4Tensor", E2M1,
-         lambda x: NVFP4Tensor.to_nvfp4(x, per_tensor_scale=x.abs().amax() / (448.0 * 6.0)), None),
+        (
+            "MXTensor RCEIL",
+            E2M1,
+            lambda x: MXTensor.to_mx(x, mx4, 32, rceil),
+            bc.MXFP4BlockScaling(scale_rounding="ceil"),
+        ),
+        (
+            "NVFP4Tensor",
+            E2M1,
+            lambda x: NVFP4Tensor.to_nvfp4(x, per_tensor_scale=x.abs().amax() / (448.0 * 6.0)),
+            None,
+        ),
     ]
     for cls, fmt, make, recipe in makers:
         label = f"{cls.split()[0]} {fmt.name}"
@@ -418,16 +438,31 @@ def _ct_presets() -> list[tuple[str, str, bc.Recipe, Any, int]]:
     return [
         ("FP8_DYNAMIC", "compressed-tensors-fp8-dynamic", *target("compressed-tensors-fp8-dynamic"), 0),
         # the package divides amax / 448 per tile as per row; breccia's target writes DeepSeek's rule
-        ("FP8_BLOCK", "compressed-tensors-fp8-block",
-         bc.Float8CurrentScaling(convention="torchao"), PerBlock2D(128, 128), 0),
+        (
+            "FP8_BLOCK",
+            "compressed-tensors-fp8-block",
+            bc.Float8CurrentScaling(convention="torchao"),
+            PerBlock2D(128, 128),
+            0,
+        ),
         ("NVFP4A16", "compressed-tensors-nvfp4", *target("compressed-tensors-nvfp4"), 0),
-        ("MXFP4A16", "compressed-tensors-mxfp4",
-         bc.MXFP4BlockScaling(scale_rounding="even"), PerBlockK(32), 0),
+        (
+            "MXFP4A16",
+            "compressed-tensors-mxfp4",
+            bc.MXFP4BlockScaling(scale_rounding="even"),
+            PerBlockK(32),
+            0,
+        ),
         # no breccia rule is the package's MXFP8 exponent (_CT_MX8); ceil differs from it least
         ("MXFP8", "compressed-tensors-mxfp8", bc.MXFP8BlockScaling(scale_rounding="ceil"), PerBlockK(32), 0),
         ("W4A16", "compressed-tensors-w4a16", *target("compressed-tensors-w4a16"), 128),
-        ("W4A16_ASYM", "compressed-tensors-w4a16-asym",
-         bc.Int4Scaling(group_size=128, symmetric=False, convention="breccia"), PerBlockK(128), 128),
+        (
+            "W4A16_ASYM",
+            "compressed-tensors-w4a16-asym",
+            bc.Int4Scaling(group_size=128, symmetric=False, convention="breccia"),
+            PerBlockK(128),
+            128,
+        ),
     ]
 
 
@@ -502,14 +537,19 @@ def transformers_mxfp4_peer(device: str) -> Iterator[Row]:
         rows, k = st.shape
         blocks = np.asarray(st.data).reshape(1, rows, k // 32, 16)  # one expert: [E, N, K/32, 16]
         scales = np.asarray(st.scale).view(np.uint8).reshape(1, rows, k // 32)
-        theirs = convert_moe_packed_tensors(
-            torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.float32
-        ).transpose(1, 2)[0].numpy()  # transformers' [E, K, N] back to [N, K]
+        theirs = (
+            convert_moe_packed_tensors(
+                torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.float32
+            )
+            .transpose(1, 2)[0]
+            .numpy()
+        )  # transformers' [E, K, N] back to [N, K]
         with np.errstate(over="ignore", invalid="ignore"):
             ours = np.asarray(bc.dequantize(st, "float32"))
         total, differing = differ_values(theirs, ours)
-        return Row("transformers", version, "gpt-oss MXFP4", "decode", device, name, "values", total,
-                   differing)
+        return Row(
+            "transformers", version, "gpt-oss MXFP4", "decode", device, name, "values", total, differing
+        )
 
     for name, x in cases(E2M1, ragged=False).items():
         yield rows_of(name, bc.cast(x, bc.MXFP4BlockScaling()))
@@ -580,8 +620,14 @@ def deepseek_inputs() -> dict[str, np.ndarray]:
     powers[:, ::128] = edges.astype(np.float32)
     big = random[:8] * np.float32(1e36)
     big[0, 0] = np.float32(3.4e38)
-    return {"random": random, "ragged": ragged, "zeros": zeros, "below the 1e-4 floor":
-            random[:8] * np.float32(1e-7), "scales at powers of two": powers, "max": big}
+    return {
+        "random": random,
+        "ragged": ragged,
+        "zeros": zeros,
+        "below the 1e-4 floor": random[:8] * np.float32(1e-7),
+        "scales at powers of two": powers,
+        "max": big,
+    }
 
 
 def deepseek_peer(device: str) -> Iterator[Row]:
@@ -609,8 +655,17 @@ def deepseek_peer(device: str) -> Iterator[Row]:
                 ours = [st.data.view(np.uint8), st.scale]
                 total, differing = differ_bytes(list(zip(theirs, ours)))
                 fmt = f"act_quant {scale_fmt or 'fp32 scales'}"
-                yield Row("deepseek kernel.py", DEEPSEEK_COMMIT, fmt, "encode", f"cuda {framework}", name,
-                          "bytes", total, differing)
+                yield Row(
+                    "deepseek kernel.py",
+                    DEEPSEEK_COMMIT,
+                    fmt,
+                    "encode",
+                    f"cuda {framework}",
+                    name,
+                    "bytes",
+                    total,
+                    differing,
+                )
 
 
 def _te_quantizers(fmt_name: str) -> list[tuple[str, Callable[[], Any]]]:
@@ -627,16 +682,23 @@ def _te_quantizers(fmt_name: str) -> list[tuple[str, Callable[[], Any]]]:
     rowwise = {"rowwise": True, "columnwise": False}
     out = [
         ("Float8Tensor current", lambda: Float8CurrentScalingQuantizer(dt, cuda, **rowwise)),
-        ("Float8Tensor delayed", lambda: Float8Quantizer(
-            torch.tensor([16.0], device=cuda), torch.zeros(1, device=cuda), dt, **rowwise)),
+        (
+            "Float8Tensor delayed",
+            lambda: Float8Quantizer(
+                torch.tensor([16.0], device=cuda), torch.zeros(1, device=cuda), dt, **rowwise
+            ),
+        ),
     ]
     for dim, block in ((1, "1x128"), (2, "128x128")):
         for pow2 in (True, False):
-            out.append((
-                f"Float8BlockwiseQTensor {block}{' pow2' if pow2 else ''}",
-                lambda dim=dim, pow2=pow2: Float8BlockQuantizer(
-                    dt, **rowwise, block_scaling_dim=dim, force_pow_2_scales=pow2),
-            ))
+            out.append(
+                (
+                    f"Float8BlockwiseQTensor {block}{' pow2' if pow2 else ''}",
+                    lambda dim=dim, pow2=pow2: Float8BlockQuantizer(
+                        dt, **rowwise, block_scaling_dim=dim, force_pow_2_scales=pow2
+                    ),
+                )
+            )
     return out
 
 
@@ -672,19 +734,39 @@ def transformer_engine_peer(device: str) -> Iterator[Row]:
                     array = move(x)
                     if isinstance(theirs.recipe, bc.DelayedScaling):
                         full = np.full((theirs.recipe.amax_history_len,), history, np.float32)
-                        ours, _ = bc.cast_with_history(array, theirs.recipe, theirs.layout,
-                                                       history=bc.AmaxHistory(move(full)))
+                        ours, _ = bc.cast_with_history(
+                            array, theirs.recipe, theirs.layout, history=bc.AmaxHistory(move(full))
+                        )
                     else:
                         ours = bc.cast(array, theirs.recipe, theirs.layout)
                     ours = ours.to("numpy")
                     pairs = list(zip(theirs_bytes, [ours.data.view(np.uint8), ours.scale]))
                     total, differing = differ_bytes(pairs)
-                    yield Row("transformer-engine", version, f"{label} {fmt.name}", "encode",
-                              f"cuda {framework}", name, "bytes", total, differing)
-                total, differing = differ_values(_host(t.dequantize(dtype=torch.float32)),
-                                                 _host(bc.dequantize(theirs, "float32")))
-                yield Row("transformer-engine", version, f"{label} {fmt.name}", "decode", "cuda torch",
-                          name, "values", total, differing)
+                    yield Row(
+                        "transformer-engine",
+                        version,
+                        f"{label} {fmt.name}",
+                        "encode",
+                        f"cuda {framework}",
+                        name,
+                        "bytes",
+                        total,
+                        differing,
+                    )
+                total, differing = differ_values(
+                    _host(t.dequantize(dtype=torch.float32)), _host(bc.dequantize(theirs, "float32"))
+                )
+                yield Row(
+                    "transformer-engine",
+                    version,
+                    f"{label} {fmt.name}",
+                    "decode",
+                    "cuda torch",
+                    name,
+                    "values",
+                    total,
+                    differing,
+                )
 
 
 def _host(a: Any) -> np.ndarray:
@@ -705,8 +787,16 @@ def _host(a: Any) -> np.ndarray:
 
 #: The peers, in the page's order. A peer is a function ``(device) -> rows``; add one here.
 PEERS: list[Callable[[str], Iterator[Row]]] = [
-    ml_dtypes_peer, torch_peer, jax_peer, mlx_peer, torchao_peer, compressed_tensors_peer,
-    transformers_mxfp4_peer, gguf_peer, deepseek_peer, transformer_engine_peer,
+    ml_dtypes_peer,
+    torch_peer,
+    jax_peer,
+    mlx_peer,
+    torchao_peer,
+    compressed_tensors_peer,
+    transformers_mxfp4_peer,
+    gguf_peer,
+    deepseek_peer,
+    transformer_engine_peer,
 ]
 
 
@@ -720,37 +810,56 @@ _FP4_TIES = "fp4: MLX rounds ties toward zero and never writes -0; breccia round
 _ZERO_TENSOR = "an all-zero tensor: the peer's global scale is 0 (0 / 0 in its block scales); breccia's is 1"
 _MX_ZERO = "an all-zero block: torchao writes E8M0 code 0 (2**-127), breccia 127 (scale 1); both decode to 0"
 _F8_ZERO = "an all-zero row: torchao's scale is 0 and its codes 0 / 0 = NaN; breccia's scale is 1, codes 0"
-_CT_ZERO = ("an all-zero row or tile: compressed-tensors' calculate_qparams replaces its 0 scale by float32 "
-            "eps (2**-23); breccia's is 1; codes 0 alike")
-_CT_INT4_ZERO = ("an all-zero group: compressed-tensors' scale is float32 eps (2**-23, calculate_qparams' "
-                 "floor for a 0 scale), torchao's int4 rule (breccia's) floors it at 2**-126; codes 0 alike")
-_CT_ASYM_ZERO = ("an all-zero group: compressed-tensors' zero point is bit_min - 0 / 0 (its 0 scale becomes "
-                 "eps only afterwards), NaN cast to int8 (0 here), so its codes are 0; breccia's zero point "
-                 "is -8 = qmin - round(0 / s) with codes -8; both decode to 0")
-_CT_FP4_ZERO = ("-0: compressed-tensors' CPU E2M1 cast (fp4_utils.cast_to_fp4: |x| rounded, times "
-                "torch.sign(x), which is +0 for -0) writes code 0; breccia keeps the sign (code 8)")
+_CT_ZERO = (
+    "an all-zero row or tile: compressed-tensors' calculate_qparams replaces its 0 scale by float32 "
+    "eps (2**-23); breccia's is 1; codes 0 alike"
+)
+_CT_INT4_ZERO = (
+    "an all-zero group: compressed-tensors' scale is float32 eps (2**-23, calculate_qparams' "
+    "floor for a 0 scale), torchao's int4 rule (breccia's) floors it at 2**-126; codes 0 alike"
+)
+_CT_ASYM_ZERO = (
+    "an all-zero group: compressed-tensors' zero point is bit_min - 0 / 0 (its 0 scale becomes "
+    "eps only afterwards), NaN cast to int8 (0 here), so its codes are 0; breccia's zero point "
+    "is -8 = qmin - round(0 / s) with codes -8; both decode to 0"
+)
+_CT_FP4_ZERO = (
+    "-0: compressed-tensors' CPU E2M1 cast (fp4_utils.cast_to_fp4: |x| rounded, times "
+    "torch.sign(x), which is +0 for -0) writes code 0; breccia keeps the sign (code 8)"
+)
 _CT_MX_ZERO = "an all-zero block: compressed-tensors writes E8M0 code 0 (2**-127), breccia 127 (scale 1)"
-_CT_MX8 = ("compressed-tensors' MX exponent (generate_mx_scales) carries to the next power of two where "
-           "amax's mantissa is >= 1.75 (E2M1's half-step, kept for MXFP8); breccia's closest rule, ceil, "
-           "carries only above 1.75, so a block whose amax is 448 * 2**k gets half the package's scale")
-_CT_W4_DIVIDE = ("compressed-tensors divides x / s; torchao's rule (breccia's W4A16 recipe, the same scale "
-                 "amax / 7.5) multiplies x * fl32(1 / s): a quotient of exactly -7.5 there is -7.4999995 "
-                 "here, one code apart")
-_CT_E8M0_255 = ("E8M0 code 255 (breccia's NaN block): compressed-tensors reads its scale as 2**(255 - 127) = "
-                "Inf, so the block's nonzero codes decode to +-Inf, its zero codes to 0 * Inf = NaN; breccia "
-                "decodes the whole block to NaN")
-_GPT_OSS_255 = ("E8M0 code 255 (breccia's NaN block): transformers computes ldexp(code, 255 - 127): +-Inf, "
-                "+-2**127 for +-0.5, +-0 for +-0; breccia decodes the whole block to NaN, and its gpt-oss "
-                "writer refuses such blocks (mxfp4_parts)")
+_CT_MX8 = (
+    "compressed-tensors' MX exponent (generate_mx_scales) carries to the next power of two where "
+    "amax's mantissa is >= 1.75 (E2M1's half-step, kept for MXFP8); breccia's closest rule, ceil, "
+    "carries only above 1.75, so a block whose amax is 448 * 2**k gets half the package's scale"
+)
+_CT_W4_DIVIDE = (
+    "compressed-tensors divides x / s; torchao's rule (breccia's W4A16 recipe, the same scale "
+    "amax / 7.5) multiplies x * fl32(1 / s): a quotient of exactly -7.5 there is -7.4999995 "
+    "here, one code apart"
+)
+_CT_E8M0_255 = (
+    "E8M0 code 255 (breccia's NaN block): compressed-tensors reads its scale as 2**(255 - 127) = "
+    "Inf, so the block's nonzero codes decode to +-Inf, its zero codes to 0 * Inf = NaN; breccia "
+    "decodes the whole block to NaN"
+)
+_GPT_OSS_255 = (
+    "E8M0 code 255 (breccia's NaN block): transformers computes ldexp(code, 255 - 127): +-Inf, "
+    "+-2**127 for +-0.5, +-0 for +-0; breccia decodes the whole block to NaN, and its gpt-oss "
+    "writer refuses such blocks (mxfp4_parts)"
+)
 
-_TE_LABELS = ("Float8Tensor current", "Float8Tensor delayed", *(
-    f"Float8BlockwiseQTensor {block}{pow2}" for block in ("1x128", "128x128") for pow2 in (" pow2", "")))
+_TE_LABELS = (
+    "Float8Tensor current",
+    "Float8Tensor delayed",
+    *(f"Float8BlockwiseQTensor {block}{pow2}" for block in ("1x128", "128x128") for pow2 in (" pow2", "")),
+)
 
 #: (peer, format, direction, inputs[, device kind]) -> why this row differs (a device kind narrows it
 #: to that kind's rows). Every row not listed must be equal.
 DOCUMENTED: dict[tuple[str, ...], str] = {
-    ("torch", "E4M3", "encode", "beyond max, +-Inf", "cuda"):
-        _E4M3_NAN + " (torch saturates E4M3 on the CPU only)",
+    ("torch", "E4M3", "encode", "beyond max, +-Inf", "cuda"): _E4M3_NAN
+    + " (torch saturates E4M3 on the CPU only)",
     ("ml_dtypes", "E4M3", "encode", "beyond max, +-Inf"): _E4M3_NAN,
     ("ml_dtypes", "E5M2", "encode", "max"): _E5M2_INF_TIE,
     ("ml_dtypes", "E5M2", "encode", "beyond max, +-Inf"): _E5M2_INF,
@@ -759,35 +868,49 @@ DOCUMENTED: dict[tuple[str, ...], str] = {
     ("jax", "E4M3", "encode", "beyond max, +-Inf"): _E4M3_NAN,
     ("jax", "E5M2", "encode", "max"): _E5M2_INF_TIE,
     ("jax", "E5M2", "encode", "beyond max, +-Inf"): _E5M2_INF,
-    **{("mlx", mode, "encode", inputs): _NONFINITE for mode in ("mxfp8", "mxfp4", "affine4", "affine8")
-       for inputs in ("+-Inf", "NaN")},
+    **{
+        ("mlx", mode, "encode", inputs): _NONFINITE
+        for mode in ("mxfp8", "mxfp4", "affine4", "affine8")
+        for inputs in ("+-Inf", "NaN")
+    },
     **{("mlx", "nvfp4", "encode", inputs): _FP4_TIES for inputs in ("random", "subnormals")},
     ("mlx", "nvfp4", "encode", "zeros"): _FP4_TIES + "; " + _ZERO_TENSOR,
     ("torchao", "Float8Tensor E4M3", "encode", "zeros"): _F8_ZERO,
     ("torchao", "NVFP4Tensor E2M1", "encode", "zeros"): _ZERO_TENSOR,
-    **{("torchao", label, "encode", inputs): _NONFINITE
-       for label in ("Float8Tensor E4M3", "Int8Tensor INT8", "IntxUnpackedToInt8Tensor INT4")
-       for inputs in ("+-Inf", "NaN")},
-    **{(f"torchao {mode}", f"MXTensor {fmt}", "encode", inputs): note
-       for mode in ("FLOOR", "RCEIL") for fmt in ("E4M3", "E2M1")
-       for inputs, note in (("zeros", _MX_ZERO), ("+-Inf", _NONFINITE), ("NaN", _NONFINITE))},
-    **{("compressed-tensors", preset, "encode", inputs): _NONFINITE
-       for preset in ("FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16", "MXFP8", "W4A16", "W4A16_ASYM")
-       for inputs in ("+-Inf", "NaN")},
+    **{
+        ("torchao", label, "encode", inputs): _NONFINITE
+        for label in ("Float8Tensor E4M3", "Int8Tensor INT8", "IntxUnpackedToInt8Tensor INT4")
+        for inputs in ("+-Inf", "NaN")
+    },
+    **{
+        (f"torchao {mode}", f"MXTensor {fmt}", "encode", inputs): note
+        for mode in ("FLOOR", "RCEIL")
+        for fmt in ("E4M3", "E2M1")
+        for inputs, note in (("zeros", _MX_ZERO), ("+-Inf", _NONFINITE), ("NaN", _NONFINITE))
+    },
+    **{
+        ("compressed-tensors", preset, "encode", inputs): _NONFINITE
+        for preset in ("FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16", "MXFP8", "W4A16", "W4A16_ASYM")
+        for inputs in ("+-Inf", "NaN")
+    },
     ("compressed-tensors", "FP8_DYNAMIC", "encode", "zeros"): _CT_ZERO,
     ("compressed-tensors", "FP8_BLOCK", "encode", "zeros"): _CT_ZERO,
     ("compressed-tensors", "NVFP4A16", "encode", "zeros"): _CT_FP4_ZERO,
     ("compressed-tensors", "MXFP4A16", "encode", "zeros"): _CT_FP4_ZERO + "; " + _CT_MX_ZERO,
     ("compressed-tensors", "MXFP8", "encode", "zeros"): _CT_MX_ZERO,
-    **{("compressed-tensors", "MXFP8", "encode", inputs): _CT_MX8
-       for inputs in ("ties", "subnormals", "max")},
+    **{
+        ("compressed-tensors", "MXFP8", "encode", inputs): _CT_MX8 for inputs in ("ties", "subnormals", "max")
+    },
     ("compressed-tensors", "MXFP4A16", "decode", "NaN"): _CT_E8M0_255,
     ("compressed-tensors", "MXFP8", "decode", "NaN"): _CT_E8M0_255,
     ("compressed-tensors", "W4A16", "encode", "random"): _CT_W4_DIVIDE,
     ("compressed-tensors", "W4A16", "encode", "zeros"): _CT_INT4_ZERO,
     ("compressed-tensors", "W4A16_ASYM", "encode", "zeros"): _CT_ASYM_ZERO,
-    **{("transformer-engine", f"{label} {fmt}", "encode", "NaN"): _NONFINITE
-       for label in _TE_LABELS for fmt in ("E4M3", "E5M2")},
+    **{
+        ("transformer-engine", f"{label} {fmt}", "encode", "NaN"): _NONFINITE
+        for label in _TE_LABELS
+        for fmt in ("E4M3", "E5M2")
+    },
     ("transformers", "gpt-oss MXFP4", "decode", "NaN"): _GPT_OSS_255,
     ("transformers", "gpt-oss MXFP4", "decode", "every code, every scale"): _GPT_OSS_255,
 }
@@ -824,6 +947,85 @@ def _kept_from_page(device: str) -> tuple[list[str], list[str]]:
     return generated, rows
 
 
+#: The page's sections, in order, with what their rows compare: a row's section is the first word of
+#: its peer's name; docs link to a peer's rows as ``conformance.md#<the title's anchor>``.
+SECTIONS: dict[str, tuple[str, str]] = {
+    "ml_dtypes": ("ml_dtypes", "numpy's fp8 and fp4 casts (`astype`) both ways, and E8M0 decoding."),
+    "torch": ("torch", "torch's dtype casts (`Tensor.to`) both ways, E4M3 and E5M2, on the CPU and the GPU."),
+    "jax": ("JAX", "JAX's dtype casts (`astype`) both ways, E4M3 and E5M2, on the CPU and the GPU."),
+    "mlx": (
+        "MLX",
+        "`mx.quantize` and `mx.dequantize` in every mode against `bc.cast` with `mlx_recipe(mode)` "
+        "and `bc.dequantize`.",
+    ),
+    "torchao": (
+        "torchao",
+        "torchao's CPU tensor types (`Float8Tensor`, `Int8Tensor`, "
+        "`IntxUnpackedToInt8Tensor`, `MXTensor` with FLOOR and RCEIL, `NVFP4Tensor`) against "
+        "`bc.cast` with the recipe `from_torchao` infers; decode compares `t.dequantize()` with "
+        "`bc.dequantize(from_torchao(t))`.",
+    ),
+    "compressed-tensors": (
+        "compressed-tensors",
+        "The package's own `compress` (scales from its "
+        "`calculate_qparams`/`generate_gparam`, as llm-compressor passes them) against "
+        "`layer_parts` of `bc.cast` for each preset breccia writes, with the recipe that "
+        "reproduces it: FP8_DYNAMIC and FP8_BLOCK `Float8CurrentScaling(convention="
+        '"torchao")` per row and per 128x128 tile, NVFP4A16 `NVFP4BlockScaling('
+        'convention="compressed-tensors")`, MXFP4A16 `MXFP4BlockScaling(scale_rounding='
+        '"even")`, MXFP8 `MXFP8BlockScaling(scale_rounding="ceil")` (the closest: no '
+        "breccia rule is the package's), W4A16 `Int4Scaling(group_size=128, convention="
+        '"torchao")` and W4A16_ASYM `Int4Scaling(group_size=128, symmetric=False)`, the '
+        "inputs tiled to 128 wide; decode rows are the package's `decompress` of breccia's "
+        "parts.",
+    ),
+    "transformers": (
+        "transformers",
+        "breccia's MXFP4 casts in gpt-oss's `_blocks`/`_scales` layout decoded "
+        "by `convert_moe_packed_tensors` (transformers' CPU dequantize), and `every code, every "
+        "scale` (the 16 E2M1 codes under each of the 256 E8M0 scales).",
+    ),
+    "gguf-py": (
+        "gguf-py",
+        "`gguf.quants.quantize` against the blocks `save_gguf(..., types=...)` writes "
+        "(`GGML_RECIPES`), and `gguf.quants.dequantize` against `bc.dequantize` of what `open_gguf` "
+        "reads from gguf-py's file. `+-Inf` and `NaN` are left out: breccia's ggml recipes refuse "
+        "them (a `RecipeError`: ggml has no rule for them; the test asserts it), and gguf-py's blocks "
+        "for them are numpy's platform-defined casts of NaN to integers.",
+    ),
+    "deepseek": (
+        "DeepSeek-V3 kernel",
+        "DeepSeek-V3's own Triton `act_quant` "
+        "(`tests/data/deepseek_v3_kernel.py`) against breccia's torch and JAX CUDA casts on 1x128 "
+        "activations: `random`, `ragged` (a random power of two per group), `zeros`, groups "
+        "`below the 1e-4 floor`, `scales at powers of two` (the UE8M0 edge) and `max` (up to "
+        "3.4e38). The CPU's residue against that kernel is counted in "
+        "[the DeepSeek bridge](bridges/deepseek.md#act_quant-ue8m0).",
+    ),
+    "transformer-engine": (
+        "TransformerEngine",
+        "TE's own quantizers on the GPU "
+        "(`Float8CurrentScalingQuantizer`, `Float8Quantizer` with scale 16, "
+        "`Float8BlockQuantizer` 1x128 and 128x128 with and without power-of-two scales; "
+        "the inputs tiled to 256 or 160 columns) against `bc.cast` on torch and JAX on "
+        "the GPU with the recipe `from_transformer_engine` reports, and TE's `dequantize` "
+        "against `bc.dequantize`. TE's MXFP8 and NVFP4 quantizers need sm_100+: an H200 "
+        "gives no rows for them.",
+    ),
+}
+
+
+def _sections(lines: list[str]) -> list[tuple[str, str, list[str]]]:
+    """``(title, about, table lines)`` per :data:`SECTIONS` entry, in its order (a peer not listed gets
+    a section of its own at the end)."""
+    grouped: dict[str, list[str]] = {}
+    for line in lines:
+        first = line.strip().strip("|").split("|", 1)[0].strip().split()[0]
+        grouped.setdefault(first, []).append(line)
+    order = [k for k in SECTIONS if k in grouped] + [k for k in grouped if k not in SECTIONS]
+    return [(*SECTIONS.get(k, (k, "")), grouped[k]) for k in order]
+
+
 def render(table: list[Row], device: str = "cpu") -> str:
     """``docs/conformance.md``: this run's rows beside the other device's rows already on the page."""
     versions = sorted({(r.peer.split()[0], r.version) for r in table})
@@ -849,42 +1051,12 @@ def render(table: list[Row], device: str = "cpu") -> str:
         "neighbouring values of the format), `subnormals` (the format's, their midpoints, and float32 "
         "subnormals), `max` (+-max and values that round to it), `+-Inf` and `NaN` inside a block, and for "
         "element casts `beyond max, +-Inf`. Block-scaled inputs pin each 16-element block's amax at the "
-        "format's max. `tests/test_conformance.py` runs the same rows and asserts each one: a row that "
-        "says *equal* is equal, and a documented difference still differs. The rules behind the "
-        "differences are in [Numerics](numerics.md#how-breccia-and-the-peers-differ); encode rows use "
-        "the recipe that reproduces the peer (`mlx_recipe(mode)`, the recipe `from_torchao` infers), "
-        "element casts breccia's element encoder at scale 1; `ragged` appears where the peer takes rows "
-        "that are not whole groups. compressed-tensors rows drive the package's own `compress` (scales "
-        "from its `calculate_qparams`/`generate_gparam`, as llm-compressor passes them) against "
-        "`layer_parts` of `bc.cast` for each preset breccia writes, with the recipe that reproduces it: "
-        "FP8_DYNAMIC and FP8_BLOCK `Float8CurrentScaling(convention=\"torchao\")` per row and per "
-        "128x128 tile, NVFP4A16 `NVFP4BlockScaling(convention=\"compressed-tensors\")`, MXFP4A16 "
-        "`MXFP4BlockScaling(scale_rounding=\"even\")`, MXFP8 `MXFP8BlockScaling(scale_rounding=\"ceil\")` "
-        "(the closest: no breccia rule is the package's), W4A16 `Int4Scaling(group_size=128, "
-        "convention=\"torchao\")` and W4A16_ASYM `Int4Scaling(group_size=128, symmetric=False)`, the "
-        "inputs tiled to 128 wide; decode rows are the package's `decompress` of breccia's parts. "
-        "transformers rows decode breccia's MXFP4 casts in gpt-oss's `_blocks`/`_scales` layout with "
-        "`convert_moe_packed_tensors` (its CPU dequantize), and `every code, every scale` (the 16 E2M1 "
-        "codes under each of the 256 E8M0 scales). gguf-py rows compare `gguf.quants.quantize` with the "
-        "blocks `save_gguf(..., types=...)` writes (`GGML_RECIPES`) and `gguf.quants.dequantize` with "
-        "`bc.dequantize` of what `open_gguf` reads from gguf-py's file; they leave out `+-Inf` and `NaN`, "
-        "which breccia's ggml recipes refuse (a `RecipeError`: ggml has no rule for them; the test "
-        "asserts it) and whose gguf-py blocks are numpy's platform-defined casts of NaN to integers. "
-        "The CUDA rows run on the device machine: "
-        "torch's and JAX's casts on the GPU, and DeepSeek-V3's own Triton `act_quant` "
-        "(`tests/data/deepseek_v3_kernel.py`) against breccia's torch and JAX CUDA casts on 1x128 "
-        "activations: `random`, `ragged` (a random power of two per group), `zeros`, groups `below the "
-        "1e-4 floor`, `scales at powers of two` (the UE8M0 edge) and `max` (up to 3.4e38); the CPU's "
-        "residue against that kernel is counted in "
-        "[the DeepSeek bridge](bridges/deepseek.md#act_quant-ue8m0). TransformerEngine rows run TE's own "
-        "quantizers on the GPU (`Float8CurrentScalingQuantizer`, `Float8Quantizer` with scale 16, "
-        "`Float8BlockQuantizer` 1x128 and 128x128 with and without power-of-two scales; the inputs "
-        "tiled to 256 or 160 columns) against `bc.cast` on torch and JAX on the GPU with the recipe "
-        "`from_transformer_engine` reports, and TE's `dequantize` against `bc.dequantize`; TE's MXFP8 and "
-        "NVFP4 quantizers need sm_100+ and have no rows from an H200.",
-        "",
-        "| peer | version | format | direction | device | inputs | result |",
-        "|---|---|---|---|---|---|---|",
+        "format's max; `ragged` appears where the peer takes rows that are not whole groups. Encode rows "
+        "use the recipe that reproduces the peer; element casts use breccia's element encoder at scale 1. "
+        "`tests/test_conformance.py` runs the same rows and asserts each one: a row that says *equal* is "
+        "equal, and a documented difference still differs. The rules behind the differences are in "
+        "[Numerics](numerics.md#how-breccia-and-the-peers-differ). The CUDA rows run on the device "
+        "machine.",
     ]
     rendered = []
     for r in table:
@@ -894,7 +1066,17 @@ def render(table: list[Row], device: str = "cpu") -> str:
             f"| {r.result}{note} |"
         )
     cpu_first = (rendered + kept_rows) if _run_kind(device) == "cpu" else (kept_rows + rendered)
-    lines += cpu_first
+    for title, about, section in _sections(cpu_first):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            about,
+            "",
+            "| peer | version | format | direction | device | inputs | result |",
+            "|---|---|---|---|---|---|---|",
+            *section,
+        ]
     lines += [
         "",
         "Regenerate with `python scripts/conformance.py` (the CPU rows) and, on the CUDA machine, "

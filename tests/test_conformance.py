@@ -73,7 +73,7 @@ def _page_rows() -> list[dict[str, str]]:
     header = ["peer", "version", "format", "direction", "device", "inputs", "result"]
     rows = []
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = [c.strip() for c in line.strip().strip("|").split("|", 6)]  # a note may hold "|"
         if line.startswith("| ") and len(cells) == len(header) and cells[0] != "peer":
             rows.append(dict(zip(header, cells)))
     return rows
