@@ -526,3 +526,28 @@ def test_fuzzed_files_give_breccia_errors_or_the_reference_values(tmp_path, targ
             ck.close()
 
     check()
+
+
+@pytest.mark.parametrize("source", ["nvidia", "compressed-tensors"])
+@pytest.mark.parametrize("case", ["random", "experts", "zeros and NaN", "ragged row"])
+def test_translation_error_is_the_decoded_tensors_relative_error(source, case):
+    """The report's error of a global-scale translation, computed from the (block scale, code) pair
+    counts, is what decoding both tensors and comparing them gives (None where all values are equal)."""
+    from breccia.checkpoints._slabs import relative_error
+    from breccia.checkpoints.modelopt import _translate, _translation_error
+
+    rng = np.random.default_rng(7)
+    shape = {"random": (64, 256), "experts": (3, 32, 64), "zeros and NaN": (8, 64), "ragged row": (4, 40)}[case]
+    x = (rng.standard_normal(shape) * np.exp2(rng.integers(-12, 12, (*shape[:-1], 1)))).astype(np.float32)
+    if case == "zeros and NaN":
+        x[0] = 0.0
+        x[1, 5] = np.nan
+    st = bc.cast(x, bc.NVFP4BlockScaling(convention=source))
+    target = "compressed-tensors" if source == "nvidia" else "nvidia"
+    translated = _translate(st, target)
+    before, after = bc.dequantize(st, "float32"), bc.dequantize(translated, "float32")
+    expected = None if np.array_equal(before, after, equal_nan=True) else relative_error(before, after)
+    got = _translation_error(st, translated)
+    assert (got is None) == (expected is None)
+    if expected is not None:
+        assert got == pytest.approx(expected, rel=1e-12)

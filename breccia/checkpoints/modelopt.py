@@ -104,6 +104,63 @@ def _translate(st: ScaledTensor, convention: str) -> ScaledTensor:
     )
 
 
+def _value_table(st: ScaledTensor) -> np.ndarray:
+    """``T[s, c]``: the float32 value ``bc.dequantize`` gives E2M1 code ``c`` (0-15) under E4M3 block
+    scale byte ``s`` (0-255) and ``st``'s global scale; every value of ``st`` is one of these. It is
+    computed by dequantizing a 256x16 tensor that holds each pair once, so it is the decoder's own
+    arithmetic, not a copy of it."""
+    codes = np.arange(16, dtype=np.uint8)
+    packed = np.tile(codes[0::2] | (codes[1::2] << 4), (256, 1))
+    scales = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    table = from_buffer(packed, scales, st.recipe, PerBlockK(GROUP), shape=(256, GROUP),
+                        global_scale=np.asarray(st.global_scale, np.float32))
+    with np.errstate(all="ignore"):
+        return np.asarray(dequantize(table, "float32"))
+
+
+def _pair_counts(st: ScaledTensor) -> np.ndarray | None:
+    """``n[s, c]``: how many elements of ``st`` hold E2M1 code ``c`` under block scale byte ``s``
+    (None when the blocks are not whole 16-element runs of each row). One pass over the packed
+    bytes, a slab of rows at a time: each byte counted with its block's scale byte, then split into
+    its two codes."""
+    if st.shape[-1] % GROUP or st.layout != PerBlockK(GROUP):
+        return None
+    data = np.asarray(st.data).reshape(-1, st.shape[-1] // 2)
+    scale = np.asarray(st.scale).view(np.uint8).reshape(-1, st.shape[-1] // GROUP)
+    by_byte = np.zeros(256 * 256, dtype=np.int64)
+    step = max(1, (1 << 22) // max(1, data.shape[1]))
+    for r in range(0, data.shape[0], step):
+        keys = np.repeat(scale[r : r + step].astype(np.int32) << 8, GROUP // 2, axis=1) | data[r : r + step]
+        by_byte += np.bincount(keys.reshape(-1), minlength=256 * 256)
+    by_byte = by_byte.reshape(256, 256)
+    byte = np.arange(256)
+    counts = np.zeros((256, 16), dtype=np.int64)
+    np.add.at(counts.T, byte & 15, by_byte.T)
+    np.add.at(counts.T, byte >> 4, by_byte.T)
+    return counts
+
+
+def _translation_error(before: ScaledTensor, after: ScaledTensor) -> float | None:
+    """``relative_error(dequantize(before), dequantize(after))`` (None when every value is equal,
+    NaN equal to NaN) from the two value tables and the pair counts, without decoding either tensor:
+    both hold the same codes and block scales, so each element's two values are ``T_before[s, c]``
+    and ``T_after[s, c]``."""
+    counts = _pair_counts(before)
+    if counts is None:
+        old, new = dequantize(before, "float32"), dequantize(after, "float32")
+        same = np.array_equal(np.asarray(old), np.asarray(new), equal_nan=True)
+        return None if same else relative_error(old, new)
+    ref, approx = _value_table(before).astype(np.float64), _value_table(after).astype(np.float64)
+    used = counts > 0
+    if np.array_equal(ref[used], approx[used], equal_nan=True):
+        return None
+    with np.errstate(all="ignore"):
+        diff = approx - ref
+    finite = used & np.isfinite(ref) & np.isfinite(diff)
+    norm = float(np.sqrt(np.sum(counts[finite] * ref[finite] ** 2)))
+    return 0.0 if norm == 0 else float(np.sqrt(np.sum(counts[finite] * diff[finite] ** 2))) / norm
+
+
 def to_divisor_convention(st: ScaledTensor) -> ScaledTensor:
     """A ModelOpt/MLX/torchao NVFP4 tensor (``x = q * (s * g)``) in compressed-tensors' convention
     (``x = q * (s / g')``), numpy arrays; see the module docstring for when this is exact."""
@@ -257,9 +314,7 @@ def _weight(name: str, value: Any, recipe: Recipe, layout: Layout, report: Conve
     nvfp4 = (value.recipe, recipe)
     if all(isinstance(r, NVFP4BlockScaling) for r in nvfp4) and value.layout == layout:
         st = _translate(value, recipe.convention)
-        before, after = dequantize(value, "float32"), dequantize(st, "float32")
-        same = np.array_equal(np.asarray(before), np.asarray(after), equal_nan=True)
-        report.record(name, "repacked", None if same else relative_error(before, after))
+        report.record(name, "repacked", _translation_error(value, st))
         return st
     values = dequantize_rows(value, "float32")
     block = 1 if len(value.shape) < 2 else value.layout.block_shape(value.shape)[0]
