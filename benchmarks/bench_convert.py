@@ -366,37 +366,25 @@ def build_v4(path: str, layers: int, dim: int, experts: int) -> int:
     import ml_dtypes
     import numpy as np
 
-    import breccia as bc
     from breccia.bridges import save_safetensors
-    from breccia.checkpoints.deepseek_v4 import FP4_RECIPE, fp8_recipe
+
+    sys.path.insert(0, TESTS_DIR)  # the suite's tiny_models.py: DeepSeek-V4's stored arrays
+    from tiny_models import deepseek_v4_config, deepseek_v4_tensors
 
     rng = np.random.default_rng(0)
     os.makedirs(path)
     where, params = {}, 0
-
-    def put(shard: dict, name: str, st, scale_dtype) -> None:
-        shard[name] = np.asarray(st.data)
-        if st.data.dtype == np.uint8:
-            shard[name] = shard[name].view(np.int8)
-        shard[name[: -len("weight")] + "scale"] = np.asarray(st.scale).astype(np.float32).astype(scale_dtype)
-
     for layer in range(layers):
         shard: dict = {}
         if layer == 0:
             shard["embed.weight"] = (rng.standard_normal((32000, dim), np.float32) * 0.02).astype(
                 ml_dtypes.bfloat16
             )
-        for w in ("attn.wq_a", "attn.wkv", "attn.wo_a", "ffn.shared_experts.w1"):
-            x = rng.standard_normal((dim, dim), np.float32) * 0.02
-            put(shard, f"layers.{layer}.{w}.weight", bc.cast(x, fp8_recipe(128)), ml_dtypes.float8_e8m0fnu)
-        for e in range(experts):
-            for w in ("w1", "w2", "w3"):
-                x = rng.standard_normal((dim // 2, dim), np.float32) * 0.02
-                st = bc.cast(x, FP4_RECIPE)
-                shard[f"layers.{layer}.ffn.experts.{e}.{w}.weight"] = np.asarray(st.data).view(np.int8)
-                shard[f"layers.{layer}.ffn.experts.{e}.{w}.scale"] = np.asarray(st.scale).view(
-                    ml_dtypes.float8_e8m0fnu
-                )
+        linears = {f"layers.{layer}.{w}": (dim, dim)
+                   for w in ("attn.wq_a", "attn.wkv", "attn.wo_a", "ffn.shared_experts.w1")}
+        expert_shapes = {f"layers.{layer}.ffn.experts.{e}.{w}": (dim // 2, dim)
+                         for e in range(experts) for w in ("w1", "w2", "w3")}
+        shard.update(deepseek_v4_tensors(rng, linears, expert_shapes, std=0.02))
         name = f"model-{layer + 1:05d}-of-{layers:05d}.safetensors"
         save_safetensors(shard, os.path.join(path, name))
         where.update(dict.fromkeys(shard, name))
@@ -405,20 +393,8 @@ def build_v4(path: str, layers: int, dim: int, experts: int) -> int:
         )
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": where}, f)
-    config = {
-        "model_type": "deepseek_v4",
-        "torch_dtype": "bfloat16",
-        "expert_dtype": "fp4",
-        "quantization_config": {
-            "activation_scheme": "dynamic",
-            "fmt": "e4m3",
-            "quant_method": "fp8",
-            "scale_fmt": "ue8m0",
-            "weight_block_size": [128, 128],
-        },
-    }
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f)
+        json.dump(deepseek_v4_config(), f)
     return params
 
 

@@ -537,7 +537,8 @@ def test_translation_error_is_the_decoded_tensors_relative_error(source, case):
     from breccia.checkpoints.modelopt import _translate, _translation_error
 
     rng = np.random.default_rng(7)
-    shape = {"random": (64, 256), "experts": (3, 32, 64), "zeros and NaN": (8, 64), "ragged row": (4, 40)}[case]
+    shapes = {"random": (64, 256), "experts": (3, 32, 64), "zeros and NaN": (8, 64), "ragged row": (4, 40)}
+    shape = shapes[case]
     x = (rng.standard_normal(shape) * np.exp2(rng.integers(-12, 12, (*shape[:-1], 1)))).astype(np.float32)
     if case == "zeros and NaN":
         x[0] = 0.0

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_models import deepseek_v4_config, deepseek_v4_tensors
 
 import breccia as bc
 from breccia.bridges import open_gguf, save_gguf
-from breccia.checkpoints.deepseek_v4 import FP4_RECIPE, fp8_recipe, mxfp8_blocks
+from breccia.checkpoints.deepseek_v4 import mxfp8_blocks
 from breccia.errors import BrecciaError, FileFormatError, RecipeError
 
 gguf = pytest.importorskip("gguf")
@@ -384,33 +385,11 @@ def _deepseek_reference(weight: np.ndarray, scale: np.ndarray, block: int | None
 
 def _v4_dir(path, *, block=128, mutate=None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
+    linears = {"layers.0.attn.wq_a": (200, 96), "layers.0.ffn.shared_experts.w1": (64, 160)}
+    experts = {f"layers.0.ffn.experts.{e}.{w}": (32, 96) for e in range(2) for w in ("w1", "w2", "w3")}
     stored = {"embed.weight": rng.standard_normal((64, 96)).astype(ml_dtypes.bfloat16)}
-    for name, shape in {
-        "layers.0.attn.wq_a.weight": (200, 96),
-        "layers.0.ffn.shared_experts.w1.weight": (64, 160),
-    }.items():
-        st = bc.cast(rng.standard_normal(shape).astype(np.float32), fp8_recipe(block))
-        stored[name] = np.asarray(st.data)
-        stored[name[: -len("weight")] + "scale"] = np.asarray(st.scale).astype(ml_dtypes.float8_e8m0fnu)
-    for e in range(2):
-        for w in ("w1", "w2", "w3"):
-            st = bc.cast(rng.standard_normal((32, 96)).astype(np.float32), FP4_RECIPE)
-            stored[f"layers.0.ffn.experts.{e}.{w}.weight"] = np.asarray(st.data).view(np.int8)
-            stored[f"layers.0.ffn.experts.{e}.{w}.scale"] = np.asarray(st.scale).view(
-                ml_dtypes.float8_e8m0fnu
-            )
-    config = {
-        "model_type": "deepseek_v4",
-        "torch_dtype": "bfloat16",
-        "expert_dtype": "fp4",
-        "quantization_config": {
-            "activation_scheme": "dynamic",
-            "fmt": "e4m3",
-            "quant_method": "fp8",
-            "scale_fmt": "ue8m0",
-            "weight_block_size": [block, block],
-        },
-    }
+    stored.update(deepseek_v4_tensors(rng, linears, experts, block=block))
+    config = deepseek_v4_config(block)
     if mutate is not None:
         mutate(stored, config)
     os.makedirs(path, exist_ok=True)
