@@ -46,7 +46,7 @@ from .formats import (
     round_integers,
     unpack_nibbles,
 )
-from .kernels._fused import fused_cast, fused_dequantize, host_cast
+from .kernels import fused_cast, fused_dequantize, host_cast
 from .layouts import Layout, scale_shape
 from .recipes import DelayedScaling, Recipe
 from .scaling import FLT_MAX, AmaxHistory, BlockStats, Scales, block_scales, decode_scale
@@ -267,10 +267,15 @@ def _cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histo
     """The arrays of a cast: (data, scale, global_scale, zero_point, new_history).
 
     On an NVIDIA GPU a fused one-pass kernel computes them where one applies (same bits)."""
+    shape, dtype_name = tuple(x.shape), backend.dtype_name(x)
+    fused = fused_cast(backend.name, backend.is_cuda(x), recipe, layout, shape, dtype_name)
+
     def shared() -> tuple:
         return _shared_cast_arrays(backend, recipe, layout, x, history, eager)
 
-    return fused_cast(backend, recipe, layout, x, history, shared)
+    if fused is None:
+        return shared()
+    return backend.by_platform(x, lambda: fused(backend, x, history), shared)
 
 
 def _shared_cast_arrays(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any, eager: bool):
@@ -653,10 +658,17 @@ def _check_history(backend: Backend, recipe: DelayedScaling, history: Any, like:
 
 
 def _dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> Any:
+    """``dequantize(st, dtype_name)``: by a fused kernel on an NVIDIA GPU where one applies (same
+    bits), else by the shared code."""
+    on_cuda = backend.is_cuda(st.data)
+    fused = fused_dequantize(backend.name, on_cuda, st.recipe, st.layout, st.shape, dtype_name)
+
     def shared() -> Any:
         return _shared_dequantize_arrays(backend, st, dtype_name)
 
-    return fused_dequantize(backend, st, dtype_name, shared)
+    if fused is None:
+        return shared()
+    return backend.by_platform(st.data, lambda: fused(backend, st.data, st.scale), shared)
 
 
 def _shared_dequantize_arrays(backend: Backend, st: ScaledTensor, dtype_name: str) -> Any:
