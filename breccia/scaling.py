@@ -1,12 +1,12 @@
 """Scale rules: from a block's statistics to the stored scale and the encode step, once per recipe.
 
 Every rule is written against an array-API namespace and works on arrays in "split" form: the tensor
-reshaped so that each block's elements lie on the odd axes (see ``quantize._Blocking``), and block
+reshaped so that each block's elements lie on the odd axes (see ``blockwise._Blocking``), and block
 statistics kept with ``keepdims``. The math of each rule is stated in its recipe's docstring
 (``recipes.py``); the comments here say only how it is computed exactly.
 
 Non-finite input (the rule documented in ``docs/numerics.md``): ``amax``, ``lo`` and ``hi`` are taken
-over the finite elements of a block; ``quantize.py`` marks a block holding NaN by storing a NaN scale.
+over the finite elements of a block; ``blockwise.py`` marks a block holding NaN by storing a NaN scale.
 
 Finite input decodes finite, up to float32's largest value ``FLT_MAX``: every rule keeps
 ``max|code| * scale`` within float32. The MX rules cap the exponent at ``127 - e_max`` (so
@@ -37,7 +37,7 @@ from .recipes import (
 )
 
 __all__ = [
-    "BlockStats", "Scales", "AmaxHistory", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
+    "BlockStats", "Scales", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
 ]
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -105,31 +105,6 @@ class Scales:
     zero_point: Any = None  # float32, stored beside the scale
     global_scale: Any = None  # float32 0-d (NVFP4)
     product_dtype: str | None = None  # round ``x * multiplier`` to this dtype before encoding (torchao)
-
-
-class AmaxHistory:
-    """DelayedScaling's state: the last ``amax_history_len`` amaxes, newest first.
-
-    Functional: ``cast`` takes one and returns the next, so it works under ``jax.jit`` (it is a JAX
-    pytree). ``amax`` is a float32 array of the input's framework.
-    """
-
-    __slots__ = ("amax",)
-
-    def __init__(self, amax: Any) -> None:
-        self.amax = amax
-
-    @classmethod
-    def zeros(cls, recipe: DelayedScaling, like: Any) -> AmaxHistory:
-        """An empty history (scale 1 on the first cast) in the framework and device of ``like``."""
-        from .backends import backend_for
-
-        backend = backend_for(like)
-        zeros = np.zeros((recipe.amax_history_len,), dtype=np.float32)
-        return cls(backend.from_numpy(zeros, device=backend.device(like)))
-
-    def __repr__(self) -> str:
-        return f"AmaxHistory(len={self.amax.shape[0]})"
 
 
 def _safe_reciprocal_rule(backend: Any, amax: Any, fmax: float, eps: float, power_2: bool) -> Any:

@@ -16,7 +16,7 @@ LAYERS = (
     ("formats", "layouts", "scale_rules", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
-    ("quantize", "matmul", "kernels"),
+    ("quantize", "blockwise", "buffers", "matmul", "kernels"),
     ("bridges",),
     ("checkpoints", "mlx"),
     ("commands", "cli", "demo", "__init__"),

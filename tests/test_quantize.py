@@ -119,7 +119,7 @@ SLAB_CASES = [
     ids=[f"{_case_id((r, la))}-{'x'.join(map(str, s))}" for r, la, s in SLAB_CASES],
 )
 def test_a_cast_in_cpu_slabs_gives_the_bits_of_one_pass(monkeypatch, framework, dtype, recipe, layout, shape):
-    """Eager CPU casts go slab by slab (``quantize._Slabs``); with slabs of 1024 elements these
+    """Eager CPU casts go slab by slab (``blockwise._Slabs``); with slabs of 1024 elements these
     shapes cut into many (ragged last slab, slabs along block rows and inside the only block row),
     and a NaN, an Inf and zero blocks are among them."""
     x = wide_range(shape, seed=7).reshape(-1)

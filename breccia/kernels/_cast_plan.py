@@ -2,7 +2,7 @@
 
 The kernels (:mod:`.torch_cast` in Triton, :mod:`.jax_cast` in Pallas) read each element once: a
 program loads a tile, reduces its blocks' amaxes, applies the recipe's scale rule to them, encodes and
-stores data and scales. They compute exactly what :mod:`breccia.quantize` and :mod:`breccia.scaling`
+stores data and scales. They compute exactly what :mod:`breccia.blockwise` and :mod:`breccia.scaling`
 compute (same float32 operations in the same order, divisions correctly rounded, RNE saturating
 encodes); the cross-backend bits tests prove it on the GPU. What they take:
 

@@ -3,8 +3,8 @@
 :func:`fused_cast` and :func:`fused_dequantize` answer, from values alone (framework, whether the
 array is on an NVIDIA GPU, recipe, layout, shape, dtype), with a launcher or None; the answer is
 cached per those values. :mod:`breccia.quantize` runs the launcher (through
-:meth:`Backend.by_platform`, so that a traced JAX array chooses per platform) or its own shared code,
-which gives the same arrays. Nothing here calls back into :mod:`breccia.quantize`.
+:meth:`Backend.by_platform`, so that a traced JAX array chooses per platform) or the shared code of
+:mod:`breccia.blockwise`, which gives the same arrays. Nothing here calls back into :mod:`breccia.quantize`.
 
 A launcher runs the kernels of :mod:`.torch_cast` or :mod:`.jax_cast`, which share one interface:
 ``launch_cast`` (a per-block cast), ``launch_per_tensor`` (a per-tensor cast, with DelayedScaling's
@@ -38,8 +38,8 @@ _MODULES = {"torch": "torch_cast", "jax": "jax_cast"}
 
 @dataclass(frozen=True)
 class FusedCast:
-    """One fused cast: ``launch(backend, x, history)`` returns the arrays of
-    :func:`breccia.quantize.cast`'s shared code, ``(data, scale, None, None, next_history)``."""
+    """One fused cast: ``launch(backend, x, history)`` returns what the shared code
+    (:func:`breccia.blockwise.cast_arrays`) returns, ``(data, scale, None, None, next_history)``."""
 
     module: str
     plan: CastPlan
@@ -67,7 +67,7 @@ class FusedCast:
 @dataclass(frozen=True)
 class FusedDequantize:
     """One fused dequantize: ``launch(backend, data, scale)`` returns the values, of ``shape`` and
-    ``dtype_name``, that :func:`breccia.quantize.dequantize`'s shared code returns."""
+    ``dtype_name``, that the shared code (:func:`breccia.blockwise.dequantize_arrays`) returns."""
 
     module: str
     plan: CastPlan
