@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import float_dtype_name
+from ..backends import Backend, float_dtype_name
 from ..errors import DTypeError, LayoutError, RecipeError, ShapeError, missing_dependency
 from ..formats import NVFP4_GLOBAL_DIVISOR, offset_binary_flip
 from ..layouts import PerBlockK, scale_shape
@@ -370,7 +370,7 @@ def to_mlx_quantized(st: ScaledTensor, *, exact: bool = True) -> MLXQuantized:
     return MLXQuantized(codes.view(mx.uint32), st.scale, None, mode, group_size, bits, global_scale)
 
 
-def _int_to_affine(mx: Any, backend: Any, st: ScaledTensor) -> MLXQuantized:
+def _int_to_affine(mx: Any, backend: Backend, st: ScaledTensor) -> MLXQuantized:
     recipe = st.recipe
     bits = recipe.element_format.bits
     group = _affine_group(st)

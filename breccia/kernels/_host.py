@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import get_backend
+from ..backends import Backend, get_backend
 from ..backends._base import DLPACK_CPU
 from ..backends.numpy_backend import aligned_empty
 from ..formats import ElementFormat, packed_length
@@ -53,7 +53,7 @@ def _kernels() -> Any:
     return cpu_cast
 
 
-def host_cast(backend: Any, recipe: Recipe, layout: Layout, x: Any, history: Any) -> tuple | None:
+def host_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any) -> tuple | None:
     """``(data, scale, None, None, None)`` of a cast of the host array ``x`` by a CPU kernel, in
     ``x``'s framework, or None where none applies (the caller then runs the shared code)."""
     if os.environ.get(ENABLE) != "1":
@@ -121,7 +121,7 @@ def _launch(kernels: Any, plan: CastPlan, bits: np.ndarray, codes: np.ndarray) -
 _TINY = 2.0**-96
 
 
-def _flushes_subnormals(backend: Any) -> bool:
+def _flushes_subnormals(backend: Backend) -> bool:
     """Whether ``backend``'s compiled CPU code flushes subnormals to zero (XLA's CPU code does):
     probed once, by multiplying 2**-140 by 1 through :meth:`Backend.compile`."""
     cached = _FLUSHES.get(backend.name)
@@ -135,7 +135,7 @@ def _flushes_subnormals(backend: Any) -> bool:
 _FLUSHES: dict[str, bool] = {}
 
 
-def _bits_view(backend: Any, x: Any) -> np.ndarray:
+def _bits_view(backend: Backend, x: Any) -> np.ndarray:
     """A numpy view of host array ``x``'s bits: uint32 for float32, uint16 for bfloat16, int16 for
     float16 (the kernels choose the widening by this dtype)."""
     name = backend.dtype_name(x)
@@ -147,7 +147,7 @@ def _bits_view(backend: Any, x: Any) -> np.ndarray:
     return view.view({"float32": np.uint32, "bfloat16": np.uint16, "float16": np.int16}[name])
 
 
-def _wrap(backend: Any, a: np.ndarray, storage: str, device: Any) -> Any:
+def _wrap(backend: Backend, a: np.ndarray, storage: str, device: Any) -> Any:
     """``a`` (uint8 codes or float32) as a ``backend`` array of dtype ``storage`` (a bit view)."""
     if storage not in ("uint8", "float32"):
         a = a.view(get_backend("numpy").dtype(storage))
