@@ -15,7 +15,8 @@ to the shared code after all, so that the arrays are always the framework's own.
 
 numba is optional (the ``cpu`` extra), and the kernels are opt-in for now: they run only where the
 environment sets ``BRECCIA_CPU_KERNELS=1``, because a fresh machine compiles each kernel on its
-first cast (about 26 s per input dtype on the 2-core dev VM; cached on disk after that). Without
+first cast, which takes seconds per input dtype (numba caches them on disk after that; RESULTS.md,
+"Measurements behind code choices"). Without
 numba, without the variable, or where a plan does not apply, :func:`host_cast` returns None and the
 shared code runs, which gives the same arrays.
 """
