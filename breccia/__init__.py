@@ -34,8 +34,7 @@ from .recipes import (
     Recipe,
     recipe_from_dict,
 )
-from .scaling import AmaxHistory
-from .tensor import ScaledTensor
+from .tensor import AmaxHistory, ScaledTensor
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ already clamped to the format's largest finite value ``max``::
 
 which is exact because every step is either a power-of-two division or a rounding on an integer grid.
 ``+inf`` saturates to ``max`` (the format's largest finite value); NaN must be removed by the caller
-(breccia stores NaN elements as code 0 and marks their block's scale NaN, see ``quantize.py``). The
+(breccia stores NaN elements as code 0 and marks their block's scale NaN, see ``blockwise.py``). The
 sign is written from ``signbit``, so ``-0.0`` and negative values that round to zero become ``-0``.
 
 Integers (INT8, INT4) are two's complement; encoding is ``clip(round_half_even(x), qmin, qmax)``.

@@ -208,7 +208,7 @@ class Float8CurrentScaling(Recipe):
 class DelayedScaling(Recipe):
     """FP8 with a per-tensor scale from an amax history (TransformerEngine's delayed scaling).
 
-    ``cast`` takes and returns an :class:`~breccia.scaling.AmaxHistory`; the scale comes from the
+    ``cast`` takes and returns an :class:`~breccia.AmaxHistory`; the scale comes from the
     history *before* this tensor is recorded::
 
         a     = max(history) if amax_compute_algo == "max" else history[0]

@@ -1,12 +1,12 @@
 """Scale rules: from a block's statistics to the stored scale and the encode step, once per recipe.
 
 Every rule is written against an array-API namespace and works on arrays in "split" form: the tensor
-reshaped so that each block's elements lie on the odd axes (see ``quantize._Blocking``), and block
+reshaped so that each block's elements lie on the odd axes (see ``blockwise._Blocking``), and block
 statistics kept with ``keepdims``. The math of each rule is stated in its recipe's docstring
 (``recipes.py``); the comments here say only how it is computed exactly.
 
 Non-finite input (the rule documented in ``docs/numerics.md``): ``amax``, ``lo`` and ``hi`` are taken
-over the finite elements of a block; ``quantize.py`` marks a block holding NaN by storing a NaN scale.
+over the finite elements of a block; ``blockwise.py`` marks a block holding NaN by storing a NaN scale.
 
 Finite input decodes finite, up to float32's largest value ``FLT_MAX``: every rule keeps
 ``max|code| * scale`` within float32. The MX rules cap the exponent at ``127 - e_max`` (so
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,8 +36,11 @@ from .recipes import (
     _IntRecipe,
 )
 
+if TYPE_CHECKING:
+    from .backends import Backend
+
 __all__ = [
-    "BlockStats", "Scales", "AmaxHistory", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
+    "BlockStats", "Scales", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
 ]
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -107,32 +110,7 @@ class Scales:
     product_dtype: str | None = None  # round ``x * multiplier`` to this dtype before encoding (torchao)
 
 
-class AmaxHistory:
-    """DelayedScaling's state: the last ``amax_history_len`` amaxes, newest first.
-
-    Functional: ``cast`` takes one and returns the next, so it works under ``jax.jit`` (it is a JAX
-    pytree). ``amax`` is a float32 array of the input's framework.
-    """
-
-    __slots__ = ("amax",)
-
-    def __init__(self, amax: Any) -> None:
-        self.amax = amax
-
-    @classmethod
-    def zeros(cls, recipe: DelayedScaling, like: Any) -> AmaxHistory:
-        """An empty history (scale 1 on the first cast) in the framework and device of ``like``."""
-        from .backends import backend_for
-
-        backend = backend_for(like)
-        zeros = np.zeros((recipe.amax_history_len,), dtype=np.float32)
-        return cls(backend.from_numpy(zeros, device=backend.device(like)))
-
-    def __repr__(self) -> str:
-        return f"AmaxHistory(len={self.amax.shape[0]})"
-
-
-def _safe_reciprocal_rule(backend: Any, amax: Any, fmax: float, eps: float, power_2: bool) -> Any:
+def _safe_reciprocal_rule(backend: Backend, amax: Any, fmax: float, eps: float, power_2: bool) -> Any:
     """TransformerEngine's ``compute_scale_from_amax``: the encode multiplier ``q = max / amax``."""
     xp, pow2 = backend.xp, backend.pow2
     a = xp.maximum(amax, eps) if eps > 0 else amax
@@ -193,7 +171,7 @@ def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
     return xp.where(tiny, e - _UNDERFLOW_SHIFT, e)
 
 
-def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
+def _float8_rule(backend: Backend, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
     fmax = recipe.element_format.max_value
     convention = getattr(recipe, "convention", "te")
@@ -240,7 +218,7 @@ GGML_LOG2_BUMPS = (
 GGML_MXFP4_LIMIT = (2.0 - GGML_LOG2_BUMPS[-1][2] * 2.0**-23) * 2.0**127
 
 
-def ggml_floor_log2(backend: Any, a: Any) -> Any:
+def ggml_floor_log2(backend: Backend, a: Any) -> Any:
     """``floor(fl32(log2 a))`` for positive finite float32 ``a`` (subnormals included), exactly: the
     exact ``k = floor(log2 a)``, plus one where ``a``'s mantissa ``a / 2**k`` is among the top
     ``n`` of its binade (:data:`GGML_LOG2_BUMPS`). Subnormal ``a`` is scaled by ``2**64`` first, so
@@ -258,7 +236,7 @@ def ggml_floor_log2(backend: Any, a: Any) -> Any:
     return xp.where(mantissa >= threshold, k + 1.0, k)
 
 
-def _ggml_mxfp4_rule(backend: Any, stats: BlockStats) -> Scales:
+def _ggml_mxfp4_rule(backend: Backend, stats: BlockStats) -> Scales:
     """ggml's ``quantize_row_mxfp4_ref``: byte ``floor(fl32(log2 amax)) - 2 + 127``, wrapped mod 256
     below 0 (its float -> uint8 cast), 0 for a zero block; the elements are divided by the byte's
     scale (E2M1 ties toward zero come from the recipe's ``fp4_ties_toward_zero``)."""
@@ -281,7 +259,7 @@ def _even_log2(xp: Any, pow2: Any, amax: Any, mantissa_bits: int) -> Any:
     return xp.where(amax >= pow2(k) * (2.0 - 2.0 ** -(mantissa_bits + 1)), k + 1.0, k)
 
 
-def _mx_rule(backend: Any, recipe: MXRecipe, stats: BlockStats) -> Scales:
+def _mx_rule(backend: Backend, recipe: MXRecipe, stats: BlockStats) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
     if getattr(recipe, "convention", None) == "ggml":
         return _ggml_mxfp4_rule(backend, stats)
@@ -304,7 +282,7 @@ def _mx_rule(backend: Any, recipe: MXRecipe, stats: BlockStats) -> Scales:
     return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
 
 
-def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
+def _nvfp4_rule(backend: Backend, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
     if recipe.global_scale_divides:
         return _nvfp4_divisor_rule(backend, stats)
     if recipe.convention == "mlx":
@@ -319,7 +297,7 @@ def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> S
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
 
 
-def _nvfp4_mlx_rule(backend: Any, stats: BlockStats) -> Scales:
+def _nvfp4_mlx_rule(backend: Backend, stats: BlockStats) -> Scales:
     """MLX's one-level nvfp4 (``mx.quantize`` without a global scale): ``s_b = e4m3(min(amax_b / 6,
     448))``, elements divided by it (by 1 where it rounded to 0, which leaves only values that encode
     to 0); the global scale is exactly 1."""
@@ -330,7 +308,7 @@ def _nvfp4_mlx_rule(backend: Any, stats: BlockStats) -> Scales:
     return Scales(stored=codes, divisor=xp.where(s > 0, s, 1.0), global_scale=one)
 
 
-def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
+def _nvfp4_divisor_rule(backend: Backend, stats: BlockStats) -> Scales:
     """compressed-tensors' NVFP4 (``generate_gparam``, ``calculate_qparams``, ``quantize``), in float32:
     the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps).
     ``generate_gparam``'s ``2688 / amax`` is torch's ``amax.reciprocal() * 2688`` (a Python number over
@@ -347,7 +325,7 @@ def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
     return Scales(stored=codes, divisor=divisor, global_scale=global_scale)
 
 
-def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
+def _mlx_affine_rule(backend: Backend, fmt: Any, stats: BlockStats) -> Scales:
     """MLX's ``affine`` mode (``mx.quantize``, MLX 0.32), step for step in float32.
 
     The group's edge value of larger magnitude is made exactly representable: its code is
@@ -375,7 +353,7 @@ def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
 GGML_DIVISORS = {8: 127.0, 4: -8.0}
 
 
-def _ggml_int_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
+def _ggml_int_rule(backend: Backend, fmt: Any, stats: BlockStats) -> Scales:
     """ggml's ``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``: ``d = fl32(amax / 127)`` (INT8)
     or ``d = fl32(max / -8)`` with ``max`` the block's first element of largest magnitude, signed
     (INT4); the encode multiplier is ``1 / d`` of that float32 ``d`` (0 where ``d`` is 0) and the
@@ -393,7 +371,7 @@ def _ggml_int_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
     return Scales(stored=backend.round_to(d, "float16"), multiplier=multiplier)
 
 
-def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+def _int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -> Scales:
     xp = backend.xp
     fmt = recipe.element_format
     if recipe.convention == "ggml":
@@ -419,7 +397,7 @@ _HALF_DTYPES = ("bfloat16", "float16")
 _SMALLEST_NORMAL = {"bfloat16": 2.0**-126, "float16": 2.0**-14, "float32": 2.0**-126}
 
 
-def _in_input_dtype(backend: Any, v: Any, stats: BlockStats) -> Any:
+def _in_input_dtype(backend: Backend, v: Any, stats: BlockStats) -> Any:
     """float32 ``v`` rounded once to the input's dtype: torch's bf16/fp16 arithmetic (computed in
     float32, then rounded) on values that are already of that dtype. Identity for float32 input."""
     if stats.input_dtype in _HALF_DTYPES:
@@ -427,7 +405,7 @@ def _in_input_dtype(backend: Any, v: Any, stats: BlockStats) -> Any:
     return v
 
 
-def _torchao_float8_rule(backend: Any, fmax: float, stats: BlockStats) -> Scales:
+def _torchao_float8_rule(backend: Backend, fmax: float, stats: BlockStats) -> Scales:
     """torchao's ``_choose_scale_float8`` + ``_quantize_affine_float8``: ``s = amax / max`` computed in
     the input's dtype, stored as float32; ``data = encode(float32(x) / s)``. An all-zero block gets
     ``s = 1`` (torchao divides 0 by 0 there and stores NaN codes)."""
@@ -437,7 +415,7 @@ def _torchao_float8_rule(backend: Any, fmax: float, stats: BlockStats) -> Scales
     return Scales(stored=s, divisor=s)
 
 
-def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+def _torchao_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -> Scales:
     """torchao's ``choose_qparams_affine`` + ``quantize_affine``, op for op in the input's dtype.
 
     INT8 reproduces ``Int8Tensor`` (scale floor ``eps_f32``, scale then stored as float32, encode in
@@ -473,7 +451,7 @@ def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Sc
     return Scales(stored=s, multiplier=multiplier, post_offset=zp, zero_point=zp, product_dtype=product_dtype)
 
 
-def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any = None) -> Scales:
+def block_scales(backend: Backend, recipe: Recipe, stats: BlockStats, history: Any = None) -> Scales:
     """The scales of every block of one tensor under ``recipe``."""
     if isinstance(recipe, (Float8CurrentScaling, DelayedScaling, Float8BlockScaling)):
         return _float8_rule(backend, recipe, stats, history)
@@ -486,7 +464,7 @@ def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any =
     raise TypeError(f"no scale rule for {type(recipe).__name__}")
 
 
-def decode_scale(backend: Any, scale: Any, scale_format: str) -> Any:
+def decode_scale(backend: Backend, scale: Any, scale_format: str) -> Any:
     """float32 value of a stored scale array."""
     if scale_format == "F32":
         return backend.astype(scale, "float32")

@@ -1,6 +1,6 @@
 """ScaledTensor: quantized data, its scales, and what they mean, in one framework's arrays.
 
-``x ~ decode(data) * scale [* global_scale]`` blockwise under ``layout`` (see ``quantize.py`` for the
+``x ~ decode(data) * scale [* global_scale]`` blockwise under ``layout`` (see ``blockwise.py`` for the
 zero-point forms). The arrays belong to one framework (``framework``) and device; ``shape`` and
 ``dtype`` are the logical (dequantized) shape and dtype.
 
@@ -31,12 +31,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .backends import get_backend
+from .backends import backend_for, get_backend
 from .errors import DTypeError, FrameworkError, FrozenError, LayoutError, RecipeError, ShapeError
 from .layouts import Layout, PerTensor
-from .recipes import Recipe
+from .recipes import DelayedScaling, Recipe
 
-__all__ = ["ScaledTensor", "register_jax_pytrees", "row_ranges"]
+__all__ = ["AmaxHistory", "ScaledTensor", "register_jax_pytrees", "row_ranges"]
 
 #: a ScaledTensor's fields, in the constructor's order
 _FIELDS = (
@@ -471,6 +471,31 @@ def _dtype_name(framework: str, a: Any) -> str:
     return name
 
 
+class AmaxHistory:
+    """DelayedScaling's state: the last ``amax_history_len`` amaxes, newest first.
+
+    Functional: ``cast`` takes one and returns the next, so it works under ``jax.jit`` (it is a JAX
+    pytree). ``amax`` is a float32 array of the input's framework.
+    """
+
+    __slots__ = ("amax",)
+
+    def __init__(self, amax: Any) -> None:
+        self.amax = amax
+
+    @classmethod
+    def zeros(cls, recipe: DelayedScaling, like: Any) -> AmaxHistory:
+        """An empty history (scale 1 on the first cast) in the framework and device of ``like``."""
+        import numpy as np
+
+        backend = backend_for(like)
+        zeros = np.zeros((recipe.amax_history_len,), dtype=np.float32)
+        return cls(backend.from_numpy(zeros, device=backend.device(like)))
+
+    def __repr__(self) -> str:
+        return f"AmaxHistory(len={self.amax.shape[0]})"
+
+
 _JAX_REGISTERED = False
 
 
@@ -480,8 +505,6 @@ def register_jax_pytrees() -> None:
     if _JAX_REGISTERED:
         return
     import jax
-
-    from .scaling import AmaxHistory
 
     def flatten(st: ScaledTensor):
         aux = (st.recipe, st.layout, st.shape, st.dtype_name, st.framework)

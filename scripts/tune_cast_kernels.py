@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import breccia as bc
+from breccia.backends import get_backend
 from breccia.kernels._cast_plan import cast_plan, dequantize_plan
 
 SHAPE = (16384, 8192)
@@ -114,6 +115,7 @@ def main() -> None:
 
             x = jax.device_put(host, jax.devices("gpu")[0]).astype(jnp.bfloat16)
         timer = _timer(framework)
+        backend = get_backend(framework)
         for name, recipe, layout in CASES:
             if args.case and name not in args.case:
                 continue
@@ -126,10 +128,10 @@ def main() -> None:
                 ones = np.ones((16,), np.float32)
                 history = torch.from_numpy(ones).cuda() if framework == "torch" else jnp.asarray(ones)
             for plan in _variants(base):
-                def launch(v, p=plan, r=recipe, h=history):  # a per-tensor plan: all its launches
+                def launch(v, p=plan, r=recipe, h=history, b=backend):  # a per-tensor plan: all its launches
                     if p.rule == "given":
-                        return kernels.launch_per_tensor(p, r, v, h)
-                    return kernels.launch_cast(p, v)
+                        return kernels.launch_per_tensor(b, p, r, v, h)
+                    return kernels.launch_cast(b, p, v)
 
                 if framework == "torch":
                     call = lambda x=x, f=launch: f(x)  # noqa: E731
@@ -158,16 +160,17 @@ def main() -> None:
 def _dequantize_sweep(framework, kernels, timer, x, size) -> None:
     """Warp counts of the 128x128 dequantize (DeepSeek weights -> bf16), the kernel alone."""
     st = bc.cast(x, bc.Float8BlockScaling(block_m=128, convention="deepseek"))
-    base = dequantize_plan(st, "bfloat16")
+    base = dequantize_plan(st.recipe, st.layout, st.shape, "bfloat16")
+    backend = get_backend(framework)
     results = []
     for warps in (4, 8, 16, 32):
         plan = dataclasses.replace(base, num_warps=warps)
         if framework == "torch":
-            call = lambda p=plan: kernels.launch_dequantize(p, st.data, st.scale, "bfloat16")  # noqa: E731
+            call = lambda p=plan: kernels.launch_dequantize(backend, p, st.data, st.scale, "bfloat16")  # noqa: E731
         else:
             import jax
 
-            jitted = jax.jit(lambda d, s, p=plan: kernels.launch_dequantize(p, d, s, "bfloat16"))
+            jitted = jax.jit(lambda d, s, p=plan: kernels.launch_dequantize(backend, p, d, s, "bfloat16"))
             call = lambda f=jitted: f(st.data, st.scale)  # noqa: E731
         results.append((3 * size / timer(call) / 1e12, warps))
     line = ", ".join(f"{tb:.2f} ({w} warps{', default' if w == base.num_warps else ''})" for tb, w in results)

@@ -16,7 +16,7 @@ LAYERS = (
     ("formats", "layouts", "scale_rules", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
-    ("quantize", "matmul", "kernels"),
+    ("quantize", "blockwise", "buffers", "matmul", "kernels"),
     ("bridges",),
     ("checkpoints", "mlx"),
     ("commands", "cli", "demo", "__init__"),
@@ -44,11 +44,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, module: str) -> list[tuple[str, int]]:
-    """Every breccia module ``path`` imports (function-level imports included), with the line."""
+def _imports(path: Path, module: str, type_only: bool = True) -> list[tuple[str, int]]:
+    """Every breccia module ``path`` imports (function-level imports included), with the line;
+    without ``type_only``, not those inside ``if TYPE_CHECKING:`` (annotations, never run)."""
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8")), type_only):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - (node.level - 1)]
@@ -57,12 +58,23 @@ def _imports(path: Path, module: str) -> list[tuple[str, int]]:
                 ]
             else:
                 names = [node.module or ""]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
         else:
-            continue
+            names = [alias.name for alias in node.names]
         found += [(name, node.lineno) for name in names if name == "breccia" or name.startswith("breccia.")]
     return found
+
+
+TYPE_CHECKING_TESTS = ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST, type_only: bool) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements under ``tree``, skipping ``if TYPE_CHECKING:`` bodies unless ``type_only``."""
+    if isinstance(tree, (ast.Import, ast.ImportFrom)):
+        return [tree]
+    type_checking = isinstance(tree, ast.If) and ast.unparse(tree.test) in TYPE_CHECKING_TESTS
+    if type_checking and not type_only:
+        return [node for child in tree.orelse for node in _import_nodes(child, type_only)]
+    return [node for child in ast.iter_child_nodes(tree) for node in _import_nodes(child, type_only)]
 
 
 def test_no_module_imports_upward():
@@ -82,6 +94,30 @@ def test_the_documented_exceptions_still_exist():
         module = _module_name(path)
         present.update((module, imported) for imported, _ in _imports(path, module))
     assert set(ALLOWED_UPWARD) <= present
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for imported in graph.get(todo.pop(), ()):
+            if imported not in seen:
+                seen.add(imported)
+                todo.append(imported)
+    return seen
+
+
+def test_no_kernels_module_is_in_an_import_cycle_with_quantize():
+    """quantize asks the kernels for a launcher and runs it, or its own shared code: the kernels never
+    reach quantize, not even through a function-level import (``ScaledTensor.dequantize`` is
+    ``bc.dequantize``, so a kernel module that imports ``ScaledTensor`` at run time would). Imports
+    inside ``if TYPE_CHECKING:`` never run and do not count."""
+    graph = {}
+    for path in ROOT.rglob("*.py"):
+        module = _module_name(path)
+        graph[module] = {imported for imported, _ in _imports(path, module, type_only=False)}
+    kernels = [m for m in _reachable(graph, "breccia.quantize") if m.startswith("breccia.kernels")]
+    cycles = sorted(m for m in kernels if "breccia.quantize" in _reachable(graph, m))
+    assert cycles == [], "kernels modules quantize imports that import it back:\n" + "\n".join(cycles)
 
 
 # --- one place names a framework ---------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_kernel_bits_equal_shared(monkeypatch, recipe_name, framework, dtype, sh
     if tiny and flushes:
         return  # the cast ran the shared code itself
     if framework == "jax":  # jit-compiling the reference per case is slow: numpy's shared path, which
-        # JAX's equals (tests/test_backends.py; subnormals aside, and those inputs never get here),
+        # JAX's equals (tests/test_quantize.py; subnormals aside, and those inputs never get here),
         # stands in, and test_jax_kernel_equals_jax_shared compares with JAX's own on a few cases
         want = _shared(monkeypatch, np.ascontiguousarray(values.T if transpose else values), recipe, layout)
         assert _bytes("jax", got.data) == _bytes("numpy", want.data)

@@ -1,5 +1,6 @@
 """The DLPack hub: every recipe's bits survive every directed pair among numpy, JAX, MLX and torch,
-and the pairs DESIGN promises as zero-copy share the data and scale buffers (pointer-equal)."""
+and the pairs that docs/bridges/dlpack.md says are shared share the data and scale buffers
+(pointer-equal)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ RECIPES = {
     "int4": (bc.Int4Scaling(), "float32"),
     "int4-mlx-bf16": (bc.Int4Scaling(group_size=64, symmetric=False, convention="mlx"), "bfloat16"),
 }
-# DESIGN / issue 3: zero copy among numpy, torch and JAX; MLX as a source to numpy and torch
+# docs/bridges/dlpack.md, "The copy matrix": zero copy among numpy, torch and JAX; MLX as a source to
+# numpy and torch
 ZERO_COPY = {(s, d) for s in ("numpy", "torch", "jax") for d in ("numpy", "torch", "jax")}
 ZERO_COPY |= {("mlx", "numpy"), ("mlx", "torch"), ("mlx", "mlx")}
 PAIRS = [(s, d) for s in FRAMEWORKS for d in FRAMEWORKS]

@@ -141,7 +141,7 @@ class Backend:
 
     def scratch(self, shape: tuple[int, ...], like: Any) -> Any:
         """A float32 work array of ``shape`` on ``like``'s device that this thread's next call reuses
-        (an eager CPU cast works in one slab after slab; see ``quantize._Slabs``)."""
+        (an eager CPU cast works in one slab after slab; see ``blockwise._Slabs``)."""
         n = math.prod(shape)
         buffers = self._scratch.__dict__.setdefault("buffers", {})
         device = self.device(like)
@@ -253,7 +253,7 @@ class Backend:
 
     def chunk_elements(self, x: Any) -> int:
         """How many elements an eager cast handles at a time (0: all at once). CPU backends work in
-        cache-sized slabs; see ``quantize._Slabs``."""
+        cache-sized slabs; see ``blockwise._Slabs``."""
         return 0
 
     def compiles(self, x: Any) -> bool:

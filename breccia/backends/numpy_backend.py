@@ -109,7 +109,7 @@ class NumpyBackend(Backend):
         float64, which is converted before a cast and never gets here in slabs)."""
         small = x.size <= CPU_SLAB_ELEMENTS and x.dtype != np.float64
         magnitude = np.abs(x, out=self.scratch(x.shape, like=x)) if small else np.abs(x)
-        with np.errstate(invalid="ignore"):  # NaN is the cast's business (quantize._block_scales)
+        with np.errstate(invalid="ignore"):  # NaN is the cast's business (blockwise._block_scales)
             return np.max(magnitude, axis=axes, keepdims=True)
 
     def chunk_elements(self, x: Any) -> int:

@@ -25,7 +25,7 @@ Bit-for-bit facts (checked against MLX 0.32.4 on CPU, see ``tests/test_mlx.py``)
 * ``mx.dequantize`` of MX modes rounds once in float32 (``value * 2**e``); of ``nvfp4`` it computes
   ``value * (e4m3(s) * fl32(g / 2688))``, which is breccia's ``decode * (scale * global_scale)``; of
   ``affine`` it rounds ``q_u * scale`` and then ``+ bias`` in the scales' dtype, which breccia does for
-  its MLX-convention recipes (``quantize._float_zero_point``).
+  its MLX-convention recipes (``blockwise._float_zero_point``).
 * E8M0 code 255 is NaN in OCP MX and in breccia; MLX decodes it as +inf. :func:`to_mlx_quantized`
   therefore writes code 0 into every element of a NaN block, so MLX's ``0 * inf`` gives NaN there too.
 * Symmetric or integer-zero-point int tensors map to affine exactly in real arithmetic (``bias =
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import float_dtype_name
+from ..backends import Backend, float_dtype_name
 from ..errors import DTypeError, LayoutError, RecipeError, ShapeError, missing_dependency
 from ..formats import NVFP4_GLOBAL_DIVISOR, offset_binary_flip
 from ..layouts import PerBlockK, scale_shape
@@ -370,7 +370,7 @@ def to_mlx_quantized(st: ScaledTensor, *, exact: bool = True) -> MLXQuantized:
     return MLXQuantized(codes.view(mx.uint32), st.scale, None, mode, group_size, bits, global_scale)
 
 
-def _int_to_affine(mx: Any, backend: Any, st: ScaledTensor) -> MLXQuantized:
+def _int_to_affine(mx: Any, backend: Backend, st: ScaledTensor) -> MLXQuantized:
     recipe = st.recipe
     bits = recipe.element_format.bits
     group = _affine_group(st)

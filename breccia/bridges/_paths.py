@@ -1,6 +1,6 @@
 """Which files of a model directory may be read, and where a conversion may write.
 
-Rules (DESIGN §4, "Checkpoint conversions"):
+Rules (docs/checkpoints.md, "Safety"):
 
 * Paths are compared after resolving symlinks (``os.path.realpath``), never by spelling.
 * Only regular files are opened: a FIFO, socket or device where a shard, an index or a config should

@@ -8,7 +8,7 @@ from typing import IO, Any
 import numpy as np
 
 from .. import recipes as r
-from ..backends import get_backend
+from ..backends import Backend, get_backend
 from ..quantize import cast, cast_with_history, dequantize
 
 DEMO_RECIPES: list[r.Recipe] = [
@@ -54,7 +54,7 @@ def demo_weight(rows: int = 512, cols: int = 1024, seed: int = 0) -> np.ndarray:
     return w
 
 
-def _bits(backend: Any, a: Any) -> bytes:
+def _bits(backend: Backend, a: Any) -> bytes:
     if a is None:
         return b""
     return np.ascontiguousarray(backend.to_numpy(a)).tobytes()

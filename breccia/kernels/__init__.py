@@ -10,8 +10,10 @@ each module; tests check every path against the float64 product of the dequantiz
 - :mod:`.mlx_gemm`: ``mx.quantized_matmul`` for MX, NVFP4 and affine weights.
 
 The fused one-pass casts and dequantizations on NVIDIA GPUs (same bits as the shared code) are
-planned in :mod:`._cast_plan`, launched by :mod:`._fused` (which :mod:`breccia.quantize` calls), and
-written in :mod:`.torch_cast` (Triton) and :mod:`.jax_cast` (Pallas).
+planned in :mod:`._cast_plan`, chosen by :func:`fused_cast` and :func:`fused_dequantize` (a launcher
+or None, which :mod:`breccia.quantize` asks for and runs), and written in :mod:`.torch_cast` (Triton)
+and :mod:`.jax_cast` (Pallas). :func:`host_cast` is the one-pass CPU cast of a host array
+(:mod:`._host`, numba), chosen by the same plan.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["fast_matmul"]
+from ._fused import FusedCast, FusedDequantize, fused_cast, fused_dequantize
+from ._host import host_cast
+
+__all__ = ["FusedCast", "FusedDequantize", "fast_matmul", "fused_cast", "fused_dequantize", "host_cast"]
 
 _MODULES = {"torch": "torch_gemm", "jax": "jax_gemm", "mlx": "mlx_gemm"}
 

@@ -2,7 +2,7 @@
 
 The kernels (:mod:`.torch_cast` in Triton, :mod:`.jax_cast` in Pallas) read each element once: a
 program loads a tile, reduces its blocks' amaxes, applies the recipe's scale rule to them, encodes and
-stores data and scales. They compute exactly what :mod:`breccia.quantize` and :mod:`breccia.scaling`
+stores data and scales. They compute exactly what :mod:`breccia.blockwise` and :mod:`breccia.scaling`
 compute (same float32 operations in the same order, divisions correctly rounded, RNE saturating
 encodes); the cross-backend bits tests prove it on the GPU. What they take:
 
@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from ..formats import ElementFormat
 from ..layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
 from ..recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling, MXRecipe, Recipe
-from ..tensor import ScaledTensor
 
 __all__ = ["CastPlan", "cast_plan", "dequantize_plan", "INPUT_DTYPES"]
 
@@ -187,18 +186,21 @@ def cast_plan(recipe: Recipe, layout: Layout, shape: tuple[int, ...], dtype_name
     return None if geometry is None else CastPlan(**rule, **geometry)
 
 
-def dequantize_plan(st: ScaledTensor, dtype_name: str) -> CastPlan | None:
-    """The fused dequantize of ``st`` to ``dtype_name``: FP8 data with float32 or E8M0 scales
-    (rule ``per_tensor`` or ``blocks``), or None (shared path)."""
-    recipe = st.recipe
+@functools.lru_cache(maxsize=256)
+def dequantize_plan(
+    recipe: Recipe, layout: Layout, shape: tuple[int, ...], dtype_name: str
+) -> CastPlan | None:
+    """The fused dequantize to ``dtype_name`` of a ScaledTensor of ``recipe``, ``layout`` and logical
+    ``shape``: FP8 data with float32 or E8M0 scales (rule ``per_tensor`` or ``blocks``), or None
+    (shared path)."""
     fmt = recipe.element_format
-    if fmt.name not in ("E4M3", "E5M2") or recipe.has_global_scale or st.zero_point is not None:
+    if fmt.name not in ("E4M3", "E5M2") or recipe.has_global_scale or recipe.zero_point_kind is not None:
         return None
-    if dtype_name not in INPUT_DTYPES or st.size == 0 or not st.shape:
+    if dtype_name not in INPUT_DTYPES or math.prod(shape) == 0 or not shape:
         return None
-    if isinstance(st.layout, PerTensor):
-        return CastPlan(rule="per_tensor", fmt=fmt, **_per_tensor_geometry(st.shape))
-    geometry = _block_geometry(st.shape, st.layout)
+    if isinstance(layout, PerTensor):
+        return CastPlan(rule="per_tensor", fmt=fmt, **_per_tensor_geometry(shape))
+    geometry = _block_geometry(shape, layout)
     if geometry is None:
         return None
     return CastPlan(rule="blocks", fmt=fmt, scale_e8m0=recipe.scale_format == "E8M0", **geometry)

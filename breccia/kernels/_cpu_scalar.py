@@ -186,7 +186,7 @@ _LN2 = np.float64(np.float32(np.log(2.0)))
 @njit
 def deepseek_scale(amax, reciprocal, power_2):
     """DeepSeek's ``s = max(amax, 1e-4) * fl32(1 / max)``, rounded up to a power of two by the float32
-    ``ceil(log2 s)`` of :func:`breccia.scaling._deepseek_ceil_log2` if ``power_2`` (``s`` is normal).
+    ``ceil(log2 s)`` of :func:`breccia.scaling._ceil_f32_log2` if ``power_2`` (``s`` is normal).
 
     There ``k = floor(log2 s)`` and ``i`` is ``s``'s mantissa field; ``s`` keeps ``2**k`` when ``i``
     is 0 or when ``i * 2**-23 < h * fl32(ln 2)`` (``k != 0``), with ``h = 2**(j - 24)``,

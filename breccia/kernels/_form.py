@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..backends import Backend
 from ..layouts import PerBlock2D, PerBlockK, PerRow, PerTensor
 from ..tensor import ScaledTensor
 
@@ -86,7 +87,7 @@ def right_kind(st: Any, transpose_b: bool) -> str | None:
     return None
 
 
-def left_side(st: ScaledTensor, backend: Any) -> Side | None:
+def left_side(st: ScaledTensor, backend: Backend) -> Side | None:
     """A in GEMM form, batch axes folded into M; None if no fast kind."""
     kind = left_kind(st)
     if kind is None:
@@ -100,7 +101,7 @@ def left_side(st: ScaledTensor, backend: Any) -> Side | None:
     return Side(data, kind, xp.reshape(scale, shape), st.recipe.element_format.name, m, k)
 
 
-def right_side(st: ScaledTensor, backend: Any, transpose_b: bool) -> Side | None:
+def right_side(st: ScaledTensor, backend: Backend, transpose_b: bool) -> Side | None:
     """B in GEMM form (``[N, K]``); None if no fast kind."""
     kind = right_kind(st, transpose_b)
     if kind is None:

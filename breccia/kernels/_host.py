@@ -15,7 +15,8 @@ to the shared code after all, so that the arrays are always the framework's own.
 
 numba is optional (the ``cpu`` extra), and the kernels are opt-in for now: they run only where the
 environment sets ``BRECCIA_CPU_KERNELS=1``, because a fresh machine compiles each kernel on its
-first cast (about 26 s per input dtype on the 2-core dev VM; cached on disk after that). Without
+first cast, which takes seconds per input dtype (numba caches them on disk after that; RESULTS.md,
+"Measurements behind code choices"). Without
 numba, without the variable, or where a plan does not apply, :func:`host_cast` returns None and the
 shared code runs, which gives the same arrays.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import get_backend
+from ..backends import Backend, get_backend
 from ..backends._base import DLPACK_CPU
 from ..backends.numpy_backend import aligned_empty
 from ..formats import ElementFormat, packed_length
@@ -53,7 +54,7 @@ def _kernels() -> Any:
     return cpu_cast
 
 
-def host_cast(backend: Any, recipe: Recipe, layout: Layout, x: Any, history: Any) -> tuple | None:
+def host_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, history: Any) -> tuple | None:
     """``(data, scale, None, None, None)`` of a cast of the host array ``x`` by a CPU kernel, in
     ``x``'s framework, or None where none applies (the caller then runs the shared code)."""
     if os.environ.get(ENABLE) != "1":
@@ -121,7 +122,7 @@ def _launch(kernels: Any, plan: CastPlan, bits: np.ndarray, codes: np.ndarray) -
 _TINY = 2.0**-96
 
 
-def _flushes_subnormals(backend: Any) -> bool:
+def _flushes_subnormals(backend: Backend) -> bool:
     """Whether ``backend``'s compiled CPU code flushes subnormals to zero (XLA's CPU code does):
     probed once, by multiplying 2**-140 by 1 through :meth:`Backend.compile`."""
     cached = _FLUSHES.get(backend.name)
@@ -135,7 +136,7 @@ def _flushes_subnormals(backend: Any) -> bool:
 _FLUSHES: dict[str, bool] = {}
 
 
-def _bits_view(backend: Any, x: Any) -> np.ndarray:
+def _bits_view(backend: Backend, x: Any) -> np.ndarray:
     """A numpy view of host array ``x``'s bits: uint32 for float32, uint16 for bfloat16, int16 for
     float16 (the kernels choose the widening by this dtype)."""
     name = backend.dtype_name(x)
@@ -147,7 +148,7 @@ def _bits_view(backend: Any, x: Any) -> np.ndarray:
     return view.view({"float32": np.uint32, "bfloat16": np.uint16, "float16": np.int16}[name])
 
 
-def _wrap(backend: Any, a: np.ndarray, storage: str, device: Any) -> Any:
+def _wrap(backend: Backend, a: np.ndarray, storage: str, device: Any) -> Any:
     """``a`` (uint8 codes or float32) as a ``backend`` array of dtype ``storage`` (a bit view)."""
     if storage not in ("uint8", "float32"):
         a = a.view(get_backend("numpy").dtype(storage))

@@ -16,7 +16,7 @@ kernels (torch's kernels do them with atomics instead, to save launches and thei
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,11 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from ..backends import get_backend
 from ..scaling import BlockStats, Scales, block_scales
 from ._cast_plan import CastPlan
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
@@ -44,9 +46,11 @@ def _float(bits: Any) -> Any:
 
 
 class _Ops:
-    """The scalar arithmetic of the kernels, with the division chosen for where they run."""
+    """The scalar arithmetic of the kernels, with the division chosen for where they run: on CUDA
+    ``div.rn.f32``; under the interpreter, ``backend``'s exact division (JAX's, on the CPU)."""
 
-    def __init__(self, interpret: bool) -> None:
+    def __init__(self, backend: Backend, interpret: bool) -> None:
+        self.backend = backend
         self.interpret = interpret
 
     def div(self, a: Any, b: Any) -> Any:
@@ -54,7 +58,7 @@ class _Ops:
         a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(b))
         b = jnp.broadcast_to(b, a.shape)
         if self.interpret:  # XLA's CPU would turn a division by a constant into a multiply
-            return get_backend("jax").divide(a, b)
+            return self.backend.divide(a, b)
         return self._asm("div.rn.f32", a, b)
 
     def div_deepseek(self, a: Any, b: Any) -> Any:
@@ -63,7 +67,7 @@ class _Ops:
         a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), jnp.shape(b))
         b = jnp.broadcast_to(b, a.shape)
         if self.interpret:
-            return a * get_backend("jax").divide(jnp.ones_like(b), b)
+            return a * self.backend.divide(jnp.ones_like(b), b)
         return self._asm("div.full.f32", a, b)
 
     @staticmethod
@@ -293,17 +297,18 @@ def _cast_warps(plan: CastPlan) -> int:
     return 4 if wide_row and plan.block_pad >= 4096 else plan.num_warps
 
 
-def launch_cast(plan: CastPlan, x: Any, interpret: bool = False) -> tuple[Any, Any]:
+def launch_cast(backend: Backend, plan: CastPlan, x: Any, interpret: bool = False) -> tuple[Any, Any]:
     """The cast kernel of a per-block plan on ``x`` (``plan.rows * plan.cols`` elements): ``(data,
-    scale)`` as :func:`breccia.kernels.torch_cast.launch_cast` returns them."""
+    scale)`` as :func:`breccia.kernels.torch_cast.launch_cast` returns them. ``backend`` is JAX's."""
     x2 = x.reshape(plan.rows, plan.cols)
     width = plan.cols // 2 if plan.packed else plan.cols
     scale_dtype = jnp.uint8 if plan.scale_e8m0 else jnp.float32
     out_shape = [jax.ShapeDtypeStruct((plan.rows, width), jnp.uint8),
                  jax.ShapeDtypeStruct((plan.scale_rows, plan.scale_cols), scale_dtype)]
-    body = functools.partial(_cast_body, plan, _Ops(interpret), True)
+    ops = _Ops(backend, interpret)
+    body = functools.partial(_cast_body, plan, ops, True)
     if plan.packed and x2.dtype.itemsize == 2:
-        body = functools.partial(_cast_pairs_body, plan, _Ops(interpret), x2.dtype)
+        body = functools.partial(_cast_pairs_body, plan, ops, x2.dtype)
         x2 = lax.bitcast_convert_type(x2.reshape(plan.rows, plan.cols // 2, 2), jnp.uint32)
     params = _params(plan, interpret, _cast_warps(plan))
     data, scale = pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **params)(x2)
@@ -311,12 +316,12 @@ def launch_cast(plan: CastPlan, x: Any, interpret: bool = False) -> tuple[Any, A
 
 
 def _given_pass(
-    plan: CastPlan, x: Any, given: Any, encode: bool, interpret: bool, reverse: bool = False
+    backend: Backend, plan: CastPlan, x: Any, given: Any, encode: bool, interpret: bool, reverse: bool = False
 ) -> tuple[Any, Any, Any]:
     """One pass of a per-tensor (``given``-rule) plan: ``(data or None, tile amaxes, tile NaN
     flags)``, the data encoded with the multiplier ``given`` when ``encode``; ``reverse`` visits the
     tiles in the reverse of the launch order."""
-    body = functools.partial(_cast_body, plan, _Ops(interpret), encode, reverse=reverse)
+    body = functools.partial(_cast_body, plan, _Ops(backend, interpret), encode, reverse=reverse)
     tiles = [jax.ShapeDtypeStruct(plan.grid, jnp.float32), jax.ShapeDtypeStruct(plan.grid, jnp.int32)]
     if encode:
         kernel = body
@@ -332,8 +337,8 @@ def _given_pass(
     return (outs[0] if encode else None), outs[-2].reshape(-1), outs[-1].reshape(-1)
 
 
-def _tensor_rule(recipe: Any, amax: Any, history: Any = None) -> Scales:
-    return block_scales(get_backend("jax"), recipe, BlockStats(amax=jnp.reshape(amax, (1, 1))), history)
+def _tensor_rule(backend: Backend, recipe: Any, amax: Any, history: Any = None) -> Scales:
+    return block_scales(backend, recipe, BlockStats(amax=jnp.reshape(amax, (1, 1))), history)
 
 
 def _nan_if(flags: Any, stored: Any) -> Any:
@@ -341,19 +346,21 @@ def _nan_if(flags: Any, stored: Any) -> Any:
     return jnp.where(jnp.any(flags > 0), jnp.nan, stored)
 
 
-def launch_per_tensor(plan: CastPlan, recipe: Any, x: Any, history: Any = None, interpret: bool = False):
+def launch_per_tensor(
+    backend: Backend, plan: CastPlan, recipe: Any, x: Any, history: Any = None, interpret: bool = False
+):
     """A per-tensor cast of ``x`` by a ``given``-rule plan: ``(data, scale [1, 1], next history or
     None)``. Current scaling is an amax pass, the rule on the largest tile amax, and the encode pass;
     DelayedScaling takes the rule on its history, encodes, and puts the largest tile amax of that
     same pass in front of ``history[:-1]``. The encode pass of current scaling visits the tiles in
     reverse order, so it starts on those the amax pass read last, still in L2."""
     if history is None:
-        _, tiles, flags = _given_pass(plan, x, jnp.ones((1,), jnp.float32), False, interpret)
-        scales = _tensor_rule(recipe, jnp.max(tiles))
-        data, _, _ = _given_pass(plan, x, scales.multiplier, True, interpret, reverse=True)
+        _, tiles, flags = _given_pass(backend, plan, x, jnp.ones((1,), jnp.float32), False, interpret)
+        scales = _tensor_rule(backend, recipe, jnp.max(tiles))
+        data, _, _ = _given_pass(backend, plan, x, scales.multiplier, True, interpret, reverse=True)
         return data, _nan_if(flags, scales.stored), None
-    scales = _tensor_rule(recipe, history[0], history)  # the amax placeholder: only its rank is read
-    data, tiles, flags = _given_pass(plan, x, scales.multiplier, True, interpret)
+    scales = _tensor_rule(backend, recipe, history[0], history)  # the amax placeholder: only its rank is read
+    data, tiles, flags = _given_pass(backend, plan, x, scales.multiplier, True, interpret)
     next_history = jnp.concatenate([jnp.reshape(jnp.max(tiles), (1,)), history[:-1]])
     return data, _nan_if(flags, scales.stored), next_history
 
@@ -383,8 +390,11 @@ def _dequantize_body(plan: CastPlan, data_ref, scale_ref, out_ref):
     pltriton.store(out_ref.at[rows_cols], y.astype(out_ref.dtype), mask=mask)
 
 
-def launch_dequantize(plan: CastPlan, data: Any, scale: Any, dtype_name: str, interpret: bool = False) -> Any:
-    """``decode(data) * scale`` in float32, rounded to ``dtype_name``: a ``[rows, cols]`` array."""
+def launch_dequantize(
+    backend: Backend, plan: CastPlan, data: Any, scale: Any, dtype_name: str, interpret: bool = False
+) -> Any:
+    """``decode(data) * scale`` in float32, rounded to ``dtype_name``: a ``[rows, cols]`` array
+    (``backend``, JAX's, is the launchers' common first argument; this kernel needs nothing of it)."""
     codes = lax.bitcast_convert_type(data, jnp.uint8).reshape(plan.rows, plan.cols)
     if plan.scale_e8m0:
         scale = lax.bitcast_convert_type(scale, jnp.uint8)

@@ -29,13 +29,16 @@ not depend on the order of the atomics, so the bits are deterministic.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import triton
 import triton.language as tl
 
 from ._cast_plan import CastPlan
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
@@ -427,10 +430,11 @@ def _constants(plan: CastPlan) -> dict[str, Any]:
                 FMT=_FORMATS[plan.fmt.name], num_warps=plan.num_warps, enable_fp_fusion=False)
 
 
-def launch_cast(plan: CastPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def launch_cast(backend: Backend, plan: CastPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the cast kernel of a per-block plan on ``x`` (any shape of ``plan.rows * plan.cols``
     elements): ``(data [rows, cols or cols/2] uint8, scale [scale_rows, scale_cols] float32 or uint8
-    E8M0 codes)``."""
+    E8M0 codes)``. ``backend`` (torch's) is the launchers' common first argument (see
+    :mod:`._fused`); these kernels need nothing of it."""
     x = x.contiguous()
     device = x.device
     width = plan.cols // 2 if plan.packed else plan.cols
@@ -447,7 +451,9 @@ def launch_cast(plan: CastPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return data, scale
 
 
-def launch_per_tensor(plan: CastPlan, recipe: Any, x: torch.Tensor, history: torch.Tensor | None = None):
+def launch_per_tensor(
+    backend: Backend, plan: CastPlan, recipe: Any, x: torch.Tensor, history: torch.Tensor | None = None
+):
     """A per-tensor cast of ``x`` by a ``given``-rule plan: ``(data [rows, cols] uint8, scale [1, 1]
     float32, next history or None)``. Current scaling (``history`` None) is the amax pass and the
     encode pass; DelayedScaling is one pass and a one-program finish."""
@@ -475,7 +481,7 @@ def launch_per_tensor(plan: CastPlan, recipe: Any, x: torch.Tensor, history: tor
 
 
 def launch_dequantize(
-    plan: CastPlan, data: torch.Tensor, scale: torch.Tensor, dtype_name: str
+    backend: Backend, plan: CastPlan, data: torch.Tensor, scale: torch.Tensor, dtype_name: str
 ) -> torch.Tensor:
     """``decode(data) * scale`` in float32, rounded to ``dtype_name``: a ``[rows, cols]`` tensor."""
     out = torch.empty((plan.rows, plan.cols), dtype=_OUT[dtype_name], device=data.device)
