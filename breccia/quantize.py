@@ -36,10 +36,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, backend_for, float_dtype_name
+from .choices import RecipeConvention, ScaleFormat
 from .errors import DTypeError, FrameworkError, LayoutError, NotAnArrayError, RecipeError, ShapeError
 from .formats import (
-    E4M3,
-    E8M0,
     ElementFormat,
     fp4_ties_toward_zero,
     packed_length,
@@ -190,7 +189,7 @@ def _block_scales(
             finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
             stats.lo = _float32(backend, xp.min(finite_x, axis=axes, keepdims=True))
             stats.hi = _float32(backend, xp.max(finite_x, axis=axes, keepdims=True))
-        if recipe.scale_format == "E4M3":
+        if recipe.has_global_scale:
             stats.tensor_amax = xp.max(amax)
         if recipe.integer_rounding == "ggml_q4_0":
             stats.signed_max = _first_signed_max(backend, xb, amax, blocking)
@@ -255,11 +254,12 @@ def _first_signed_max(backend: Backend, xb: Any, amax: Any, blocking: _Blocking)
 _SCALE_ARRAYS = ("stored", "multiplier", "divisor", "pre_offset", "post_offset", "zero_point", "global_scale")
 
 
-def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: str) -> Any:
+def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: ScaleFormat) -> Any:
     xp = backend.xp
-    if scale_format == "F32":
+    fmt = ScaleFormat(scale_format).element_format
+    if fmt is None:
         return xp.where(nan_blocks, math.nan, stored)
-    code = (E8M0 if scale_format == "E8M0" else E4M3).nan_code
+    code = fmt.nan_code
     return xp.where(nan_blocks, xp.asarray(code, dtype=xp.uint8), stored)
 
 
@@ -406,7 +406,7 @@ def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
     present = [
         True,
         True,
-        recipe.scale_format == "E4M3",
+        recipe.has_global_scale,
         recipe.zero_point_kind is not None,
         isinstance(recipe, DelayedScaling),
     ]
@@ -456,7 +456,7 @@ def _empty_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histor
         "scale": empty(grid, backend.storage_dtype(scale_fmt)) if scale_fmt else
         backend.from_numpy(np.zeros(grid, np.float32), device=device),
     }
-    if recipe.scale_format == "E4M3":
+    if recipe.has_global_scale:
         out["global_scale"] = backend.from_numpy(np.ones((), np.float32), device=device)
     if recipe.zero_point_kind is not None:
         out["zero_point"] = backend.from_numpy(np.zeros(grid, np.float32), device=device)
@@ -492,7 +492,7 @@ def checked_layout(recipe: Recipe, layout: Layout | None, shape: tuple[int, ...]
     checked against the recipe and the shape; raises LayoutError saying what does not fit."""
     layout = recipe.check_layout(layout)
     layout.check_shape(shape)
-    if getattr(recipe, "convention", None) == "mlx" and shape and shape[-1] % layout.block_shape(shape)[-1]:
+    if recipe.convention == RecipeConvention.MLX and shape and shape[-1] % layout.block_shape(shape)[-1]:
         raise LayoutError(
             f"{recipe!r} follows MLX's affine mode, which needs the last axis ({shape[-1]}) to be a "
             f"multiple of the group size {layout.block_shape(shape)[-1]}"
@@ -802,7 +802,7 @@ def from_buffer(
             f"scale has shape {tuple(scale.shape)} but {layout!r} on a tensor of shape {logical} needs {grid}"
         )
     scale = _check_scale_dtype(backend, scale, recipe)
-    if recipe.scale_format == "E4M3":
+    if recipe.has_global_scale:
         if global_scale is None:
             raise RecipeError("NVFP4 needs global_scale= (the fp32 second-level scale)")
         global_scale = _check_float_array(backend, global_scale, "global_scale", (), allow_size1=True)
@@ -834,7 +834,7 @@ def _check_data_dtype(backend: Backend, data: Any, fmt: Any) -> Any:
 
 def _check_scale_dtype(backend: Backend, scale: Any, recipe: Recipe) -> Any:
     name = backend.dtype_name(scale)
-    if recipe.scale_format == "F32":
+    if recipe.scale_format == ScaleFormat.F32:
         if name not in ("float32", "bfloat16", "float16"):
             raise DTypeError(f"{recipe.name} scales must be float32 (or bfloat16/float16); got {name}")
         return scale

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..choices import ScaleFormat
 from ..layouts import PerBlock2D, PerBlockK, PerRow, PerTensor
 from ..tensor import ScaledTensor
 
@@ -47,7 +48,7 @@ def _fp8(st: Any) -> bool:
     return (
         isinstance(st, ScaledTensor)
         and st.recipe.element_format.name in FP8_NAMES
-        and st.recipe.scale_format == "F32"
+        and st.recipe.scale_format == ScaleFormat.F32
         and st.zero_point is None
         and st.global_scale is None
     )
