@@ -631,4 +631,3 @@ def recipe_from_dict(d: Any) -> Recipe:
         if not isinstance(value, _JSON_SCALARS):
             raise RecipeError(f"recipe {name}.{key} must be a JSON scalar; got {type(value).__name__}")
     return cls(**values)
-

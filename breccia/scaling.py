@@ -19,17 +19,24 @@ scale for which its codes still decode finite (values outside that window satura
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import formats
-from .formats import E4M3, E8M0, NVFP4_GLOBAL_DIVISOR
+from .choices import Choice, RecipeConvention, ScaleFormat
+from .errors import RecipeError
+from .formats import E4M3, NVFP4_GLOBAL_DIVISOR
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
     Float8CurrentScaling,
+    Int4Scaling,
+    Int8Scaling,
+    MXFP4BlockScaling,
+    MXFP8BlockScaling,
     MXRecipe,
     NVFP4BlockScaling,
     Recipe,
@@ -37,7 +44,18 @@ from .recipes import (
 )
 
 __all__ = [
-    "BlockStats", "Scales", "AmaxHistory", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
+    "BlockStats",
+    "Scales",
+    "AmaxHistory",
+    "KernelRule",
+    "RuleEntry",
+    "RULES",
+    "rule_for",
+    "kernel_rule",
+    "block_scales",
+    "ggml_floor_log2",
+    "FLT_MAX",
+    "FLT_EPS",
 ]
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -193,24 +211,30 @@ def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
     return xp.where(tiny, e - _UNDERFLOW_SHIFT, e)
 
 
-def _float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
-    xp, pow2 = backend.xp, backend.pow2
+def _te_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
+    """TransformerEngine's current (and block) scaling: ``q = max / max(amax, eps)``, scale ``1 / q``."""
     fmax = recipe.element_format.max_value
-    convention = getattr(recipe, "convention", "te")
-    if convention == "deepseek":
-        s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(fmax)
-        if recipe.power_2_scale:
-            s = pow2(_ceil_f32_log2(xp, pow2, s))
-        return Scales(stored=s, multiplier=backend.divide(1.0, s))
-    if convention == "torchao":
-        return _torchao_float8_rule(backend, fmax, stats)
-    if isinstance(recipe, DelayedScaling):
-        amax = xp.max(history) if recipe.amax_compute_algo == "max" else history[0]
-        amax = amax * float(2**recipe.margin)
-        q = _safe_reciprocal_rule(backend, xp.reshape(amax, (1,) * stats.amax.ndim), fmax, 0.0, False)
-    else:
-        q = _safe_reciprocal_rule(backend, stats.amax, fmax, recipe.amax_epsilon, recipe.power_2_scale)
+    q = _safe_reciprocal_rule(backend, stats.amax, fmax, recipe.amax_epsilon, recipe.power_2_scale)
     return Scales(stored=backend.divide(1.0, q), multiplier=q)
+
+
+def _delayed_rule(backend: Any, recipe: DelayedScaling, stats: BlockStats, history: Any) -> Scales:
+    """TransformerEngine's delayed scaling: the ``te`` rule on the history's amax times ``2**margin``."""
+    xp = backend.xp
+    amax = xp.max(history) if recipe.amax_compute_algo == "max" else history[0]
+    amax = xp.reshape(amax * float(2**recipe.margin), (1,) * stats.amax.ndim)
+    q = _safe_reciprocal_rule(backend, amax, recipe.element_format.max_value, 0.0, False)
+    return Scales(stored=backend.divide(1.0, q), multiplier=q)
+
+
+def _deepseek_rule(backend: Any, recipe: Float8BlockScaling, stats: BlockStats, history: Any) -> Scales:
+    """DeepSeek-V3's ``act_quant``: ``s = max(amax, 1e-4) * fl32(1 / max)`` (V3.1's ``ue8m0``:
+    ``2**ceil(fl32(log2 s))``), codes ``x * fl32(1 / s)``."""
+    xp, pow2 = backend.xp, backend.pow2
+    s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(recipe.element_format.max_value)
+    if recipe.power_2_scale:
+        s = pow2(_ceil_f32_log2(xp, pow2, s))
+    return Scales(stored=s, multiplier=backend.divide(1.0, s))
 
 
 #: ggml's ``floorf(log2f(amax))``: ``log2`` rounded to float32 reaches ``k + 1`` for the top ``n``
@@ -258,7 +282,7 @@ def ggml_floor_log2(backend: Any, a: Any) -> Any:
     return xp.where(mantissa >= threshold, k + 1.0, k)
 
 
-def _ggml_mxfp4_rule(backend: Any, stats: BlockStats) -> Scales:
+def _ggml_mxfp4_rule(backend: Any, recipe: MXRecipe, stats: BlockStats, history: Any) -> Scales:
     """ggml's ``quantize_row_mxfp4_ref``: byte ``floor(fl32(log2 amax)) - 2 + 127``, wrapped mod 256
     below 0 (its float -> uint8 cast), 0 for a zero block; the elements are divided by the byte's
     scale (E2M1 ties toward zero come from the recipe's ``fp4_ties_toward_zero``)."""
@@ -281,34 +305,30 @@ def _even_log2(xp: Any, pow2: Any, amax: Any, mantissa_bits: int) -> Any:
     return xp.where(amax >= pow2(k) * (2.0 - 2.0 ** -(mantissa_bits + 1)), k + 1.0, k)
 
 
-def _mx_rule(backend: Any, recipe: MXRecipe, stats: BlockStats) -> Scales:
+#: The E8M0 exponent of a block (before the clip) by each ``scale_rounding`` of
+#: :data:`breccia.scale_rules.E8M0_ROUNDINGS`, from ``(backend, element format, positive amax)``.
+MX_EXPONENTS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "floor": lambda b, fmt, amax: formats.floor_log2(b.xp, b.pow2, amax) - float(fmt.e_max),
+    "even": lambda b, fmt, amax: _even_log2(b.xp, b.pow2, amax, fmt.mantissa_bits) - float(fmt.e_max),
+    "ceil": lambda b, fmt, amax: _ceil_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+    "ceil_f32_log2": lambda b, fmt, amax: _ceil_f32_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+    "nearest": lambda b, fmt, amax: _nearest_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+}
+
+
+def _mx_rule(backend: Any, recipe: MXRecipe, stats: BlockStats, history: Any) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
-    if getattr(recipe, "convention", None) == "ggml":
-        return _ggml_mxfp4_rule(backend, stats)
     fmt = recipe.element_format
     positive = stats.amax > 0
-    amax = xp.where(positive, stats.amax, 1.0)
-    if recipe.scale_rounding == "floor":
-        e = formats.floor_log2(xp, pow2, amax) - float(fmt.e_max)
-    elif recipe.scale_rounding == "even":
-        e = _even_log2(xp, pow2, amax, fmt.mantissa_bits) - float(fmt.e_max)
-    elif recipe.scale_rounding == "ceil_f32_log2":
-        e = _ceil_f32_log2(xp, pow2, backend.divide(amax, fmt.max_value))
-    elif recipe.scale_rounding == "nearest":
-        e = _nearest_log2(xp, pow2, backend.divide(amax, fmt.max_value))
-    else:
-        e = _ceil_log2(xp, pow2, backend.divide(amax, fmt.max_value))
+    e = MX_EXPONENTS[recipe.scale_rounding](backend, fmt, xp.where(positive, stats.amax, 1.0))
     # the top exponent 127 - e_max keeps max * 2**e <= FLT_MAX (max < 2**(e_max + 1)): finite decode
     e = xp.clip(xp.where(positive, e, 0.0), -127.0, float(127 - fmt.e_max))
     # x / 2**e == x * 2**-e exactly; -e >= -126 always holds for a float32 amax (see tests).
     return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
 
 
-def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
-    if recipe.global_scale_divides:
-        return _nvfp4_divisor_rule(backend, stats)
-    if recipe.convention == "mlx":
-        return _nvfp4_mlx_rule(backend, stats)
+def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any) -> Scales:
+    """torchao's and NVIDIA's two-level NVFP4 rule (``NVFP4BlockScaling``'s docstring)."""
     xp = backend.xp
     t = stats.tensor_amax
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
@@ -319,7 +339,7 @@ def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats) -> S
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
 
 
-def _nvfp4_mlx_rule(backend: Any, stats: BlockStats) -> Scales:
+def _nvfp4_mlx_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any) -> Scales:
     """MLX's one-level nvfp4 (``mx.quantize`` without a global scale): ``s_b = e4m3(min(amax_b / 6,
     448))``, elements divided by it (by 1 where it rounded to 0, which leaves only values that encode
     to 0); the global scale is exactly 1."""
@@ -330,7 +350,7 @@ def _nvfp4_mlx_rule(backend: Any, stats: BlockStats) -> Scales:
     return Scales(stored=codes, divisor=xp.where(s > 0, s, 1.0), global_scale=one)
 
 
-def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
+def _nvfp4_divisor_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any) -> Scales:
     """compressed-tensors' NVFP4 (``generate_gparam``, ``calculate_qparams``, ``quantize``), in float32:
     the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps).
     ``generate_gparam``'s ``2688 / amax`` is torch's ``amax.reciprocal() * 2688`` (a Python number over
@@ -347,14 +367,14 @@ def _nvfp4_divisor_rule(backend: Any, stats: BlockStats) -> Scales:
     return Scales(stored=codes, divisor=divisor, global_scale=global_scale)
 
 
-def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
+def _mlx_affine_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
     """MLX's ``affine`` mode (``mx.quantize``, MLX 0.32), step for step in float32.
 
     The group's edge value of larger magnitude is made exactly representable: its code is
     ``q0 = round(edge / s)`` and, unless that is 0, ``s = edge / q0`` with bias ``edge``; the scale is
     negative whenever ``|max| >= |min|`` (about half the groups). The stored code is ``q_u - 2**(bits-1)``.
     """
-    xp = backend.xp
+    xp, fmt = backend.xp, recipe.element_format
     n_bins = float(2**fmt.bits - 1)
     mask = xp.abs(stats.lo) > xp.abs(stats.hi)
     span = stats.hi - stats.lo
@@ -375,13 +395,13 @@ def _mlx_affine_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
 GGML_DIVISORS = {8: 127.0, 4: -8.0}
 
 
-def _ggml_int_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
+def _ggml_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
     """ggml's ``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``: ``d = fl32(amax / 127)`` (INT8)
     or ``d = fl32(max / -8)`` with ``max`` the block's first element of largest magnitude, signed
     (INT4); the encode multiplier is ``1 / d`` of that float32 ``d`` (0 where ``d`` is 0) and the
     stored scale ``fp16(d)``, the value the GGUF block holds. The recipe's ``integer_rounding`` rounds
     the codes as ggml does."""
-    xp = backend.xp
+    xp, fmt = backend.xp, recipe.element_format
     edge = stats.amax if fmt.bits == 8 else stats.signed_max
     d = backend.divide(edge, GGML_DIVISORS[fmt.bits])
     # 1 / d overflows float32 exactly where 0 < |d| <= 2**-128; ggml then multiplies by Inf, which
@@ -393,15 +413,11 @@ def _ggml_int_rule(backend: Any, fmt: Any, stats: BlockStats) -> Scales:
     return Scales(stored=backend.round_to(d, "float16"), multiplier=multiplier)
 
 
-def _int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+def _breccia_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
+    """breccia's integer rule: ``s = amax / qmax`` (symmetric), or the ``(lo, hi)`` range over the
+    codes with an integer zero point (asymmetric); ``_IntRecipe``'s docstring."""
     xp = backend.xp
     fmt = recipe.element_format
-    if recipe.convention == "ggml":
-        return _ggml_int_rule(backend, fmt, stats)
-    if recipe.convention == "mlx":
-        return _mlx_affine_rule(backend, fmt, stats)
-    if recipe.convention == "torchao":
-        return _torchao_int_rule(backend, recipe, stats)
     if recipe.symmetric:
         s = backend.divide(stats.amax, fmt.max_value)
         s = _cap(xp, xp.where(s > 0, s, 1.0), -fmt.min_value)
@@ -427,17 +443,17 @@ def _in_input_dtype(backend: Any, v: Any, stats: BlockStats) -> Any:
     return v
 
 
-def _torchao_float8_rule(backend: Any, fmax: float, stats: BlockStats) -> Scales:
+def _torchao_float8_rule(backend: Any, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
     """torchao's ``_choose_scale_float8`` + ``_quantize_affine_float8``: ``s = amax / max`` computed in
     the input's dtype, stored as float32; ``data = encode(float32(x) / s)``. An all-zero block gets
     ``s = 1`` (torchao divides 0 by 0 there and stores NaN codes)."""
     xp = backend.xp
-    s = _in_input_dtype(backend, backend.divide(stats.amax, fmax), stats)
+    s = _in_input_dtype(backend, backend.divide(stats.amax, recipe.element_format.max_value), stats)
     s = xp.where(s > 0, s, 1.0)
     return Scales(stored=s, divisor=s)
 
 
-def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
     """torchao's ``choose_qparams_affine`` + ``quantize_affine``, op for op in the input's dtype.
 
     INT8 reproduces ``Int8Tensor`` (scale floor ``eps_f32``, scale then stored as float32, encode in
@@ -473,22 +489,96 @@ def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats) -> Sc
     return Scales(stored=s, multiplier=multiplier, post_offset=zp, zero_point=zp, product_dtype=product_dtype)
 
 
+class KernelRule(Choice):
+    """The rules the fused kernels compute (Triton and Pallas on CUDA, numba on the CPU), as
+    :class:`breccia.kernels._cast_plan.CastPlan` names them. The kernels branch on :attr:`code`: Triton
+    and numba on the numbers, Pallas on the members, all taken from here."""
+
+    TE = "te"  # q = max / max(amax, eps) per block, scale 1 / q (_te_rule)
+    DEEPSEEK = "deepseek"  # s = max(amax, 1e-4) * fl32(1 / max), codes x / s (_deepseek_rule)
+    MX_FLOOR = "mx_floor"  # E8M0 e = floor(log2 amax) - e_max (MX_EXPONENTS["floor"])
+    MX_CEIL = "mx_ceil"  # E8M0 e = ceil(log2(amax / max)) (MX_EXPONENTS["ceil"])
+    GIVEN = "given"  # one multiplier for the tensor: the te rule on its amax, or on a history
+    PER_TENSOR = "per_tensor"  # dequantize by one scale
+    BLOCKS = "blocks"  # dequantize by a scale per block
+
+    @property
+    def code(self) -> int:
+        """The rule's number in the kernels (its place in this enum)."""
+        return _KERNEL_CODES[self]
+
+
+_KERNEL_CODES = {rule: code for code, rule in enumerate(KernelRule)}
+
+#: the signature of a rule: ``(backend, recipe, stats, history) -> Scales``
+RuleFunction = Callable[[Any, Any, BlockStats, Any], Scales]
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """One recipe's scale rule: the shared code's function and the fused kernels' rule.
+
+    ``kernel`` is None where only the shared code computes the rule, or, for the MX recipes, a
+    mapping from ``scale_rounding`` to the kernel rule (roundings it lacks: shared code only)."""
+
+    compute: RuleFunction
+    kernel: KernelRule | Mapping[str, KernelRule] | None = None
+
+
+_MX_KERNELS = {"floor": KernelRule.MX_FLOOR, "ceil": KernelRule.MX_CEIL}
+_V = RecipeConvention
+
+#: The one registry: ``(recipe type, convention) -> RuleEntry``. A recipe's rule is found by its
+#: type (or the nearest base class listed) and its ``convention``. MXFP4's ``mlx`` convention has no
+#: kernel: its E2M1 ties go toward zero, which the kernels' RNE encode does not do.
+RULES: dict[tuple[type[Recipe], RecipeConvention], RuleEntry] = {
+    (Float8CurrentScaling, _V.TE): RuleEntry(_te_rule, KernelRule.TE),
+    (Float8CurrentScaling, _V.TORCHAO): RuleEntry(_torchao_float8_rule),
+    (DelayedScaling, _V.TE): RuleEntry(_delayed_rule, KernelRule.GIVEN),
+    (Float8BlockScaling, _V.TE): RuleEntry(_te_rule, KernelRule.TE),
+    (Float8BlockScaling, _V.DEEPSEEK): RuleEntry(_deepseek_rule, KernelRule.DEEPSEEK),
+    (MXFP8BlockScaling, _V.OCP): RuleEntry(_mx_rule, _MX_KERNELS),
+    (MXFP4BlockScaling, _V.OCP): RuleEntry(_mx_rule, _MX_KERNELS),
+    (MXFP4BlockScaling, _V.MLX): RuleEntry(_mx_rule),
+    (MXFP4BlockScaling, _V.GGML): RuleEntry(_ggml_mxfp4_rule),
+    (NVFP4BlockScaling, _V.NVIDIA): RuleEntry(_nvfp4_rule),
+    (NVFP4BlockScaling, _V.COMPRESSED_TENSORS): RuleEntry(_nvfp4_divisor_rule),
+    (NVFP4BlockScaling, _V.MLX): RuleEntry(_nvfp4_mlx_rule),
+    **{(cls, _V.BRECCIA): RuleEntry(_breccia_int_rule) for cls in (Int8Scaling, Int4Scaling)},
+    **{(cls, _V.TORCHAO): RuleEntry(_torchao_int_rule) for cls in (Int8Scaling, Int4Scaling)},
+    **{(cls, _V.MLX): RuleEntry(_mlx_affine_rule) for cls in (Int8Scaling, Int4Scaling)},
+    **{(cls, _V.GGML): RuleEntry(_ggml_int_rule) for cls in (Int8Scaling, Int4Scaling)},
+}
+
+
+def rule_for(recipe: Recipe) -> RuleEntry:
+    """``recipe``'s entry of :data:`RULES`, or a RecipeError where none is registered."""
+    for cls in type(recipe).__mro__:
+        entry = RULES.get((cls, recipe.convention))
+        if entry is not None:
+            return entry
+    raise RecipeError(
+        f"no scale rule for {type(recipe).__name__} with convention {recipe.convention!r}; "
+        "register one in breccia.scaling.RULES"
+    )
+
+
+def kernel_rule(recipe: Recipe) -> KernelRule | None:
+    """The fused kernels' rule for ``recipe``, or None where only the shared code has it."""
+    kernel = rule_for(recipe).kernel
+    if isinstance(kernel, Mapping):
+        return kernel.get(recipe.scale_rounding)
+    return kernel
+
+
 def block_scales(backend: Any, recipe: Recipe, stats: BlockStats, history: Any = None) -> Scales:
-    """The scales of every block of one tensor under ``recipe``."""
-    if isinstance(recipe, (Float8CurrentScaling, DelayedScaling, Float8BlockScaling)):
-        return _float8_rule(backend, recipe, stats, history)
-    if isinstance(recipe, MXRecipe):
-        return _mx_rule(backend, recipe, stats)
-    if isinstance(recipe, NVFP4BlockScaling):
-        return _nvfp4_rule(backend, recipe, stats)
-    if isinstance(recipe, _IntRecipe):
-        return _int_rule(backend, recipe, stats)
-    raise TypeError(f"no scale rule for {type(recipe).__name__}")
+    """The scales of every block of one tensor under ``recipe`` (its rule in :data:`RULES`)."""
+    return rule_for(recipe).compute(backend, recipe, stats, history)
 
 
-def decode_scale(backend: Any, scale: Any, scale_format: str) -> Any:
+def decode_scale(backend: Any, scale: Any, scale_format: ScaleFormat) -> Any:
     """float32 value of a stored scale array."""
-    if scale_format == "F32":
+    fmt = ScaleFormat(scale_format).element_format
+    if fmt is None:
         return backend.astype(scale, "float32")
-    fmt = E8M0 if scale_format == "E8M0" else E4M3
     return backend.decode(backend.to_codes(scale, fmt), fmt)

@@ -35,6 +35,7 @@ from ..backends.numpy_backend import aligned_empty
 from ..formats import ElementFormat, packed_length
 from ..layouts import Layout, scale_shape
 from ..recipes import Recipe
+from ..scaling import KernelRule
 from ._cast_plan import CastPlan, cast_plan
 
 __all__ = ["host_cast", "ENABLE"]
@@ -95,22 +96,21 @@ def _launch(kernels: Any, plan: CastPlan, bits: np.ndarray, codes: np.ndarray) -
     nonzero magnitude of the input."""
     f = _encode_fields(plan.fmt)
     fmax = np.float32(plan.fmax)
-    lows = np.empty(plan.scale_rows if plan.rule != "given" else plan.rows, np.float32)
-    if plan.rule == "given":  # per-tensor current scaling: two passes
+    given = plan.rule == KernelRule.GIVEN
+    lows = np.empty(plan.rows if given else plan.scale_rows, np.float32)
+    if given:  # per-tensor current scaling: two passes
         stored = kernels.tensor_cast(bits, codes, lows, fmax, np.float32(plan.eps), plan.power_2, f)
         scale = aligned_empty((1, 1), np.float32)
         scale[...] = stored
-    elif plan.rule.startswith("mx_"):
+    elif plan.scale_e8m0:  # the MX rules
         scale = aligned_empty((plan.rows, plan.scale_cols), np.uint8)
-        rule = kernels.MX_CEIL if plan.rule == "mx_ceil" else kernels.MX_FLOOR
         kernel = kernels.mx4_blocks if plan.packed else kernels.mx_blocks
-        kernel(bits, codes, scale, lows, plan.block_cols, rule, fmax, plan.emax_elem, f)
+        kernel(bits, codes, scale, lows, plan.block_cols, plan.rule.code, fmax, plan.emax_elem, f)
     else:
         scale = aligned_empty((plan.scale_rows, plan.scale_cols), np.float32)
-        rule = kernels.TE if plan.rule == "te" else kernels.DEEPSEEK
         kernels.float8_blocks(
-            bits, codes, scale, lows, plan.block_rows, plan.block_cols, rule, fmax, np.float32(plan.eps),
-            plan.power_2, f,
+            bits, codes, scale, lows, plan.block_rows, plan.block_cols, plan.rule.code, fmax,
+            np.float32(plan.eps), plan.power_2, f,
         )
     return scale, float(lows.min())
 

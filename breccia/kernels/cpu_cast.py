@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..scaling import KernelRule
 from ._cpu_scalar import (
     as_float,
     deepseek_scale,
@@ -38,8 +39,11 @@ from ._cpu_scalar import (
     widen_as,
 )
 
-#: the Float8 rules and the MX rules, as the kernels number them
-TE, DEEPSEEK, MX_FLOOR, MX_CEIL = 0, 1, 2, 3
+#: the Float8 rules and the MX rules, numbered by breccia.scaling.KernelRule (plain ints: numba
+#: compiles them as constants)
+TE, DEEPSEEK, MX_FLOOR, MX_CEIL = (
+    rule.code for rule in (KernelRule.TE, KernelRule.DEEPSEEK, KernelRule.MX_FLOOR, KernelRule.MX_CEIL)
+)
 
 
 @njit

@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from ..backends import get_backend
-from ..scaling import BlockStats, Scales, block_scales
+from ..scaling import BlockStats, KernelRule, Scales, block_scales
 from ._cast_plan import CastPlan
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
@@ -105,7 +105,7 @@ class _Ops:
 
     def scale_rule(self, plan: CastPlan, amax: Any) -> tuple[Any, Any]:
         """(stored scale, encode factor) per block; the factor divides for deepseek, else multiplies."""
-        if plan.rule == "te":
+        if plan.rule == KernelRule.TE:
             a = jnp.maximum(amax, plan.eps) if plan.eps > 0 else amax
             ok = (a > 0) & (a <= _FLT_MAX)
             q = self.div(plan.fmax, jnp.where(ok, a, 1.0))
@@ -114,7 +114,7 @@ class _Ops:
             if plan.power_2:
                 q = self.pow2(self.floor_log2(q))
             return self.div(1.0, q), q
-        if plan.rule == "deepseek":
+        if plan.rule == KernelRule.DEEPSEEK:
             floored = jnp.maximum(amax, jnp.float32(1e-4))
             s = self.div_deepseek(floored, jnp.full(amax.shape, plan.fmax, jnp.float32))
             if plan.power_2:
@@ -122,7 +122,7 @@ class _Ops:
             return s, s
         positive = amax > 0
         am = jnp.where(positive, amax, 1.0)
-        if plan.rule == "mx_floor":
+        if plan.rule == KernelRule.MX_FLOOR:
             e = self.floor_log2(am) - plan.emax_elem
         else:
             e = self.ceil_log2(self.div(am, jnp.full(am.shape, plan.fmax, jnp.float32)))
@@ -177,7 +177,7 @@ def _tile_max(v: Any) -> Any:
 def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: bool = False):
     rows_cols, mask, pm, pk = _tile(plan, reverse)
     shape3 = (plan.tile_rows, plan.tile_blocks, plan.block_pad)
-    whole = plan.block_rows > 1 or plan.rule == "given"  # one block (or one partial amax) per tile
+    whole = plan.block_rows > 1 or plan.rule == KernelRule.GIVEN  # one block (or one partial amax) per tile
     x = pltriton.load(x_ref.at[rows_cols], mask=mask, other=0.0).astype(jnp.float32)
     isnan = jnp.isnan(x)
     magnitude = _finite_abs(x)
@@ -187,7 +187,7 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: b
         amax = jnp.max(magnitude.reshape(shape3), axis=2)
         nans = jnp.max(isnan.astype(jnp.int32).reshape(shape3), axis=2)
     x = jnp.where(isnan, 0.0, x)
-    if plan.rule == "given":
+    if plan.rule == KernelRule.GIVEN:
         given_ref, data_ref, amax_ref, nan_ref = refs
         at = (pl.ds(pm, 1), pl.ds(pk, 1))
         pltriton.store(amax_ref.at[at], amax)
@@ -198,7 +198,7 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: b
         return
     data_ref, scale_ref = refs
     stored, factor = ops.scale_rule(plan, amax)
-    divide = plan.rule == "deepseek"
+    divide = plan.rule == KernelRule.DEEPSEEK
     if whole:
         y = ops.div_deepseek(x, jnp.broadcast_to(factor, x.shape)) if divide else x * factor
         codes = ops.encode(plan, y)
@@ -362,7 +362,7 @@ def _dequantize_body(plan: CastPlan, data_ref, scale_ref, out_ref):
     rows_cols, mask, pm, pk = _tile(plan)
     codes = pltriton.load(data_ref.at[rows_cols], mask=mask, other=0)
     v = lax.bitcast_convert_type(codes, _FP8[plan.fmt.name]).astype(jnp.float32)
-    if plan.rule == "per_tensor":
+    if plan.rule == KernelRule.PER_TENSOR:
         y = v * pltriton.load(scale_ref.at[pl.ds(0, 1)]).astype(jnp.float32).reshape(1, 1)
     else:
         groups = plan.tile_rows // plan.block_rows
@@ -388,7 +388,8 @@ def launch_dequantize(plan: CastPlan, data: Any, scale: Any, dtype_name: str, in
     codes = lax.bitcast_convert_type(data, jnp.uint8).reshape(plan.rows, plan.cols)
     if plan.scale_e8m0:
         scale = lax.bitcast_convert_type(scale, jnp.uint8)
-    scale = scale.reshape(1) if plan.rule == "per_tensor" else scale.reshape(plan.scale_rows, plan.scale_cols)
+    per_tensor = plan.rule == KernelRule.PER_TENSOR
+    scale = scale.reshape(1) if per_tensor else scale.reshape(plan.scale_rows, plan.scale_cols)
     out_shape = jax.ShapeDtypeStruct((plan.rows, plan.cols), _OUT[dtype_name])
     body = functools.partial(_dequantize_body, plan)
     return pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **_params(plan, interpret))(codes, scale)

@@ -35,11 +35,17 @@ import torch
 import triton
 import triton.language as tl
 
+from ..scaling import KernelRule
 from ._cast_plan import CastPlan
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
-_RULES = {"te": 0, "deepseek": 1, "mx_floor": 2, "mx_ceil": 3, "per_tensor": 5, "blocks": 6}
+# the rules the kernels branch on (their RULE constant), numbered by breccia.scaling.KernelRule
+_TE = tl.constexpr(KernelRule.TE.code)
+_DEEPSEEK = tl.constexpr(KernelRule.DEEPSEEK.code)
+_MX_FLOOR = tl.constexpr(KernelRule.MX_FLOOR.code)
+_MX_CEIL = tl.constexpr(KernelRule.MX_CEIL.code)
+_PER_TENSOR = tl.constexpr(KernelRule.PER_TENSOR.code)
 _FORMATS = {"E4M3": 0, "E5M2": 1, "E2M1": 2}
 _OUT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PAIRS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}  # how a word holds a pair
@@ -101,7 +107,7 @@ def _ceil_f32_log2(s):
 def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr, POW2: tl.constexpr,
                 EMAX: tl.constexpr):
     """(stored scale, encode factor) of each block; the factor multiplies, or divides for deepseek."""
-    if RULE == 0:  # te: q = max / max(amax, eps)
+    if RULE == _TE:  # q = max / max(amax, eps)
         if EPS > 0:
             a = tl.maximum(amax, EPS)
         else:
@@ -113,7 +119,7 @@ def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr,
         if POW2:
             q = _pow2(_floor_log2(q))
         return _div_rn(tl.full(q.shape, 1.0, tl.float32), q), q
-    elif RULE == 1:  # deepseek: s = max(amax, 1e-4) / max, divided as DeepSeek's kernel divides
+    elif RULE == _DEEPSEEK:  # s = max(amax, 1e-4) / max, divided as DeepSeek's kernel divides
         s = _div_full(tl.maximum(amax, 1e-4), tl.full(amax.shape, FMAX, tl.float32))
         if POW2:
             s = _pow2(_ceil_f32_log2(s))
@@ -121,7 +127,7 @@ def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr,
     else:  # MX: e = floor(log2 amax) - emax_elem, or ceil(log2(amax / max))
         positive = amax > 0
         am = tl.where(positive, amax, 1.0)
-        if RULE == 2:
+        if RULE == _MX_FLOOR:
             e = _floor_log2(am) - EMAX
         else:
             e = _ceil_log2(_div_rn(am, tl.full(am.shape, FMAX, tl.float32)))
@@ -192,7 +198,7 @@ def _tile_max(v):
 def _store_scale(scale_ptr, stored, nans, pm, pk, scale_rows, scale_cols, RULE: tl.constexpr,
                  TILE_ROWS: tl.constexpr, BLOCK_ROWS: tl.constexpr, TILE_BLOCKS: tl.constexpr):
     """Store the tile's block scales (E8M0 255 or a NaN scale for blocks that held NaN)."""
-    if RULE >= 2:
+    if (RULE == _MX_FLOOR) | (RULE == _MX_CEIL):  # E8M0 scales
         stored = tl.where(nans > 0, 255, stored).to(tl.uint8)
     else:
         nan = tl.full(stored.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
@@ -237,14 +243,14 @@ def _cast_kernel(x_ptr, data_ptr, scale_ptr, rows, cols, scale_rows, scale_cols,
     x = tl.where(isnan, 0.0, x)
     stored, factor = _scale_rule(amax, RULE, FMAX, EPS, POW2, EMAX)
     if BLOCK_ROWS > 1:
-        if RULE == 1:
+        if RULE == _DEEPSEEK:
             y = _div_full(x, tl.broadcast_to(factor, x.shape))
         else:
             y = x * factor
         codes = _encode(y, FMT, FMAX)
     else:
         x3 = tl.reshape(x, (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD))
-        if RULE == 1:
+        if RULE == _DEEPSEEK:
             y3 = _div_full(x3, tl.broadcast_to(factor[:, :, None], x3.shape))
         else:
             y3 = x3 * factor[:, :, None]
@@ -290,7 +296,7 @@ def _tensor_encode_kernel(x_ptr, data_ptr, scale_ptr, work_ptr, rows, cols,
     pm = tl.num_programs(0) - 1 - tl.program_id(0)
     pk = tl.num_programs(1) - 1 - tl.program_id(1)
     x, isnan, offsets, mask = _load_tile(x_ptr, rows, cols, pm, pk * WIDTH, TILE_ROWS, WIDTH)
-    stored, q = _scale_rule(tl.load(work_ptr + first).to(tl.float32, bitcast=True), 0, FMAX, EPS, POW2, 0)
+    stored, q = _scale_rule(tl.load(work_ptr + first).to(tl.float32, bitcast=True), _TE, FMAX, EPS, POW2, 0)
     if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         tl.store(scale_ptr + first, tl.where(tl.load(work_ptr + 1 + first) > 0, _nan_f32(), stored))
     tl.store(data_ptr + offsets, _encode(tl.where(isnan, 0.0, x) * q, FMT, FMAX), mask=mask)
@@ -313,7 +319,7 @@ def _history_rule(history_ptr, length, FMAX: tl.constexpr, MOST_RECENT: tl.const
             nans = tl.maximum(nans, (h != h).to(tl.int32))
         any_nan = tl.max(nans, axis=1, keep_dims=True) > 0
         amax = tl.where(any_nan, _nan_f32(), tl.max(amaxes, axis=1, keep_dims=True))
-    return _scale_rule(amax * MARGIN, 0, FMAX, 0.0, False, 0)
+    return _scale_rule(amax * MARGIN, _TE, FMAX, 0.0, False, 0)
 
 
 @triton.jit
@@ -396,7 +402,7 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, sca
         v = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
     else:
         v = codes.to(tl.float8e5, bitcast=True).to(tl.float32)
-    if RULE == 5:
+    if RULE == _PER_TENSOR:
         y = v * tl.load(scale_ptr).to(tl.float32)
     else:
         GROUPS: tl.constexpr = TILE_ROWS // BLOCK_ROWS
@@ -423,7 +429,7 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, sca
 
 def _constants(plan: CastPlan) -> dict[str, Any]:
     return dict(BLOCK_ROWS=plan.block_rows, BLOCK_COLS=plan.block_cols, BLOCK_PAD=plan.block_pad,
-                TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=_RULES[plan.rule],
+                TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=plan.rule.code,
                 FMT=_FORMATS[plan.fmt.name], num_warps=plan.num_warps, enable_fp_fusion=False)
 
 
