@@ -28,7 +28,7 @@ import numpy as np
 from . import formats
 from .choices import Choice, RecipeConvention, ScaleFormat
 from .errors import RecipeError
-from .formats import E4M3, NVFP4_GLOBAL_DIVISOR
+from .formats import E4M3, FLOAT32, LN2_F32, NVFP4_GLOBAL_DIVISOR, SUBNORMAL_SHIFT
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
@@ -53,12 +53,14 @@ __all__ = [
     "rule_for",
     "kernel_rule",
     "block_scales",
+    "ceil_log2",
+    "ceil_f32_log2",
     "ggml_floor_log2",
     "FLT_MAX",
     "FLT_EPS",
 ]
 
-FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MAX = FLOAT32.max_value
 FLT_EPS = float(np.finfo(np.float32).eps)
 DEEPSEEK_AMAX_FLOOR = 1e-4
 
@@ -163,15 +165,20 @@ def _safe_reciprocal_rule(backend: Any, amax: Any, fmax: float, eps: float, powe
     return q
 
 
-def _ceil_log2(xp: Any, pow2: Any, v: Any) -> Any:
-    e = formats.floor_log2(xp, pow2, v)
+def ceil_log2(xp: Any, pow2: Any, v: Any, floor_log2: Callable[[Any], Any] | None = None) -> Any:
+    """Exact ``ceil(log2 v)`` for positive finite ``v``: ``e = floor(log2 v)``, plus one where ``2**e < v``.
+
+    ``floor_log2`` defaults to :func:`breccia.formats.floor_log2` over ``xp`` (float exponents); the
+    Pallas kernels pass their exponent-field one (int32 exponents), so this is their code too.
+    """
+    e = formats.floor_log2(xp, pow2, v) if floor_log2 is None else floor_log2(v)
     return xp.where(pow2(e) < v, e + 1, e)
 
 
-_LN2 = float(np.float32(np.log(2.0)))
+_MANTISSA_BITS = FLOAT32.mantissa_bits
 
 
-def _ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
+def ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
     """``ceil(fl32(log2 s))`` for positive float32 ``s`` down to ``2**-127``, with a correctly rounded
     float32 ``log2`` (what torch's ``log2`` gives torchao's RCEIL on the CPU, and what DeepSeek's
     kernel computes for its UE8M0 scales, measured on an H200). ``s = 2**k * (1 + i * 2**-23)`` just
@@ -180,20 +187,25 @@ def _ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
     floor(log2 |k|)``, halved again below a negative power of two; for ``k = 0`` no ``i > 0``).
     ``log2(1 + i * 2**-23) < h`` is decided as ``i * 2**-23 < h * fl32(ln 2)``, both sides exact: no
     integer ``i`` lies between the two thresholds, which differ by a relative ``h ln2 / 2 < 2**-18``.
-    Below ``2**-127`` the result is at most -127, which every caller clamps to.
+    Below ``2**-127`` the result is at most -127, which every caller clamps to. This is the one
+    definition; the kernels' copies (Triton, Pallas, numba: ``ceil_f32_log2``) read ``k`` and ``i``
+    from the float32 fields.
     """
     k = formats.floor_log2(xp, pow2, s)
-    i = (s * pow2(-xp.maximum(k, -127.0)) - 1.0) * 2.0**23  # the mantissa bits, exactly
+    # the mantissa field, exactly (2**-k is a normal float32 for k >= -127)
+    i = (s * pow2(-xp.maximum(k, -float(FLOAT32.bias))) - 1.0) * 2.0**_MANTISSA_BITS
     a = xp.maximum(xp.abs(k), 1.0)
     j = formats.floor_log2(xp, pow2, a)
-    h = pow2(xp.where((k < 0) & (pow2(j) == a), j - 25.0, j - 24.0))
-    keep = (i == 0) | ((k != 0) & (i * 2.0**-23 < h * _LN2))
+    half_ulp = float(_MANTISSA_BITS + 1)  # h = 2**(j - 24)
+    h = pow2(xp.where((k < 0) & (pow2(j) == a), j - (half_ulp + 1.0), j - half_ulp))
+    keep = (i == 0) | ((k != 0) & (i * 2.0**-_MANTISSA_BITS < h * LN2_F32))
     return xp.where(keep, k, k + 1.0)
 
 
 #: float32 sqrt(2) rounded down (0x3FB504F3); the next float32 lies above sqrt(2)
 _SQRT2_BELOW = float(np.float32(np.sqrt(2.0)))
-_UNDERFLOW_SHIFT = 64.0
+_UNDERFLOW_SHIFT = float(SUBNORMAL_SHIFT)
+_SMALLEST_NORMAL_F32 = 2.0**FLOAT32.e_min
 
 
 def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
@@ -205,7 +217,8 @@ def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
     every product exact; 0 gives a very negative ``e`` that the caller's clip takes to -127.
     """
     tiny = s < 2.0**-_UNDERFLOW_SHIFT
-    t = xp.maximum(xp.where(tiny, s, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, s), 2.0**-126)
+    t = xp.where(tiny, s, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, s)
+    t = xp.maximum(t, _SMALLEST_NORMAL_F32)
     k = formats.floor_log2(xp, pow2, t)
     e = xp.where(t > pow2(k) * _SQRT2_BELOW, k + 1.0, k)
     return xp.where(tiny, e - _UNDERFLOW_SHIFT, e)
@@ -233,7 +246,7 @@ def _deepseek_rule(backend: Any, recipe: Float8BlockScaling, stats: BlockStats, 
     xp, pow2 = backend.xp, backend.pow2
     s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(recipe.element_format.max_value)
     if recipe.power_2_scale:
-        s = pow2(_ceil_f32_log2(xp, pow2, s))
+        s = pow2(ceil_f32_log2(xp, pow2, s))
     return Scales(stored=s, multiplier=backend.divide(1.0, s))
 
 
@@ -270,7 +283,7 @@ def ggml_floor_log2(backend: Any, a: Any) -> Any:
     ``n`` of its binade (:data:`GGML_LOG2_BUMPS`). Subnormal ``a`` is scaled by ``2**64`` first, so
     every power of two used is a normal float32 and every product exact."""
     xp, pow2 = backend.xp, backend.pow2
-    tiny = a < 2.0**-126
+    tiny = a < _SMALLEST_NORMAL_F32
     t = xp.where(tiny, a, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, a)
     k = formats.floor_log2(xp, pow2, t)
     mantissa = backend.divide(t, pow2(k))
@@ -310,8 +323,8 @@ def _even_log2(xp: Any, pow2: Any, amax: Any, mantissa_bits: int) -> Any:
 MX_EXPONENTS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "floor": lambda b, fmt, amax: formats.floor_log2(b.xp, b.pow2, amax) - float(fmt.e_max),
     "even": lambda b, fmt, amax: _even_log2(b.xp, b.pow2, amax, fmt.mantissa_bits) - float(fmt.e_max),
-    "ceil": lambda b, fmt, amax: _ceil_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
-    "ceil_f32_log2": lambda b, fmt, amax: _ceil_f32_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+    "ceil": lambda b, fmt, amax: ceil_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+    "ceil_f32_log2": lambda b, fmt, amax: ceil_f32_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
     "nearest": lambda b, fmt, amax: _nearest_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
 }
 
@@ -432,7 +445,7 @@ def _breccia_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats, histo
 
 
 _HALF_DTYPES = ("bfloat16", "float16")
-_SMALLEST_NORMAL = {"bfloat16": 2.0**-126, "float16": 2.0**-14, "float32": 2.0**-126}
+_SMALLEST_NORMAL = {"bfloat16": _SMALLEST_NORMAL_F32, "float16": 2.0**-14, "float32": _SMALLEST_NORMAL_F32}
 
 
 def _in_input_dtype(backend: Any, v: Any, stats: BlockStats) -> Any:
@@ -467,7 +480,7 @@ def _torchao_int_rule(backend: Any, recipe: _IntRecipe, stats: BlockStats, histo
         return _in_input_dtype(backend, v, stats)
 
     intx = fmt.bits < 8
-    eps = _SMALLEST_NORMAL.get(stats.input_dtype, 2.0**-126) if intx else FLT_EPS
+    eps = _SMALLEST_NORMAL.get(stats.input_dtype, _SMALLEST_NORMAL_F32) if intx else FLT_EPS
     if recipe.symmetric:
         s = xp.maximum(r(backend.divide(stats.amax, (fmt.max_value - fmt.min_value) / 2.0)), eps)
         s = _cap(xp, s, -fmt.min_value)

@@ -32,7 +32,7 @@ import numpy as np
 from ..backends import get_backend
 from ..backends._base import DLPACK_CPU
 from ..backends.numpy_backend import aligned_empty
-from ..formats import ElementFormat, packed_length
+from ..formats import ElementFormat, encode_constants, packed_length
 from ..layouts import Layout, scale_shape
 from ..recipes import Recipe
 from ..scaling import KernelRule
@@ -156,12 +156,12 @@ def _wrap(backend: Any, a: np.ndarray, storage: str, device: Any) -> Any:
 
 @functools.cache
 def _encode_fields(fmt: ElementFormat) -> np.ndarray:
-    """The constants of :func:`._cpu_scalar.encode` for ``fmt`` (uint32)."""
-    m = fmt.mantissa_bits
+    """The constants of :func:`._cpu_scalar.encode` for ``fmt``, :func:`breccia.formats.encode_constants`
+    with the float ones as their float32 bit patterns (uint32)."""
+    c = encode_constants(fmt)
 
     def bits(v: float) -> int:
         return int(np.float32(v).view(np.uint32))
 
-    fields = (bits(fmt.max_value), bits(2.0**fmt.e_min), 23 - m, (127 - fmt.bias) << m,
-              bits(2.0 ** (m - fmt.e_min)), fmt.bits - 1)
+    fields = (bits(c.max_value), bits(c.min_normal), c.shift, c.rebias, bits(c.subnormal_scale), c.sign_shift)
     return np.array(fields, np.uint32)

@@ -27,6 +27,7 @@ from numba import njit, prange
 
 from ..scaling import KernelRule
 from ._cpu_scalar import (
+    E8M0_BIAS,
     as_float,
     deepseek_scale,
     encode,
@@ -191,7 +192,7 @@ def mx_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
                     v = xr[base + i]
                     code = encode(as_float(widen(v)) * q, f)
                     orow[base + i] = np.uint8(0 if u32(u32(v) & mask) > inf else code)
-            scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
+            scales[r, j] = np.uint8(255) if nan else np.uint8(e + E8M0_BIAS)
         lows[r] = as_float(widen_as(low, xr[0]))
 
 
@@ -231,7 +232,7 @@ def mx4_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
                     orow[half + k] = np.uint8(lo_code | (hi_code << 4))
             else:
                 _encode_packed(xr[base:], orow[base // 2 :], q, f)
-            scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
+            scales[r, j] = np.uint8(255) if nan else np.uint8(e + E8M0_BIAS)
         lows[r] = as_float(widen_as(low, xr[0]))
 
 

@@ -25,12 +25,18 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from ..backends import get_backend
-from ..scaling import BlockStats, KernelRule, Scales, block_scales
+from ..formats import E2M1, E8M0, FLOAT32, LN2_F32, SUBNORMAL_SHIFT, encode_constants
+from ..scaling import DEEPSEEK_AMAX_FLOOR, BlockStats, KernelRule, Scales, block_scales, ceil_log2
 from ._cast_plan import CastPlan
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
-_FLT_MAX = 3.4028234663852886e38
+_FLT_MAX = FLOAT32.max_value
+_MANTISSA_BITS = FLOAT32.mantissa_bits  # float32's
+_EXPONENT_MASK = (1 << FLOAT32.exponent_bits) - 1
+_MANTISSA_MASK = (1 << _MANTISSA_BITS) - 1
+_SUBNORMAL_BIAS = _MANTISSA_BITS - FLOAT32.e_min  # 2**e is bit e + 149 of a subnormal's pattern
+_E2M1 = encode_constants(E2M1)
 _FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
 _OUT = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -76,31 +82,34 @@ class _Ops:
 
     @staticmethod
     def floor_log2(a: Any) -> Any:
-        """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``."""
-        tiny = a < 1.1754943508222875e-38
-        a = jnp.where(tiny, a * 18446744073709551616.0, a)
-        e = ((_bits(a) >> 23) & 255) - 127
-        return jnp.where(tiny, e - 64, e)
+        """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``, from its exponent field
+        (the math: :func:`breccia.formats.floor_log2`; ``docs/numerics.md``)."""
+        tiny = a < 2.0**FLOAT32.e_min
+        a = jnp.where(tiny, a * 2.0**SUBNORMAL_SHIFT, a)
+        e = ((_bits(a) >> _MANTISSA_BITS) & _EXPONENT_MASK) - FLOAT32.bias
+        return jnp.where(tiny, e - SUBNORMAL_SHIFT, e)
 
     @staticmethod
     def pow2(e: Any) -> Any:
-        """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127]."""
-        normal = _float((e + 127) << 23)
-        sub = _float(jnp.left_shift(1, jnp.clip(e + 149, 0, 22)))
-        return jnp.where(e >= -126, normal, sub)
+        """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127], written into the float32 fields."""
+        normal = _float((e + FLOAT32.bias) << _MANTISSA_BITS)
+        sub = _float(jnp.left_shift(1, jnp.clip(e + _SUBNORMAL_BIAS, 0, _MANTISSA_BITS - 1)))
+        return jnp.where(e >= FLOAT32.e_min, normal, sub)
 
     def ceil_log2(self, v: Any) -> Any:
-        e = self.floor_log2(v)
-        return jnp.where(self.pow2(e) < v, e + 1, e)
+        """:func:`breccia.scaling.ceil_log2` with this exponent-field ``floor_log2``."""
+        return ceil_log2(jnp, self.pow2, v, self.floor_log2)
 
     def ceil_f32_log2(self, s: Any) -> Any:
-        """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._ceil_f32_log2``)."""
+        """``ceil(fl32(log2 s))`` of normal float32 ``s``, with ``k`` and ``i`` read from the fields
+        (the math: :func:`breccia.scaling.ceil_f32_log2`)."""
         k = self.floor_log2(s)
-        i = (_bits(s) & 0x7FFFFF).astype(jnp.float32)  # s is normal
+        i = (_bits(s) & _MANTISSA_MASK).astype(jnp.float32)  # s is normal
         a = jnp.maximum(jnp.abs(k), 1)
         j = self.floor_log2(a.astype(jnp.float32))
-        h = self.pow2(jnp.where((k < 0) & (jnp.left_shift(1, j) == a), j - 25, j - 24))
-        keep = (i == 0) | ((k != 0) & (i * jnp.float32(2.0**-23) < h * jnp.float32(0.6931471824645996)))
+        half_ulp = _MANTISSA_BITS + 1  # h = 2**(j - 24)
+        h = self.pow2(jnp.where((k < 0) & (jnp.left_shift(1, j) == a), j - (half_ulp + 1), j - half_ulp))
+        keep = (i == 0) | ((k != 0) & (i * jnp.float32(2.0**-_MANTISSA_BITS) < h * jnp.float32(LN2_F32)))
         return jnp.where(keep, k, k + 1)
 
     def scale_rule(self, plan: CastPlan, amax: Any) -> tuple[Any, Any]:
@@ -115,7 +124,7 @@ class _Ops:
                 q = self.pow2(self.floor_log2(q))
             return self.div(1.0, q), q
         if plan.rule == KernelRule.DEEPSEEK:
-            floored = jnp.maximum(amax, jnp.float32(1e-4))
+            floored = jnp.maximum(amax, jnp.float32(DEEPSEEK_AMAX_FLOOR))
             s = self.div_deepseek(floored, jnp.full(amax.shape, plan.fmax, jnp.float32))
             if plan.power_2:
                 s = self.pow2(self.ceil_f32_log2(s))
@@ -126,28 +135,30 @@ class _Ops:
             e = self.floor_log2(am) - plan.emax_elem
         else:
             e = self.ceil_log2(self.div(am, jnp.full(am.shape, plan.fmax, jnp.float32)))
-        e = jnp.clip(jnp.where(positive, e, 0), -127, 127 - plan.emax_elem)  # max * 2**e finite
-        return (e + 127).astype(jnp.uint8), self.pow2(-e)
+        e = jnp.clip(jnp.where(positive, e, 0), -E8M0.bias, E8M0.bias - plan.emax_elem)  # max * 2**e finite
+        return (e + E8M0.bias).astype(jnp.uint8), self.pow2(-e)
 
     @staticmethod
     def encode(plan: CastPlan, y: Any) -> Any:
         """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
-        if plan.fmt.name == "E2M1":
-            sign = (_bits(y) >> 28) & 8
-            return (_e2m1_magnitude(jnp.minimum(jnp.abs(y), 6.0)) | sign).astype(jnp.uint8)
+        if plan.fmt == E2M1:
+            sign = (_bits(y) >> (FLOAT32.bits - E2M1.bits)) & (1 << _E2M1.sign_shift)
+            return (e2m1_magnitude(jnp.minimum(jnp.abs(y), _E2M1.max_value)) | sign).astype(jnp.uint8)
         y = jnp.clip(y, -plan.fmax, plan.fmax)
         return lax.bitcast_convert_type(y.astype(_FP8[plan.fmt.name]), jnp.uint8)
 
 
-def _e2m1_magnitude(a: Any) -> Any:
+def e2m1_magnitude(a: Any) -> Any:
     """E2M1 code (0..7) of ``a`` in [0, 6], rounded to nearest even, from its float32 bits: at or
     above 1 the exponent and top mantissa bit rounded at bit 22 (half to even), less 252; below 1,
-    ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23`` (see
-    :func:`breccia.kernels.torch_cast._e2m1_magnitude`)."""
+    ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23``. The math is
+    :func:`breccia.formats.encode`'s, the constants :func:`breccia.formats.encode_constants` (E2M1);
+    the same function in Triton: :func:`breccia.kernels.torch_cast.e2m1_magnitude`."""
     b = _bits(a)
-    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
-    small = _bits(a * 2.0 + 8388608.0) & 3
-    return jnp.where(a < 1.0, small, normal)
+    half = (1 << (_E2M1.shift - 1)) - 1
+    normal = ((b + half + ((b >> _E2M1.shift) & 1)) >> _E2M1.shift) - _E2M1.rebias
+    small = _bits(a * _E2M1.subnormal_scale + 2.0**_MANTISSA_BITS) & ((2 << E2M1.mantissa_bits) - 1)
+    return jnp.where(a < _E2M1.min_normal, small, normal)
 
 
 def _tile(plan: CastPlan, reverse: bool = False) -> tuple[Any, Any, Any, Any]:
