@@ -28,7 +28,7 @@ import numpy as np
 from . import formats
 from .choices import Choice, RecipeConvention, ScaleFormat
 from .errors import RecipeError
-from .formats import E4M3, FLOAT32, LN2_F32, NVFP4_GLOBAL_DIVISOR, SUBNORMAL_SHIFT
+from .formats import E2M1, E4M3, FLOAT32, LN2_F32, NVFP4_GLOBAL_DIVISOR, SUBNORMAL_SHIFT
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
@@ -340,13 +340,19 @@ def _mx_rule(backend: Any, recipe: MXRecipe, stats: BlockStats, history: Any) ->
     return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
 
 
+#: E4M3's smallest subnormal, 2**-9 (the floor of an NVFP4 block scale), and its eps, 2**-3 (torch's
+#: ``finfo(float8_e4m3fn).eps``, compressed-tensors' block scale where one rounds to 0)
+_E4M3_SMALLEST = 2.0 ** (E4M3.e_min - E4M3.mantissa_bits)
+_E4M3_EPS = 2.0**-E4M3.mantissa_bits
+
+
 def _nvfp4_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any) -> Scales:
     """torchao's and NVIDIA's two-level NVFP4 rule (``NVFP4BlockScaling``'s docstring)."""
     xp = backend.xp
     t = stats.tensor_amax
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
-    block = backend.divide(backend.divide(stats.amax, 6.0), global_scale)
-    codes = backend.encode(xp.clip(block, 2.0**-9, E4M3.max_value), E4M3)
+    block = backend.divide(backend.divide(stats.amax, E2M1.max_value), global_scale)
+    codes = backend.encode(xp.clip(block, _E4M3_SMALLEST, E4M3.max_value), E4M3)
     # the encode multiplier (1 / global_scale) / s_b, as torchao and NVIDIA's kernels compute it
     multiplier = backend.divide(backend.divide(1.0, global_scale), backend.decode(codes, E4M3))
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
@@ -357,7 +363,7 @@ def _nvfp4_mlx_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockStats, 
     448))``, elements divided by it (by 1 where it rounded to 0, which leaves only values that encode
     to 0); the global scale is exactly 1."""
     xp = backend.xp
-    codes = backend.encode(xp.minimum(backend.divide(stats.amax, 6.0), E4M3.max_value), E4M3)
+    codes = backend.encode(xp.minimum(backend.divide(stats.amax, E2M1.max_value), E4M3.max_value), E4M3)
     s = backend.decode(codes, E4M3)
     one = stats.tensor_amax * 0.0 + 1.0  # float32 1 of the backend (the amax is finite)
     return Scales(stored=codes, divisor=xp.where(s > 0, s, 1.0), global_scale=one)
@@ -373,9 +379,9 @@ def _nvfp4_divisor_rule(backend: Any, recipe: NVFP4BlockScaling, stats: BlockSta
     t = stats.tensor_amax
     g = backend.divide(1.0, xp.where(t > 0, t, 1.0)) * NVFP4_GLOBAL_DIVISOR
     global_scale = xp.where(xp.isfinite(g) & (t > 0), g, 1.0)
-    block = xp.minimum(global_scale * backend.divide(stats.amax, 6.0), E4M3.max_value)
+    block = xp.minimum(global_scale * backend.divide(stats.amax, E2M1.max_value), E4M3.max_value)
     rounds_to_zero = backend.decode(backend.encode(block, E4M3), E4M3) == 0
-    codes = backend.encode(xp.where(rounds_to_zero, 0.125, block), E4M3)
+    codes = backend.encode(xp.where(rounds_to_zero, _E4M3_EPS, block), E4M3)
     divisor = backend.divide(backend.decode(codes, E4M3), global_scale)
     return Scales(stored=codes, divisor=divisor, global_scale=global_scale)
 
