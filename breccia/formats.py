@@ -122,10 +122,8 @@ FORMATS: dict[str, ElementFormat] = {f.name: f for f in (E4M3, E5M2, E2M1, E8M0,
 #: ``FLT_MAX``): the fields that the exact ``floor(log2)`` and ``2**e`` of every kernel language read
 #: and write (``docs/numerics.md``, "Exact log2 and powers of two"). Not a format breccia stores, so
 #: not in :data:`FORMATS`.
-FLOAT32 = ElementFormat(
-    "FLOAT32", 32, "float", 8, 23, 127, float(np.finfo(np.float32).max), -float(np.finfo(np.float32).max),
-    None, "F32",
-)
+_FLT_MAX = float(np.finfo(np.float32).max)
+FLOAT32 = ElementFormat("FLOAT32", 32, "float", 8, 23, 127, _FLT_MAX, -_FLT_MAX, None, "F32")
 
 #: A subnormal float32 times ``2**SUBNORMAL_SHIFT`` is normal (and exact): the exact ``floor(log2)``
 #: scales one up by it before reading its exponent, and takes the shift off again.
@@ -168,10 +166,8 @@ class EncodeConstants(NamedTuple):
 def encode_constants(fmt: ElementFormat) -> EncodeConstants:
     """:class:`EncodeConstants` of the float format ``fmt`` (E4M3, E5M2, E2M1)."""
     m = fmt.mantissa_bits
-    return EncodeConstants(
-        fmt.max_value, 2.0**fmt.e_min, FLOAT32.mantissa_bits - m, (FLOAT32.bias - fmt.bias) << m,
-        2.0 ** (m - fmt.e_min), fmt.bits - 1,
-    )
+    shift, rebias = FLOAT32.mantissa_bits - m, (FLOAT32.bias - fmt.bias) << m
+    return EncodeConstants(fmt.max_value, 2.0**fmt.e_min, shift, rebias, 2.0 ** (m - fmt.e_min), fmt.bits - 1)
 
 
 def format_by_name(name: str) -> ElementFormat:
