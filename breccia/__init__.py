@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .checkpoints import convert, open_checkpoint
+from .choices import FP8Format, RecipeConvention, ScaleFormat
 from .errors import (
     BrecciaError,
     CopyError,
@@ -65,6 +66,9 @@ __all__ = [
     "Int8Scaling",
     "Int4Scaling",
     "recipe_from_dict",
+    "FP8Format",
+    "ScaleFormat",
+    "RecipeConvention",
     # layouts
     "Layout",
     "PerTensor",

@@ -39,9 +39,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .backends import Backend
+from .choices import ScaleFormat
 from .formats import (
-    E4M3,
-    E8M0,
     ElementFormat,
     fp4_ties_toward_zero,
     packed_length,
@@ -193,7 +192,7 @@ def _block_scales(
             finite_x = xb if nan_blocks is None else xp.where(xp.abs(xb) < math.inf, xb, 0.0)
             stats.lo = as_float32(backend, xp.min(finite_x, axis=axes, keepdims=True))
             stats.hi = as_float32(backend, xp.max(finite_x, axis=axes, keepdims=True))
-        if recipe.scale_format == "E4M3":
+        if recipe.has_global_scale:
             stats.tensor_amax = xp.max(amax)
         if recipe.integer_rounding == "ggml_q4_0":
             stats.signed_max = _first_signed_max(backend, xb, amax, blocking)
@@ -258,11 +257,12 @@ def _first_signed_max(backend: Backend, xb: Any, amax: Any, blocking: _Blocking)
 _SCALE_ARRAYS = ("stored", "multiplier", "divisor", "pre_offset", "post_offset", "zero_point", "global_scale")
 
 
-def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: str) -> Any:
+def _mark_nan(backend: Backend, stored: Any, nan_blocks: Any, scale_format: ScaleFormat) -> Any:
     xp = backend.xp
-    if scale_format == "F32":
+    fmt = ScaleFormat(scale_format).element_format
+    if fmt is None:
         return xp.where(nan_blocks, math.nan, stored)
-    code = (E8M0 if scale_format == "E8M0" else E4M3).nan_code
+    code = fmt.nan_code
     return xp.where(nan_blocks, xp.asarray(code, dtype=xp.uint8), stored)
 
 

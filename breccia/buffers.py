@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from .backends import Backend, backend_for, float_dtype_name
+from .choices import RecipeConvention, ScaleFormat
 from .errors import DTypeError, FrameworkError, LayoutError, RecipeError, ShapeError
 from .formats import packed_length
 from .layouts import Layout, scale_shape
@@ -34,7 +35,7 @@ def checked_layout(recipe: Recipe, layout: Layout | None, shape: tuple[int, ...]
     checked against the recipe and the shape; raises LayoutError saying what does not fit."""
     layout = recipe.check_layout(layout)
     layout.check_shape(shape)
-    if getattr(recipe, "convention", None) == "mlx" and shape and shape[-1] % layout.block_shape(shape)[-1]:
+    if recipe.convention == RecipeConvention.MLX and shape and shape[-1] % layout.block_shape(shape)[-1]:
         raise LayoutError(
             f"{recipe!r} follows MLX's affine mode, which needs the last axis ({shape[-1]}) to be a "
             f"multiple of the group size {layout.block_shape(shape)[-1]}"
@@ -93,7 +94,7 @@ def from_buffer(
             f"scale has shape {tuple(scale.shape)} but {layout!r} on a tensor of shape {logical} needs {grid}"
         )
     scale = _check_scale_dtype(backend, scale, recipe)
-    if recipe.scale_format == "E4M3":
+    if recipe.has_global_scale:
         if global_scale is None:
             raise RecipeError("NVFP4 needs global_scale= (the fp32 second-level scale)")
         global_scale = _check_float_array(backend, global_scale, "global_scale", (), allow_size1=True)
@@ -132,7 +133,7 @@ def _check_data_dtype(backend: Backend, data: Any, fmt: Any) -> Any:
 
 def _check_scale_dtype(backend: Backend, scale: Any, recipe: Recipe) -> Any:
     name = backend.dtype_name(scale)
-    if recipe.scale_format == "F32":
+    if recipe.scale_format == ScaleFormat.F32:
         if name not in ("float32", "bfloat16", "float16"):
             raise DTypeError(f"{recipe.name} scales must be float32 (or bfloat16/float16); got {name}")
         return scale

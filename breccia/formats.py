@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,11 @@ __all__ = [
     "INT4",
     "FORMATS",
     "NVFP4_GLOBAL_DIVISOR",
+    "FLOAT32",
+    "SUBNORMAL_SHIFT",
+    "LN2_F32",
+    "EncodeConstants",
+    "encode_constants",
     "offset_binary_flip",
     "format_by_name",
     "encode",
@@ -113,6 +118,20 @@ INT4 = ElementFormat("INT4", 4, "int", max_value=7, min_value=-8, safetensors_dt
 
 FORMATS: dict[str, ElementFormat] = {f.name: f for f in (E4M3, E5M2, E2M1, E8M0, INT8, INT4)}
 
+#: float32's own layout (bias 127, 23 mantissa bits, smallest normal ``2**e_min = 2**-126``, largest
+#: ``FLT_MAX``): the fields that the exact ``floor(log2)`` and ``2**e`` of every kernel language read
+#: and write (``docs/numerics.md``, "Exact log2 and powers of two"). Not a format breccia stores, so
+#: not in :data:`FORMATS`.
+_FLT_MAX = float(np.finfo(np.float32).max)
+FLOAT32 = ElementFormat("FLOAT32", 32, "float", 8, 23, 127, _FLT_MAX, -_FLT_MAX, None, "F32")
+
+#: A subnormal float32 times ``2**SUBNORMAL_SHIFT`` is normal (and exact): the exact ``floor(log2)``
+#: scales one up by it before reading its exponent, and takes the shift off again.
+SUBNORMAL_SHIFT = 64
+
+#: ``fl32(ln 2)``, the constant of the exact ``ceil(fl32(log2 s))`` (``scaling.ceil_f32_log2``).
+LN2_F32 = float(np.float32(math.log(2.0)))
+
 #: NVFP4's second level: ``global_scale = amax / 2688`` (E4M3 max * E2M1 max), so the largest block
 #: scale is E4M3's max and the largest element E2M1's.
 NVFP4_GLOBAL_DIVISOR = E4M3.max_value * E2M1.max_value
@@ -126,6 +145,29 @@ def offset_binary_flip(bits: int) -> int:
     if bits not in (4, 8):
         raise RecipeError(f"offset-binary codes of {bits} bits: breccia holds 4- and 8-bit integers")
     return 0x88 if bits == 4 else 0x80
+
+
+class EncodeConstants(NamedTuple):
+    """The constants of a float format's encode computed on float32 bit patterns (the kernels'
+    encode; the math is :func:`encode`'s): from the format's smallest normal ``2**e_min`` up, the
+    magnitude's pattern rounded half to even at bit ``shift`` (add ``2**(shift - 1) - 1`` plus the
+    lowest kept bit, shift right) less ``rebias``; below it, ``a * subnormal_scale`` (exact) rounded
+    to an integer by adding ``2**23`` in float32, the subnormal code itself (at most ``2**m``, the
+    first normal code, where it rounds up)."""
+
+    max_value: float  # the format's largest value: magnitudes are clamped to it first
+    min_normal: float  # 2**e_min
+    shift: int  # 23 - m: the float32 mantissa bits that rounding drops
+    rebias: int  # (127 - bias) << m: float32's exponent bias less the format's, in code units
+    subnormal_scale: float  # 2**(m - e_min)
+    sign_shift: int  # bits - 1: where the code's sign bit goes
+
+
+def encode_constants(fmt: ElementFormat) -> EncodeConstants:
+    """:class:`EncodeConstants` of the float format ``fmt`` (E4M3, E5M2, E2M1)."""
+    m = fmt.mantissa_bits
+    shift, rebias = FLOAT32.mantissa_bits - m, (FLOAT32.bias - fmt.bias) << m
+    return EncodeConstants(fmt.max_value, 2.0**fmt.e_min, shift, rebias, 2.0 ** (m - fmt.e_min), fmt.bits - 1)
 
 
 def format_by_name(name: str) -> ElementFormat:
@@ -174,7 +216,9 @@ def floor_log2(xp: Any, pow2: Any, a: Any) -> Any:
     """Exact ``floor(log2(a))`` as float32 for positive finite ``a``.
 
     ``log2`` is only faithfully rounded in some libraries, so the estimate is corrected by comparing
-    with exact powers of two (``pow2`` is the backend's exact ``2**e``).
+    with exact powers of two (``pow2`` is the backend's exact ``2**e``). This is the one definition;
+    the kernels' copies read the exponent field instead (``docs/numerics.md``, "Exact log2 and powers
+    of two").
     """
     e = xp.floor(xp.log2(a))
     e = xp.where(pow2(e) > a, e - 1, e)

@@ -58,7 +58,7 @@ def _compiled_cast(backend: Backend, recipe: Recipe, layout: Layout):
     present = [
         True,
         True,
-        recipe.scale_format == "E4M3",
+        recipe.has_global_scale,
         recipe.zero_point_kind is not None,
         isinstance(recipe, DelayedScaling),
     ]
@@ -109,7 +109,7 @@ def _empty_cast(backend: Backend, recipe: Recipe, layout: Layout, x: Any, histor
     else:
         scale = empty(grid, backend.storage_dtype(scale_fmt))
     out: dict[str, Any] = {"data": empty(data_shape, backend.storage_dtype(fmt)), "scale": scale}
-    if recipe.scale_format == "E4M3":
+    if recipe.has_global_scale:
         out["global_scale"] = backend.from_numpy(np.ones((), np.float32), device=device)
     if recipe.zero_point_kind is not None:
         out["zero_point"] = backend.from_numpy(np.zeros(grid, np.float32), device=device)

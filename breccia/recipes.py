@@ -13,11 +13,13 @@ only looks names up in a fixed table and checks every field; nothing in a file i
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from .choices import FP8Format, RecipeConvention, ScaleFormat
 from .errors import LayoutError, RecipeError
-from .formats import E2M1, E4M3, E5M2, E8M0, INT4, INT8, ElementFormat
+from .formats import E2M1, INT4, INT8, ElementFormat
 from .layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
 from .scale_rules import E8M0_ROUNDINGS
 
@@ -63,25 +65,41 @@ def _flag(recipe: str, field: str, value: Any) -> None:
         raise RecipeError(f"{recipe}.{field} must be True or False; got {value!r}")
 
 
-_FP8_FORMATS = ("E4M3", "E5M2")
+def _set(recipe: Recipe, field: str, value: Any) -> None:
+    """Store the coerced ``value`` in the frozen ``recipe``'s ``field``."""
+    object.__setattr__(recipe, field, value)
 
 
-def _fp8(name: str) -> ElementFormat:
-    return E4M3 if name == "E4M3" else E5M2
+def _fp8_format(recipe: Recipe) -> None:
+    """Coerce ``recipe.fp8_format`` (a string or an :class:`FP8Format`) to its member."""
+    _set(recipe, "fp8_format", FP8Format.coerce(f"{recipe.name}.fp8_format", recipe.fp8_format))
+
+
+def _convention(recipe: Recipe, *allowed: RecipeConvention) -> None:
+    """Coerce ``recipe.convention`` to its member among ``allowed`` (else a RecipeError)."""
+    where = f"{recipe.name}.convention"
+    _set(recipe, "convention", RecipeConvention.coerce(where, recipe.convention, allowed))
+
+
+_C = RecipeConvention
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Base class of every recipe."""
 
-    scale_format: ClassVar[str] = "F32"  # "F32" | "E8M0" | "E4M3": how the block scale is stored
+    #: how the block scale is stored
+    scale_format: ClassVar[ScaleFormat] = ScaleFormat.F32
     #: True where a float32 per-tensor scale multiplies every block scale (NVFP4's two levels)
     has_global_scale: ClassVar[bool] = False
+    #: whose rule the recipe follows: a field of the recipes that offer a choice, else fixed (None
+    #: for none); not annotated, so that it is no dataclass field of its own
+    convention = None
 
     @property
     def scale_element_format(self) -> ElementFormat | None:
         """The element format the block scales are stored in (E8M0, E4M3), or None for float32."""
-        return SCALE_FORMATS[self.scale_format]
+        return self.scale_format.element_format
 
     @property
     def name(self) -> str:
@@ -154,7 +172,7 @@ class Recipe:
         return {
             "version": RECIPE_SCHEMA_VERSION,
             "name": self.name,
-            "fields": {f.name: getattr(self, f.name) for f in fields(self)},
+            "fields": {f.name: _plain(getattr(self, f.name)) for f in fields(self)},
         }
 
     @classmethod
@@ -182,20 +200,20 @@ class Float8CurrentScaling(Recipe):
     Any layout works: ``PerTensor()`` (default), ``PerRow()`` (row-wise), ``PerBlockK``, ``PerBlock2D``.
     """
 
-    fp8_format: str = "E4M3"
+    fp8_format: FP8Format = FP8Format.E4M3
     power_2_scale: bool = False
     amax_epsilon: float = 0.0
-    convention: str = "te"
+    convention: RecipeConvention = _C.TE
 
     def __post_init__(self) -> None:
-        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _fp8_format(self)
         _flag(self.name, "power_2_scale", self.power_2_scale)
         _nonnegative_number(self.name, "amax_epsilon", self.amax_epsilon)
-        _choice(self.name, "convention", self.convention, ("te", "torchao"))
+        _convention(self, _C.TE, _C.TORCHAO)
 
     @property
     def element_format(self) -> ElementFormat:
-        return _fp8(self.fp8_format)
+        return self.fp8_format.element_format
 
     def default_layout(self) -> Layout:
         return PerTensor()
@@ -217,13 +235,14 @@ class DelayedScaling(Recipe):
         history' = [amax(x), history[0], ..., history[-2]]
     """
 
-    fp8_format: str = "E4M3"
+    fp8_format: FP8Format = FP8Format.E4M3
     margin: int = 0
     amax_history_len: int = 1024
     amax_compute_algo: str = "max"
+    convention = _C.TE
 
     def __post_init__(self) -> None:
-        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _fp8_format(self)
         if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
             raise RecipeError(f"DelayedScaling.margin must be an int >= 0; got {self.margin!r}")
         _positive_int(self.name, "amax_history_len", self.amax_history_len)
@@ -231,7 +250,7 @@ class DelayedScaling(Recipe):
 
     @property
     def element_format(self) -> ElementFormat:
-        return _fp8(self.fp8_format)
+        return self.fp8_format.element_format
 
     def default_layout(self) -> Layout:
         return PerTensor()
@@ -261,22 +280,22 @@ class Float8BlockScaling(Recipe):
 
     block_k: int = 128
     block_m: int = 1
-    fp8_format: str = "E4M3"
+    fp8_format: FP8Format = FP8Format.E4M3
     power_2_scale: bool = False
     amax_epsilon: float = 0.0
-    convention: str = "te"
+    convention: RecipeConvention = _C.TE
 
     def __post_init__(self) -> None:
         _positive_int(self.name, "block_k", self.block_k)
         _positive_int(self.name, "block_m", self.block_m)
-        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _fp8_format(self)
         _flag(self.name, "power_2_scale", self.power_2_scale)
         _nonnegative_number(self.name, "amax_epsilon", self.amax_epsilon)
-        _choice(self.name, "convention", self.convention, ("te", "deepseek"))
+        _convention(self, _C.TE, _C.DEEPSEEK)
 
     @property
     def element_format(self) -> ElementFormat:
-        return _fp8(self.fp8_format)
+        return self.fp8_format.element_format
 
     def default_layout(self) -> Layout:
         if self.block_m == 1:
@@ -312,8 +331,9 @@ class MXRecipe(Recipe):
     rounds down (about half the blocks); they saturate.
     """
 
-    scale_format: ClassVar[str] = "E8M0"
+    scale_format: ClassVar[ScaleFormat] = ScaleFormat.E8M0
     scale_rounding: str = "floor"
+    convention = _C.OCP
 
     def default_layout(self) -> Layout:
         return PerBlockK(32)
@@ -322,16 +342,16 @@ class MXRecipe(Recipe):
 @dataclass(frozen=True)
 class MXFP8BlockScaling(MXRecipe):
     __doc__ = MXRecipe.__doc__
-    fp8_format: str = "E4M3"
+    fp8_format: FP8Format = FP8Format.E4M3
     scale_rounding: str = "floor"
 
     def __post_init__(self) -> None:
-        _choice(self.name, "fp8_format", self.fp8_format, _FP8_FORMATS)
+        _fp8_format(self)
         _choice(self.name, "scale_rounding", self.scale_rounding, _E8M0_ROUNDINGS)
 
     @property
     def element_format(self) -> ElementFormat:
-        return _fp8(self.fp8_format)
+        return self.fp8_format.element_format
 
 
 @dataclass(frozen=True)
@@ -357,12 +377,12 @@ class MXFP4BlockScaling(MXRecipe):
     floats of float32's largest (ggml's byte 253, where its encoder's ``4 * d`` overflows).
     """
     scale_rounding: str = "floor"
-    convention: str = "ocp"
+    convention: RecipeConvention = _C.OCP
 
     def __post_init__(self) -> None:
         _choice(self.name, "scale_rounding", self.scale_rounding, _E8M0_ROUNDINGS)
-        _choice(self.name, "convention", self.convention, ("ocp", "mlx", "ggml"))
-        if self.convention == "ggml" and self.scale_rounding != "floor":
+        _convention(self, _C.OCP, _C.MLX, _C.GGML)
+        if self.convention == _C.GGML and self.scale_rounding != "floor":
             raise RecipeError(
                 f"{self.name}(convention='ggml') is ggml's MXFP4 quantizer, whose exponent rule is its "
                 f"own floor; scale_rounding must be 'floor', got {self.scale_rounding!r}"
@@ -370,11 +390,11 @@ class MXFP4BlockScaling(MXRecipe):
 
     @property
     def fp4_ties_toward_zero(self) -> bool:
-        return self.convention in ("mlx", "ggml")
+        return self.convention in (_C.MLX, _C.GGML)
 
     @property
     def finite_input_only(self) -> bool:
-        return self.convention == "ggml"
+        return self.convention == _C.GGML
 
     @property
     def element_format(self) -> ElementFormat:
@@ -415,21 +435,21 @@ class NVFP4BlockScaling(Recipe):
         x ~ decode(data) * s_b
     """
 
-    scale_format: ClassVar[str] = "E4M3"
+    scale_format: ClassVar[ScaleFormat] = ScaleFormat.E4M3
     has_global_scale: ClassVar[bool] = True
-    convention: str = "nvidia"
+    convention: RecipeConvention = _C.NVIDIA
 
     def __post_init__(self) -> None:
-        _choice(self.name, "convention", self.convention, ("nvidia", "compressed-tensors", "mlx"))
+        _convention(self, _C.NVIDIA, _C.COMPRESSED_TENSORS, _C.MLX)
 
     @property
     def fp4_ties_toward_zero(self) -> bool:
-        return self.convention == "mlx"
+        return self.convention == _C.MLX
 
     @property
     def global_scale_divides(self) -> bool:
         """Whether decoding divides by ``global_scale`` (compressed-tensors) instead of multiplying."""
-        return self.convention == "compressed-tensors"
+        return self.convention == _C.COMPRESSED_TENSORS
 
     @property
     def element_format(self) -> ElementFormat:
@@ -488,18 +508,18 @@ class _IntRecipe(Recipe):
 
     group_size: int | None = None
     symmetric: bool = True
-    convention: str = "breccia"
+    convention: RecipeConvention = _C.BRECCIA
 
     def __post_init__(self) -> None:
         _positive_int(self.name, "group_size", self.group_size, optional=True)
         _flag(self.name, "symmetric", self.symmetric)
-        _choice(self.name, "convention", self.convention, ("breccia", "torchao", "mlx", "ggml"))
-        if self.convention == "mlx" and self.symmetric:
+        _convention(self, _C.BRECCIA, _C.TORCHAO, _C.MLX, _C.GGML)
+        if self.convention == _C.MLX and self.symmetric:
             raise RecipeError(
                 f"{self.name}(convention='mlx') is MLX's affine mode, which is asymmetric; "
                 "pass symmetric=False"
             )
-        if self.convention == "ggml" and not self.symmetric:
+        if self.convention == _C.GGML and not self.symmetric:
             raise RecipeError(
                 f"{self.name}(convention='ggml') is ggml's Q8_0/Q4_0 quantizer, which is symmetric; "
                 "drop symmetric=False (ggml's Q4_1 has no breccia cast)"
@@ -507,19 +527,19 @@ class _IntRecipe(Recipe):
 
     @property
     def integer_rounding(self) -> str:
-        if self.convention != "ggml":
+        if self.convention != _C.GGML:
             return "even"
         return "away" if self.element_format.bits == 8 else "ggml_q4_0"
 
     @property
     def finite_input_only(self) -> bool:
-        return self.convention == "ggml"
+        return self.convention == _C.GGML
 
     @property
     def zero_point_kind(self) -> str | None:
         if self.symmetric:
             return None
-        return "float" if self.convention == "mlx" else "int"
+        return "float" if self.convention == _C.MLX else "int"
 
     def default_layout(self) -> Layout:
         return PerRow() if self.group_size is None else PerBlockK(self.group_size)
@@ -572,6 +592,11 @@ RECIPES: dict[str, type[Recipe]] = {
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
+def _plain(value: Any) -> Any:
+    """A field's JSON value: an enum member's string, any other value as it is."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
 def recipe_from_dict(d: Any) -> Recipe:
     """Rebuild a recipe from :meth:`Recipe.to_dict`.
 
@@ -606,6 +631,3 @@ def recipe_from_dict(d: Any) -> Recipe:
         if not isinstance(value, _JSON_SCALARS):
             raise RecipeError(f"recipe {name}.{key} must be a JSON scalar; got {type(value).__name__}")
     return cls(**values)
-
-
-SCALE_FORMATS: dict[str, ElementFormat | None] = {"F32": None, "E8M0": E8M0, "E4M3": E4M3}

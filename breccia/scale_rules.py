@@ -8,7 +8,8 @@ holds golden bytes for each rule, taken from the peers that use it, and checks t
 peer of the rule that is installed.
 
 To add a peer's rule: give it an entry here (its formula and who uses it), compute it in
-``scaling.py`` (one implementation for every backend), and add its golden bytes to the test.
+``scaling.py`` (one implementation for every backend) and register it in ``scaling.RULES`` under
+its recipe type and convention, and add its golden bytes to the test.
 """
 
 from __future__ import annotations

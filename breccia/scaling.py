@@ -19,17 +19,24 @@ scale for which its codes still decode finite (values outside that window satura
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import formats
-from .formats import E4M3, E8M0, NVFP4_GLOBAL_DIVISOR
+from .choices import Choice, RecipeConvention, ScaleFormat
+from .errors import RecipeError
+from .formats import E2M1, E4M3, FLOAT32, LN2_F32, NVFP4_GLOBAL_DIVISOR, SUBNORMAL_SHIFT
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
     Float8CurrentScaling,
+    Int4Scaling,
+    Int8Scaling,
+    MXFP4BlockScaling,
+    MXFP8BlockScaling,
     MXRecipe,
     NVFP4BlockScaling,
     Recipe,
@@ -40,10 +47,22 @@ if TYPE_CHECKING:
     from .backends import Backend
 
 __all__ = [
-    "BlockStats", "Scales", "block_scales", "ggml_floor_log2", "FLT_MAX", "FLT_EPS"
+    "BlockStats",
+    "Scales",
+    "KernelRule",
+    "RuleEntry",
+    "RULES",
+    "rule_for",
+    "kernel_rule",
+    "block_scales",
+    "ceil_log2",
+    "ceil_f32_log2",
+    "ggml_floor_log2",
+    "FLT_MAX",
+    "FLT_EPS",
 ]
 
-FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MAX = FLOAT32.max_value
 FLT_EPS = float(np.finfo(np.float32).eps)
 DEEPSEEK_AMAX_FLOOR = 1e-4
 
@@ -123,15 +142,20 @@ def _safe_reciprocal_rule(backend: Backend, amax: Any, fmax: float, eps: float, 
     return q
 
 
-def _ceil_log2(xp: Any, pow2: Any, v: Any) -> Any:
-    e = formats.floor_log2(xp, pow2, v)
+def ceil_log2(xp: Any, pow2: Any, v: Any, floor_log2: Callable[[Any], Any] | None = None) -> Any:
+    """Exact ``ceil(log2 v)`` for positive finite ``v``: ``e = floor(log2 v)``, plus one where ``2**e < v``.
+
+    ``floor_log2`` defaults to :func:`breccia.formats.floor_log2` over ``xp`` (float exponents); the
+    Pallas kernels pass their exponent-field one (int32 exponents), so this is their code too.
+    """
+    e = formats.floor_log2(xp, pow2, v) if floor_log2 is None else floor_log2(v)
     return xp.where(pow2(e) < v, e + 1, e)
 
 
-_LN2 = float(np.float32(np.log(2.0)))
+_MANTISSA_BITS = FLOAT32.mantissa_bits
 
 
-def _ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
+def ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
     """``ceil(fl32(log2 s))`` for positive float32 ``s`` down to ``2**-127``, with a correctly rounded
     float32 ``log2`` (what torch's ``log2`` gives torchao's RCEIL on the CPU, and what DeepSeek's
     kernel computes for its UE8M0 scales, measured on an H200). ``s = 2**k * (1 + i * 2**-23)`` just
@@ -140,20 +164,25 @@ def _ceil_f32_log2(xp: Any, pow2: Any, s: Any) -> Any:
     floor(log2 |k|)``, halved again below a negative power of two; for ``k = 0`` no ``i > 0``).
     ``log2(1 + i * 2**-23) < h`` is decided as ``i * 2**-23 < h * fl32(ln 2)``, both sides exact: no
     integer ``i`` lies between the two thresholds, which differ by a relative ``h ln2 / 2 < 2**-18``.
-    Below ``2**-127`` the result is at most -127, which every caller clamps to.
+    Below ``2**-127`` the result is at most -127, which every caller clamps to. This is the one
+    definition; the kernels' copies (Triton, Pallas, numba: ``ceil_f32_log2``) read ``k`` and ``i``
+    from the float32 fields.
     """
     k = formats.floor_log2(xp, pow2, s)
-    i = (s * pow2(-xp.maximum(k, -127.0)) - 1.0) * 2.0**23  # the mantissa bits, exactly
+    # the mantissa field, exactly (2**-k is a normal float32 for k >= -127)
+    i = (s * pow2(-xp.maximum(k, -float(FLOAT32.bias))) - 1.0) * 2.0**_MANTISSA_BITS
     a = xp.maximum(xp.abs(k), 1.0)
     j = formats.floor_log2(xp, pow2, a)
-    h = pow2(xp.where((k < 0) & (pow2(j) == a), j - 25.0, j - 24.0))
-    keep = (i == 0) | ((k != 0) & (i * 2.0**-23 < h * _LN2))
+    half_ulp = float(_MANTISSA_BITS + 1)  # h = 2**(j - 24)
+    h = pow2(xp.where((k < 0) & (pow2(j) == a), j - (half_ulp + 1.0), j - half_ulp))
+    keep = (i == 0) | ((k != 0) & (i * 2.0**-_MANTISSA_BITS < h * LN2_F32))
     return xp.where(keep, k, k + 1.0)
 
 
 #: float32 sqrt(2) rounded down (0x3FB504F3); the next float32 lies above sqrt(2)
 _SQRT2_BELOW = float(np.float32(np.sqrt(2.0)))
-_UNDERFLOW_SHIFT = 64.0
+_UNDERFLOW_SHIFT = float(SUBNORMAL_SHIFT)
+_SMALLEST_NORMAL_F32 = 2.0**FLOAT32.e_min
 
 
 def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
@@ -165,30 +194,37 @@ def _nearest_log2(xp: Any, pow2: Any, s: Any) -> Any:
     every product exact; 0 gives a very negative ``e`` that the caller's clip takes to -127.
     """
     tiny = s < 2.0**-_UNDERFLOW_SHIFT
-    t = xp.maximum(xp.where(tiny, s, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, s), 2.0**-126)
+    t = xp.where(tiny, s, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, s)
+    t = xp.maximum(t, _SMALLEST_NORMAL_F32)
     k = formats.floor_log2(xp, pow2, t)
     e = xp.where(t > pow2(k) * _SQRT2_BELOW, k + 1.0, k)
     return xp.where(tiny, e - _UNDERFLOW_SHIFT, e)
 
 
-def _float8_rule(backend: Backend, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
-    xp, pow2 = backend.xp, backend.pow2
+def _te_rule(backend: Backend, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
+    """TransformerEngine's current (and block) scaling: ``q = max / max(amax, eps)``, scale ``1 / q``."""
     fmax = recipe.element_format.max_value
-    convention = getattr(recipe, "convention", "te")
-    if convention == "deepseek":
-        s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(fmax)
-        if recipe.power_2_scale:
-            s = pow2(_ceil_f32_log2(xp, pow2, s))
-        return Scales(stored=s, multiplier=backend.divide(1.0, s))
-    if convention == "torchao":
-        return _torchao_float8_rule(backend, fmax, stats)
-    if isinstance(recipe, DelayedScaling):
-        amax = xp.max(history) if recipe.amax_compute_algo == "max" else history[0]
-        amax = amax * float(2**recipe.margin)
-        q = _safe_reciprocal_rule(backend, xp.reshape(amax, (1,) * stats.amax.ndim), fmax, 0.0, False)
-    else:
-        q = _safe_reciprocal_rule(backend, stats.amax, fmax, recipe.amax_epsilon, recipe.power_2_scale)
+    q = _safe_reciprocal_rule(backend, stats.amax, fmax, recipe.amax_epsilon, recipe.power_2_scale)
     return Scales(stored=backend.divide(1.0, q), multiplier=q)
+
+
+def _delayed_rule(backend: Backend, recipe: DelayedScaling, stats: BlockStats, history: Any) -> Scales:
+    """TransformerEngine's delayed scaling: the ``te`` rule on the history's amax times ``2**margin``."""
+    xp = backend.xp
+    amax = xp.max(history) if recipe.amax_compute_algo == "max" else history[0]
+    amax = xp.reshape(amax * float(2**recipe.margin), (1,) * stats.amax.ndim)
+    q = _safe_reciprocal_rule(backend, amax, recipe.element_format.max_value, 0.0, False)
+    return Scales(stored=backend.divide(1.0, q), multiplier=q)
+
+
+def _deepseek_rule(backend: Backend, recipe: Float8BlockScaling, stats: BlockStats, history: Any) -> Scales:
+    """DeepSeek-V3's ``act_quant``: ``s = max(amax, 1e-4) * fl32(1 / max)`` (V3.1's ``ue8m0``:
+    ``2**ceil(fl32(log2 s))``), codes ``x * fl32(1 / s)``."""
+    xp, pow2 = backend.xp, backend.pow2
+    s = xp.maximum(stats.amax, DEEPSEEK_AMAX_FLOOR) * deepseek_reciprocal(recipe.element_format.max_value)
+    if recipe.power_2_scale:
+        s = pow2(ceil_f32_log2(xp, pow2, s))
+    return Scales(stored=s, multiplier=backend.divide(1.0, s))
 
 
 #: ggml's ``floorf(log2f(amax))``: ``log2`` rounded to float32 reaches ``k + 1`` for the top ``n``
@@ -224,7 +260,7 @@ def ggml_floor_log2(backend: Backend, a: Any) -> Any:
     ``n`` of its binade (:data:`GGML_LOG2_BUMPS`). Subnormal ``a`` is scaled by ``2**64`` first, so
     every power of two used is a normal float32 and every product exact."""
     xp, pow2 = backend.xp, backend.pow2
-    tiny = a < 2.0**-126
+    tiny = a < _SMALLEST_NORMAL_F32
     t = xp.where(tiny, a, 0.0) * 2.0**_UNDERFLOW_SHIFT + xp.where(tiny, 0.0, a)
     k = formats.floor_log2(xp, pow2, t)
     mantissa = backend.divide(t, pow2(k))
@@ -236,7 +272,7 @@ def ggml_floor_log2(backend: Backend, a: Any) -> Any:
     return xp.where(mantissa >= threshold, k + 1.0, k)
 
 
-def _ggml_mxfp4_rule(backend: Backend, stats: BlockStats) -> Scales:
+def _ggml_mxfp4_rule(backend: Backend, recipe: MXRecipe, stats: BlockStats, history: Any) -> Scales:
     """ggml's ``quantize_row_mxfp4_ref``: byte ``floor(fl32(log2 amax)) - 2 + 127``, wrapped mod 256
     below 0 (its float -> uint8 cast), 0 for a zero block; the elements are divided by the byte's
     scale (E2M1 ties toward zero come from the recipe's ``fp4_ties_toward_zero``)."""
@@ -259,56 +295,60 @@ def _even_log2(xp: Any, pow2: Any, amax: Any, mantissa_bits: int) -> Any:
     return xp.where(amax >= pow2(k) * (2.0 - 2.0 ** -(mantissa_bits + 1)), k + 1.0, k)
 
 
-def _mx_rule(backend: Backend, recipe: MXRecipe, stats: BlockStats) -> Scales:
+#: The E8M0 exponent of a block (before the clip) by each ``scale_rounding`` of
+#: :data:`breccia.scale_rules.E8M0_ROUNDINGS`, from ``(backend, element format, positive amax)``.
+MX_EXPONENTS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "floor": lambda b, fmt, amax: formats.floor_log2(b.xp, b.pow2, amax) - float(fmt.e_max),
+    "even": lambda b, fmt, amax: _even_log2(b.xp, b.pow2, amax, fmt.mantissa_bits) - float(fmt.e_max),
+    "ceil": lambda b, fmt, amax: ceil_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+    "ceil_f32_log2": lambda b, fmt, amax: ceil_f32_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+    "nearest": lambda b, fmt, amax: _nearest_log2(b.xp, b.pow2, b.divide(amax, fmt.max_value)),
+}
+
+
+def _mx_rule(backend: Backend, recipe: MXRecipe, stats: BlockStats, history: Any) -> Scales:
     xp, pow2 = backend.xp, backend.pow2
-    if getattr(recipe, "convention", None) == "ggml":
-        return _ggml_mxfp4_rule(backend, stats)
     fmt = recipe.element_format
     positive = stats.amax > 0
-    amax = xp.where(positive, stats.amax, 1.0)
-    if recipe.scale_rounding == "floor":
-        e = formats.floor_log2(xp, pow2, amax) - float(fmt.e_max)
-    elif recipe.scale_rounding == "even":
-        e = _even_log2(xp, pow2, amax, fmt.mantissa_bits) - float(fmt.e_max)
-    elif recipe.scale_rounding == "ceil_f32_log2":
-        e = _ceil_f32_log2(xp, pow2, backend.divide(amax, fmt.max_value))
-    elif recipe.scale_rounding == "nearest":
-        e = _nearest_log2(xp, pow2, backend.divide(amax, fmt.max_value))
-    else:
-        e = _ceil_log2(xp, pow2, backend.divide(amax, fmt.max_value))
+    e = MX_EXPONENTS[recipe.scale_rounding](backend, fmt, xp.where(positive, stats.amax, 1.0))
     # the top exponent 127 - e_max keeps max * 2**e <= FLT_MAX (max < 2**(e_max + 1)): finite decode
     e = xp.clip(xp.where(positive, e, 0.0), -127.0, float(127 - fmt.e_max))
     # x / 2**e == x * 2**-e exactly; -e >= -126 always holds for a float32 amax (see tests).
     return Scales(stored=formats.encode_e8m0(xp, e), multiplier=pow2(-e))
 
 
-def _nvfp4_rule(backend: Backend, recipe: NVFP4BlockScaling, stats: BlockStats) -> Scales:
-    if recipe.global_scale_divides:
-        return _nvfp4_divisor_rule(backend, stats)
-    if recipe.convention == "mlx":
-        return _nvfp4_mlx_rule(backend, stats)
+#: E4M3's smallest subnormal, 2**-9 (the floor of an NVFP4 block scale), and its eps, 2**-3 (torch's
+#: ``finfo(float8_e4m3fn).eps``, compressed-tensors' block scale where one rounds to 0)
+_E4M3_SMALLEST = 2.0 ** (E4M3.e_min - E4M3.mantissa_bits)
+_E4M3_EPS = 2.0**-E4M3.mantissa_bits
+
+
+def _nvfp4_rule(backend: Backend, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any) -> Scales:
+    """torchao's and NVIDIA's two-level NVFP4 rule (``NVFP4BlockScaling``'s docstring)."""
     xp = backend.xp
     t = stats.tensor_amax
     global_scale = xp.where(t > 0, backend.divide(t, NVFP4_GLOBAL_DIVISOR), 1.0)
-    block = backend.divide(backend.divide(stats.amax, 6.0), global_scale)
-    codes = backend.encode(xp.clip(block, 2.0**-9, E4M3.max_value), E4M3)
+    block = backend.divide(backend.divide(stats.amax, E2M1.max_value), global_scale)
+    codes = backend.encode(xp.clip(block, _E4M3_SMALLEST, E4M3.max_value), E4M3)
     # the encode multiplier (1 / global_scale) / s_b, as torchao and NVIDIA's kernels compute it
     multiplier = backend.divide(backend.divide(1.0, global_scale), backend.decode(codes, E4M3))
     return Scales(stored=codes, multiplier=multiplier, global_scale=global_scale)
 
 
-def _nvfp4_mlx_rule(backend: Backend, stats: BlockStats) -> Scales:
+def _nvfp4_mlx_rule(backend: Backend, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any) -> Scales:
     """MLX's one-level nvfp4 (``mx.quantize`` without a global scale): ``s_b = e4m3(min(amax_b / 6,
     448))``, elements divided by it (by 1 where it rounded to 0, which leaves only values that encode
     to 0); the global scale is exactly 1."""
     xp = backend.xp
-    codes = backend.encode(xp.minimum(backend.divide(stats.amax, 6.0), E4M3.max_value), E4M3)
+    codes = backend.encode(xp.minimum(backend.divide(stats.amax, E2M1.max_value), E4M3.max_value), E4M3)
     s = backend.decode(codes, E4M3)
     one = stats.tensor_amax * 0.0 + 1.0  # float32 1 of the backend (the amax is finite)
     return Scales(stored=codes, divisor=xp.where(s > 0, s, 1.0), global_scale=one)
 
 
-def _nvfp4_divisor_rule(backend: Backend, stats: BlockStats) -> Scales:
+def _nvfp4_divisor_rule(
+    backend: Backend, recipe: NVFP4BlockScaling, stats: BlockStats, history: Any
+) -> Scales:
     """compressed-tensors' NVFP4 (``generate_gparam``, ``calculate_qparams``, ``quantize``), in float32:
     the global scale is a divisor, a block scale that rounds to 0 in E4M3 becomes 0.125 (its eps).
     ``generate_gparam``'s ``2688 / amax`` is torch's ``amax.reciprocal() * 2688`` (a Python number over
@@ -318,21 +358,21 @@ def _nvfp4_divisor_rule(backend: Backend, stats: BlockStats) -> Scales:
     t = stats.tensor_amax
     g = backend.divide(1.0, xp.where(t > 0, t, 1.0)) * NVFP4_GLOBAL_DIVISOR
     global_scale = xp.where(xp.isfinite(g) & (t > 0), g, 1.0)
-    block = xp.minimum(global_scale * backend.divide(stats.amax, 6.0), E4M3.max_value)
+    block = xp.minimum(global_scale * backend.divide(stats.amax, E2M1.max_value), E4M3.max_value)
     rounds_to_zero = backend.decode(backend.encode(block, E4M3), E4M3) == 0
-    codes = backend.encode(xp.where(rounds_to_zero, 0.125, block), E4M3)
+    codes = backend.encode(xp.where(rounds_to_zero, _E4M3_EPS, block), E4M3)
     divisor = backend.divide(backend.decode(codes, E4M3), global_scale)
     return Scales(stored=codes, divisor=divisor, global_scale=global_scale)
 
 
-def _mlx_affine_rule(backend: Backend, fmt: Any, stats: BlockStats) -> Scales:
+def _mlx_affine_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
     """MLX's ``affine`` mode (``mx.quantize``, MLX 0.32), step for step in float32.
 
     The group's edge value of larger magnitude is made exactly representable: its code is
     ``q0 = round(edge / s)`` and, unless that is 0, ``s = edge / q0`` with bias ``edge``; the scale is
     negative whenever ``|max| >= |min|`` (about half the groups). The stored code is ``q_u - 2**(bits-1)``.
     """
-    xp = backend.xp
+    xp, fmt = backend.xp, recipe.element_format
     n_bins = float(2**fmt.bits - 1)
     mask = xp.abs(stats.lo) > xp.abs(stats.hi)
     span = stats.hi - stats.lo
@@ -353,13 +393,13 @@ def _mlx_affine_rule(backend: Backend, fmt: Any, stats: BlockStats) -> Scales:
 GGML_DIVISORS = {8: 127.0, 4: -8.0}
 
 
-def _ggml_int_rule(backend: Backend, fmt: Any, stats: BlockStats) -> Scales:
+def _ggml_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
     """ggml's ``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``: ``d = fl32(amax / 127)`` (INT8)
     or ``d = fl32(max / -8)`` with ``max`` the block's first element of largest magnitude, signed
     (INT4); the encode multiplier is ``1 / d`` of that float32 ``d`` (0 where ``d`` is 0) and the
     stored scale ``fp16(d)``, the value the GGUF block holds. The recipe's ``integer_rounding`` rounds
     the codes as ggml does."""
-    xp = backend.xp
+    xp, fmt = backend.xp, recipe.element_format
     edge = stats.amax if fmt.bits == 8 else stats.signed_max
     d = backend.divide(edge, GGML_DIVISORS[fmt.bits])
     # 1 / d overflows float32 exactly where 0 < |d| <= 2**-128; ggml then multiplies by Inf, which
@@ -371,15 +411,11 @@ def _ggml_int_rule(backend: Backend, fmt: Any, stats: BlockStats) -> Scales:
     return Scales(stored=backend.round_to(d, "float16"), multiplier=multiplier)
 
 
-def _int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+def _breccia_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
+    """breccia's integer rule: ``s = amax / qmax`` (symmetric), or the ``(lo, hi)`` range over the
+    codes with an integer zero point (asymmetric); ``_IntRecipe``'s docstring."""
     xp = backend.xp
     fmt = recipe.element_format
-    if recipe.convention == "ggml":
-        return _ggml_int_rule(backend, fmt, stats)
-    if recipe.convention == "mlx":
-        return _mlx_affine_rule(backend, fmt, stats)
-    if recipe.convention == "torchao":
-        return _torchao_int_rule(backend, recipe, stats)
     if recipe.symmetric:
         s = backend.divide(stats.amax, fmt.max_value)
         s = _cap(xp, xp.where(s > 0, s, 1.0), -fmt.min_value)
@@ -394,7 +430,7 @@ def _int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -> Scales
 
 
 _HALF_DTYPES = ("bfloat16", "float16")
-_SMALLEST_NORMAL = {"bfloat16": 2.0**-126, "float16": 2.0**-14, "float32": 2.0**-126}
+_SMALLEST_NORMAL = {"bfloat16": _SMALLEST_NORMAL_F32, "float16": 2.0**-14, "float32": _SMALLEST_NORMAL_F32}
 
 
 def _in_input_dtype(backend: Backend, v: Any, stats: BlockStats) -> Any:
@@ -405,17 +441,17 @@ def _in_input_dtype(backend: Backend, v: Any, stats: BlockStats) -> Any:
     return v
 
 
-def _torchao_float8_rule(backend: Backend, fmax: float, stats: BlockStats) -> Scales:
+def _torchao_float8_rule(backend: Backend, recipe: Recipe, stats: BlockStats, history: Any) -> Scales:
     """torchao's ``_choose_scale_float8`` + ``_quantize_affine_float8``: ``s = amax / max`` computed in
     the input's dtype, stored as float32; ``data = encode(float32(x) / s)``. An all-zero block gets
     ``s = 1`` (torchao divides 0 by 0 there and stores NaN codes)."""
     xp = backend.xp
-    s = _in_input_dtype(backend, backend.divide(stats.amax, fmax), stats)
+    s = _in_input_dtype(backend, backend.divide(stats.amax, recipe.element_format.max_value), stats)
     s = xp.where(s > 0, s, 1.0)
     return Scales(stored=s, divisor=s)
 
 
-def _torchao_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -> Scales:
+def _torchao_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats, history: Any) -> Scales:
     """torchao's ``choose_qparams_affine`` + ``quantize_affine``, op for op in the input's dtype.
 
     INT8 reproduces ``Int8Tensor`` (scale floor ``eps_f32``, scale then stored as float32, encode in
@@ -429,7 +465,7 @@ def _torchao_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -
         return _in_input_dtype(backend, v, stats)
 
     intx = fmt.bits < 8
-    eps = _SMALLEST_NORMAL.get(stats.input_dtype, 2.0**-126) if intx else FLT_EPS
+    eps = _SMALLEST_NORMAL.get(stats.input_dtype, _SMALLEST_NORMAL_F32) if intx else FLT_EPS
     if recipe.symmetric:
         s = xp.maximum(r(backend.divide(stats.amax, (fmt.max_value - fmt.min_value) / 2.0)), eps)
         s = _cap(xp, s, -fmt.min_value)
@@ -451,22 +487,96 @@ def _torchao_int_rule(backend: Backend, recipe: _IntRecipe, stats: BlockStats) -
     return Scales(stored=s, multiplier=multiplier, post_offset=zp, zero_point=zp, product_dtype=product_dtype)
 
 
+class KernelRule(Choice):
+    """The rules the fused kernels compute (Triton and Pallas on CUDA, numba on the CPU), as
+    :class:`breccia.kernels._cast_plan.CastPlan` names them. The kernels branch on :attr:`code`: Triton
+    and numba on the numbers, Pallas on the members, all taken from here."""
+
+    TE = "te"  # q = max / max(amax, eps) per block, scale 1 / q (_te_rule)
+    DEEPSEEK = "deepseek"  # s = max(amax, 1e-4) * fl32(1 / max), codes x / s (_deepseek_rule)
+    MX_FLOOR = "mx_floor"  # E8M0 e = floor(log2 amax) - e_max (MX_EXPONENTS["floor"])
+    MX_CEIL = "mx_ceil"  # E8M0 e = ceil(log2(amax / max)) (MX_EXPONENTS["ceil"])
+    GIVEN = "given"  # one multiplier for the tensor: the te rule on its amax, or on a history
+    PER_TENSOR = "per_tensor"  # dequantize by one scale
+    BLOCKS = "blocks"  # dequantize by a scale per block
+
+    @property
+    def code(self) -> int:
+        """The rule's number in the kernels (its place in this enum)."""
+        return _KERNEL_CODES[self]
+
+
+_KERNEL_CODES = {rule: code for code, rule in enumerate(KernelRule)}
+
+#: the signature of a rule: ``(backend, recipe, stats, history) -> Scales``
+RuleFunction = Callable[[Any, Any, BlockStats, Any], Scales]
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """One recipe's scale rule: the shared code's function and the fused kernels' rule.
+
+    ``kernel`` is None where only the shared code computes the rule, or, for the MX recipes, a
+    mapping from ``scale_rounding`` to the kernel rule (roundings it lacks: shared code only)."""
+
+    compute: RuleFunction
+    kernel: KernelRule | Mapping[str, KernelRule] | None = None
+
+
+_MX_KERNELS = {"floor": KernelRule.MX_FLOOR, "ceil": KernelRule.MX_CEIL}
+_V = RecipeConvention
+
+#: The one registry: ``(recipe type, convention) -> RuleEntry``. A recipe's rule is found by its
+#: type (or the nearest base class listed) and its ``convention``. MXFP4's ``mlx`` convention has no
+#: kernel: its E2M1 ties go toward zero, which the kernels' RNE encode does not do.
+RULES: dict[tuple[type[Recipe], RecipeConvention], RuleEntry] = {
+    (Float8CurrentScaling, _V.TE): RuleEntry(_te_rule, KernelRule.TE),
+    (Float8CurrentScaling, _V.TORCHAO): RuleEntry(_torchao_float8_rule),
+    (DelayedScaling, _V.TE): RuleEntry(_delayed_rule, KernelRule.GIVEN),
+    (Float8BlockScaling, _V.TE): RuleEntry(_te_rule, KernelRule.TE),
+    (Float8BlockScaling, _V.DEEPSEEK): RuleEntry(_deepseek_rule, KernelRule.DEEPSEEK),
+    (MXFP8BlockScaling, _V.OCP): RuleEntry(_mx_rule, _MX_KERNELS),
+    (MXFP4BlockScaling, _V.OCP): RuleEntry(_mx_rule, _MX_KERNELS),
+    (MXFP4BlockScaling, _V.MLX): RuleEntry(_mx_rule),
+    (MXFP4BlockScaling, _V.GGML): RuleEntry(_ggml_mxfp4_rule),
+    (NVFP4BlockScaling, _V.NVIDIA): RuleEntry(_nvfp4_rule),
+    (NVFP4BlockScaling, _V.COMPRESSED_TENSORS): RuleEntry(_nvfp4_divisor_rule),
+    (NVFP4BlockScaling, _V.MLX): RuleEntry(_nvfp4_mlx_rule),
+    **{(cls, _V.BRECCIA): RuleEntry(_breccia_int_rule) for cls in (Int8Scaling, Int4Scaling)},
+    **{(cls, _V.TORCHAO): RuleEntry(_torchao_int_rule) for cls in (Int8Scaling, Int4Scaling)},
+    **{(cls, _V.MLX): RuleEntry(_mlx_affine_rule) for cls in (Int8Scaling, Int4Scaling)},
+    **{(cls, _V.GGML): RuleEntry(_ggml_int_rule) for cls in (Int8Scaling, Int4Scaling)},
+}
+
+
+def rule_for(recipe: Recipe) -> RuleEntry:
+    """``recipe``'s entry of :data:`RULES`, or a RecipeError where none is registered."""
+    for cls in type(recipe).__mro__:
+        entry = RULES.get((cls, recipe.convention))
+        if entry is not None:
+            return entry
+    raise RecipeError(
+        f"no scale rule for {type(recipe).__name__} with convention {recipe.convention!r}; "
+        "register one in breccia.scaling.RULES"
+    )
+
+
+def kernel_rule(recipe: Recipe) -> KernelRule | None:
+    """The fused kernels' rule for ``recipe``, or None where only the shared code has it."""
+    kernel = rule_for(recipe).kernel
+    if isinstance(kernel, Mapping):
+        return kernel.get(recipe.scale_rounding)
+    return kernel
+
+
 def block_scales(backend: Backend, recipe: Recipe, stats: BlockStats, history: Any = None) -> Scales:
-    """The scales of every block of one tensor under ``recipe``."""
-    if isinstance(recipe, (Float8CurrentScaling, DelayedScaling, Float8BlockScaling)):
-        return _float8_rule(backend, recipe, stats, history)
-    if isinstance(recipe, MXRecipe):
-        return _mx_rule(backend, recipe, stats)
-    if isinstance(recipe, NVFP4BlockScaling):
-        return _nvfp4_rule(backend, recipe, stats)
-    if isinstance(recipe, _IntRecipe):
-        return _int_rule(backend, recipe, stats)
-    raise TypeError(f"no scale rule for {type(recipe).__name__}")
+    """The scales of every block of one tensor under ``recipe`` (its rule in :data:`RULES`)."""
+    return rule_for(recipe).compute(backend, recipe, stats, history)
 
 
-def decode_scale(backend: Backend, scale: Any, scale_format: str) -> Any:
+def decode_scale(backend: Backend, scale: Any, scale_format: ScaleFormat) -> Any:
     """float32 value of a stored scale array."""
-    if scale_format == "F32":
+    fmt = ScaleFormat(scale_format).element_format
+    if fmt is None:
         return backend.astype(scale, "float32")
-    fmt = E8M0 if scale_format == "E8M0" else E4M3
     return backend.decode(backend.to_codes(scale, fmt), fmt)

@@ -409,7 +409,7 @@ def _expected_arrays(recipe: Recipe, layout: Layout, shape: tuple[int, ...], fra
     return (
         ("data", stored, codes(fmt)),
         ("scale", grid, floats if scale_fmt is None else codes(scale_fmt)),
-        ("global_scale", None, floats) if recipe.scale_format == "E4M3" else None,
+        ("global_scale", None, floats) if recipe.has_global_scale else None,
         ("zero_point", grid, floats) if recipe.zero_point_kind is not None else None,
     )
 

@@ -13,7 +13,7 @@ import breccia.backends
 #: rank -> the top-level names under breccia/ of that layer (docs/architecture.md's table)
 LAYERS = (
     ("errors",),
-    ("formats", "layouts", "scale_rules", "recipes"),
+    ("formats", "layouts", "scale_rules", "choices", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
     ("quantize", "blockwise", "buffers", "matmul", "kernels"),

@@ -146,3 +146,17 @@ def test_e8m0_encode_clamps_and_marks_nan():
 def test_unknown_format_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="E4M3, E5M2"):
         formats.format_by_name("E3M4")
+
+
+def test_the_kernel_constants_come_out_as_the_literals_the_kernels_used():
+    """breccia.formats' FLOAT32 and encode_constants give the numbers the Triton, Pallas and numba
+    kernels once wrote as literals (the GPU kernels cannot run here)."""
+    f32 = formats.FLOAT32
+    assert (f32.bias, f32.mantissa_bits, f32.e_min, f32.exponent_bits) == (127, 23, -126, 8)
+    assert f32.max_value == 3.4028234663852886e38 and 2.0**f32.e_min == 1.1754943508222875e-38
+    assert 2.0**formats.SUBNORMAL_SHIFT == 18446744073709551616.0
+    assert formats.LN2_F32 == 0.6931471824645996
+    assert f32.mantissa_bits - f32.e_min == 149 and "FLOAT32" not in formats.FORMATS
+    assert tuple(formats.encode_constants(formats.E2M1)) == (6.0, 1.0, 22, 252, 2.0, 3)
+    assert tuple(formats.encode_constants(formats.E4M3)) == (448.0, 2.0**-6, 20, 960, 2.0**9, 7)
+    assert tuple(formats.encode_constants(formats.E5M2)) == (57344.0, 2.0**-14, 21, 448, 2.0**16, 7)

@@ -129,3 +129,36 @@ def test_default_layouts():
     assert bc.Int4Scaling().default_layout() == bc.PerBlockK(128)
     assert bc.NVFP4BlockScaling().default_layout() == bc.PerBlockK(16)
     assert bc.MXFP4BlockScaling().default_layout() == bc.PerBlockK(32)
+
+
+def test_string_fields_are_enums_that_equal_their_strings():
+    r = bc.Float8BlockScaling(block_m=128, fp8_format="E4M3", convention="deepseek")
+    assert r.convention is bc.RecipeConvention.DEEPSEEK and r.convention == "deepseek"
+    assert r.fp8_format is bc.FP8Format.E4M3 and r.scale_format is bc.ScaleFormat.F32
+    deepseek = bc.RecipeConvention.DEEPSEEK
+    same = bc.Float8BlockScaling(block_m=128, fp8_format=bc.FP8Format.E4M3, convention=deepseek)
+    assert same == r and hash(same) == hash(r) and {r: 1}[same] == 1
+    assert repr(r) == (
+        "Float8BlockScaling(block_k=128, block_m=128, fp8_format='E4M3', power_2_scale=False, "
+        "amax_epsilon=0.0, convention='deepseek')"
+    )
+    assert r.to_dict()["fields"]["convention"] == "deepseek"
+    assert type(r.to_dict()["fields"]["convention"]) is str
+    assert f"{r.convention}" == str(r.convention) == "deepseek"
+    assert bc.DelayedScaling().convention is bc.RecipeConvention.TE
+    assert bc.MXFP8BlockScaling().convention is bc.RecipeConvention.OCP
+    assert bc.NVFP4BlockScaling().scale_format == "E4M3" and bc.MXFP4BlockScaling().scale_format == "E8M0"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: bc.Float8BlockScaling(convention="torchao"), r"must be one of \('te', 'deepseek'\)"),
+        (lambda: bc.NVFP4BlockScaling(convention=bc.RecipeConvention.TE), "'nvidia', 'compressed-tensors'"),
+        (lambda: bc.MXFP8BlockScaling(fp8_format="e4m3"), r"fp8_format must be one of \('E4M3', 'E5M2'\)"),
+        (lambda: bc.Int8Scaling(convention=None), "Int8Scaling.convention"),
+    ],
+)
+def test_an_unknown_enum_value_lists_the_valid_ones(make, message):
+    with pytest.raises(bc.RecipeError, match=message):
+        make()

@@ -235,3 +235,60 @@ def test_an_unknown_rule_names_the_known_ones():
         scale_rules.scale_rule("round-half-up")
     with pytest.raises(bc.RecipeError, match="ceil_f32_log2"):
         bc.MXFP8BlockScaling(scale_rounding="round-half-up")
+
+
+def _recipes_by_convention():
+    """Every recipe class built with every convention it takes (symmetric or not, as each needs)."""
+    built = []
+    for cls in bc.recipes.RECIPES.values():
+        for convention in bc.RecipeConvention:
+            for fields in ({"convention": convention}, {"convention": convention, "symmetric": False}):
+                try:
+                    built.append(cls(**fields))
+                except (bc.RecipeError, TypeError):
+                    continue
+        built.append(cls())
+    return built
+
+
+@pytest.mark.parametrize("recipe", _recipes_by_convention(), ids=repr)
+def test_every_recipe_and_convention_has_one_rule_in_the_registry(recipe):
+    from breccia import scaling
+
+    entry = scaling.rule_for(recipe)
+    assert (type(recipe), recipe.convention) in scaling.RULES
+    assert entry is scaling.RULES[(type(recipe), recipe.convention)]
+
+
+def test_the_kernel_rules_come_from_the_registry():
+    from breccia import scaling
+    from breccia.kernels._cast_plan import cast_plan
+
+    rule = scaling.KernelRule
+    cases = [
+        (bc.Float8CurrentScaling(), bc.PerRow(), rule.TE),
+        (bc.Float8CurrentScaling(), bc.PerTensor(), rule.GIVEN),
+        (bc.DelayedScaling(), bc.PerTensor(), rule.GIVEN),
+        (bc.Float8BlockScaling(convention="deepseek"), None, rule.DEEPSEEK),
+        (bc.MXFP8BlockScaling(scale_rounding="ceil"), None, rule.MX_CEIL),
+        (bc.MXFP4BlockScaling(), None, rule.MX_FLOOR),
+        (bc.MXFP4BlockScaling(convention="mlx"), None, None),
+        (bc.MXFP8BlockScaling(scale_rounding="even"), None, None),
+        (bc.Float8CurrentScaling(convention="torchao"), bc.PerRow(), None),
+        (bc.NVFP4BlockScaling(), None, None),
+    ]
+    for recipe, layout, expected in cases:
+        plan = cast_plan(recipe, layout or recipe.default_layout(), (4, 256), "float32")
+        assert (plan.rule if plan else None) == expected, recipe
+    assert [r.code for r in rule] == list(range(len(rule)))
+
+
+def test_a_recipe_without_a_registered_rule_is_refused():
+    from breccia import scaling
+
+    class Unregistered(bc.Int8Scaling):
+        pass
+
+    assert scaling.rule_for(Unregistered()) is scaling.RULES[(bc.Int8Scaling, bc.RecipeConvention.BRECCIA)]
+    with pytest.raises(bc.RecipeError, match="no scale rule for Recipe"):
+        scaling.rule_for(bc.Recipe())

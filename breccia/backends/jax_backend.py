@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import DTypeError, FrameworkError
-from ..formats import ElementFormat
+from ..formats import FLOAT32, ElementFormat
 from ._base import DLPACK_CPU, Backend
 
 _NATIVE_FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
@@ -47,8 +47,9 @@ class JaxBackend(Backend):
         return jax.lax.bitcast_convert_type(x, self.dtype(name))
 
     def pow2(self, e: Any) -> Any:
-        """Exact: the float32 whose exponent field is ``e + 127`` (XLA's exp2 is not exact)."""
-        bits = (e.astype(jnp.int32) + 127) << 23
+        """Exact: the float32 whose exponent field is ``e + 127`` (XLA's exp2 is not exact); the
+        kernels' ``pow2`` likewise (``docs/numerics.md``, "Exact log2 and powers of two")."""
+        bits = (e.astype(jnp.int32) + FLOAT32.bias) << FLOAT32.mantissa_bits
         return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
     def divide(self, a: Any, b: Any, out: Any = None) -> Any:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend, float_dtype_name
+from ..choices import FP8Format
 from ..errors import DTypeError, LayoutError, RecipeError, ShapeError, missing_dependency
 from ..formats import NVFP4_GLOBAL_DIVISOR, offset_binary_flip
 from ..layouts import PerBlockK, scale_shape
@@ -242,7 +243,7 @@ def _modes_hint(shape: tuple[int, ...]) -> str:
 def _mode_of(st: ScaledTensor) -> str:
     recipe = st.recipe
     if isinstance(recipe, MXFP8BlockScaling):
-        if recipe.fp8_format != "E4M3":
+        if recipe.fp8_format != FP8Format.E4M3:
             raise RecipeError(
                 "MLX's mxfp8 holds E4M3 elements only; this tensor is MXFP8 E5M2. Re-encode it with "
                 "requantize_to_mlx(st, 'mxfp8') (it reports the error it adds)"

@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..choices import ScaleFormat
 from ..errors import BrecciaError, DTypeError, LayoutError, RecipeError, ShapeError, missing_dependency
 from ..layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
 from ..recipes import (
@@ -492,7 +493,7 @@ def to_torchao(st: ScaledTensor) -> Any:
         raise DTypeError(f"to_torchao needs a ScaledTensor; got {type(st).__name__}")
     _torchao()
     st = st.to("torch")
-    if st.recipe.scale_format == "E8M0":
+    if st.recipe.scale_format == ScaleFormat.E8M0:
         return _to_mx(st)
     if st.recipe.has_global_scale:
         return _to_nvfp4(st)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import RecipeConvention
 from ..layouts import Layout, PerTensor
 from ..quantize import cast, dequantize, from_buffer
 from ..recipes import Recipe
@@ -52,7 +53,7 @@ def cast_rows(
     ``layout`` defaults to the recipe's. Recipes whose scale spans the tensor (per-tensor, NVFP4's
     global scale) are cast in one piece."""
     layout = recipe.default_layout() if layout is None else layout
-    two_level = recipe.scale_format == "E4M3" and getattr(recipe, "convention", "") != "mlx"
+    two_level = recipe.has_global_scale and recipe.convention != RecipeConvention.MLX
     spans_tensor = isinstance(layout, PerTensor) or two_level or len(shape) < 2
     if spans_tensor:
         return cast(values(slice(0, shape[0] if shape else 0)), recipe, layout)

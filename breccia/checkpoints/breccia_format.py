@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from ..choices import ScaleFormat
 from ..errors import RecipeError
 from ..layouts import PerBlock2D
 from ..recipes import RECIPES, DelayedScaling, Recipe
@@ -101,7 +102,7 @@ def parse_recipe(text: str) -> Recipe | None:
 def _is_deepseek_layout(recipe: Recipe) -> bool:
     layout = recipe.default_layout()
     return (
-        recipe.scale_format == "F32"
+        recipe.scale_format == ScaleFormat.F32
         and recipe.element_format.name in ("E4M3", "E5M2")
         and isinstance(layout, PerBlock2D)
         and layout.m == layout.k

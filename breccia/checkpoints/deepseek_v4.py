@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import FP8Format
 from ..errors import FileFormatError, RecipeError
 from ..layouts import PerBlock2D, PerBlockK
 from ..recipes import Float8BlockScaling, MXFP4BlockScaling, MXFP8BlockScaling
@@ -201,7 +202,8 @@ def _e8m0_bytes(scale: np.ndarray) -> np.ndarray | None:
 def _fp8_tile(st: ScaledTensor) -> int | None:
     """The tile ``b`` of a DeepSeek FP8 ScaledTensor whose scales are all E8M0 values, else None."""
     r, layout = st.recipe, st.layout
-    if not (isinstance(r, Float8BlockScaling) and r.fp8_format == "E4M3" and isinstance(layout, PerBlock2D)):
+    e4m3 = isinstance(r, Float8BlockScaling) and r.fp8_format == FP8Format.E4M3
+    if not (e4m3 and isinstance(layout, PerBlock2D)):
         return None
     if layout.m != layout.k or len(st.shape) != 2:
         return None

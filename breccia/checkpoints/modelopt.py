@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import ScaleFormat
 from ..errors import FileFormatError
 from ..layouts import Layout, PerBlockK, PerRow
 from ..quantize import dequantize, from_buffer
@@ -75,7 +76,7 @@ def _translated_global(scale_codes: np.ndarray, g: np.float32, divides: bool) ->
     from ..backends import get_backend
     from ..scaling import decode_scale
 
-    s = np.unique(np.asarray(decode_scale(get_backend("numpy"), scale_codes, "E4M3")))
+    s = np.unique(np.asarray(decode_scale(get_backend("numpy"), scale_codes, ScaleFormat.E4M3)))
     want = s / g if divides else s * g  # the block multipliers of the source
     first = np.float32(1) / g
     candidates = [first, np.nextafter(first, np.float32(np.inf)), np.nextafter(first, np.float32(0))]

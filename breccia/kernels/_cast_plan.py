@@ -2,9 +2,10 @@
 
 The kernels (:mod:`.torch_cast` in Triton, :mod:`.jax_cast` in Pallas) read each element once: a
 program loads a tile, reduces its blocks' amaxes, applies the recipe's scale rule to them, encodes and
-stores data and scales. They compute exactly what :mod:`breccia.blockwise` and :mod:`breccia.scaling`
-compute (same float32 operations in the same order, divisions correctly rounded, RNE saturating
-encodes); the cross-backend bits tests prove it on the GPU. What they take:
+stores data and scales. The rule comes from :data:`breccia.scaling.RULES`, the one registry of
+scale rules (:func:`breccia.scaling.kernel_rule`). They compute exactly what :mod:`breccia.blockwise`
+and :mod:`breccia.scaling` compute (same float32 operations in the same order, divisions correctly
+rounded, RNE saturating encodes); the cross-backend bits tests prove it on the GPU. What they take:
 
 =====================================  ============================  ===============================
 recipe                                 layouts                       rule in the kernel
@@ -38,9 +39,11 @@ import functools
 import math
 from dataclasses import dataclass
 
+from ..choices import ScaleFormat
 from ..formats import ElementFormat
 from ..layouts import Layout, PerBlock2D, PerBlockK, PerRow, PerTensor
-from ..recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling, MXRecipe, Recipe
+from ..recipes import Recipe
+from ..scaling import KernelRule, kernel_rule
 
 __all__ = ["CastPlan", "cast_plan", "dequantize_plan", "INPUT_DTYPES"]
 
@@ -55,7 +58,7 @@ _PER_TENSOR_WIDTH = 1024  # a per-tensor cast sees a flat tensor as rows of this
 class CastPlan:
     """The geometry and the rule of one fused kernel launch."""
 
-    rule: str  # "te" | "deepseek" | "mx_floor" | "mx_ceil" | "given" (multiplier from memory)
+    rule: KernelRule  # from breccia.scaling's registry (GIVEN: the multiplier from memory)
     fmt: ElementFormat
     rows: int
     cols: int
@@ -96,20 +99,19 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+_MX_RULES = (KernelRule.MX_FLOOR, KernelRule.MX_CEIL)
+
+
 def _rule(recipe: Recipe) -> dict | None:
-    """The fused kernels' rule for ``recipe``, or None where only the shared code has it (E8M0 rules
-    other than floor and ceil, MLX's and ggml's fp4 tie rule and ggml's MXFP4 exponent, every NVFP4
-    and integer recipe, ggml's Q8_0/Q4_0 included)."""
-    if recipe.fp4_ties_toward_zero or getattr(recipe, "convention", None) == "ggml":
-        return None
-    if isinstance(recipe, MXRecipe) and recipe.scale_rounding in ("floor", "ceil"):
-        fmt = recipe.element_format
-        return dict(rule=f"mx_{recipe.scale_rounding}", fmt=fmt, fmax=fmt.max_value, emax_elem=fmt.e_max,
-                    scale_e8m0=True)
-    float8 = isinstance(recipe, (Float8CurrentScaling, Float8BlockScaling))
-    if float8 and recipe.convention in ("te", "deepseek"):
-        fmt = recipe.element_format
-        return dict(rule=recipe.convention, fmt=fmt, fmax=fmt.max_value, eps=float(recipe.amax_epsilon),
+    """The fused kernels' per-block rule for ``recipe`` (:func:`breccia.scaling.kernel_rule`) and its
+    constants, or None where only the shared code has one (E8M0 rules other than floor and ceil,
+    MLX's and ggml's fp4 tie rule and ggml's MXFP4 exponent, every NVFP4 and integer recipe)."""
+    rule = kernel_rule(recipe)
+    fmt = recipe.element_format
+    if rule in _MX_RULES:
+        return dict(rule=rule, fmt=fmt, fmax=fmt.max_value, emax_elem=fmt.e_max, scale_e8m0=True)
+    if rule in (KernelRule.TE, KernelRule.DEEPSEEK):
+        return dict(rule=rule, fmt=fmt, fmax=fmt.max_value, eps=float(recipe.amax_epsilon),
                     power_2=recipe.power_2_scale)
     return None
 
@@ -173,12 +175,15 @@ def cast_plan(recipe: Recipe, layout: Layout, shape: tuple[int, ...], dtype_name
     if dtype_name not in INPUT_DTYPES or math.prod(shape) == 0 or not shape:
         return None
     if isinstance(layout, PerTensor):
-        te_current = isinstance(recipe, Float8CurrentScaling) and recipe.convention == "te"
-        if not (te_current or isinstance(recipe, DelayedScaling)):
+        rule = kernel_rule(recipe)
+        if rule not in (KernelRule.TE, KernelRule.GIVEN):  # the te rule on the tensor, or a history
             return None
         fmt = recipe.element_format
-        rule = dict(eps=float(recipe.amax_epsilon), power_2=recipe.power_2_scale) if te_current else {}
-        return CastPlan(rule="given", fmt=fmt, fmax=fmt.max_value, **rule, **_per_tensor_geometry(shape))
+        te = {}
+        if rule == KernelRule.TE:
+            te = dict(eps=float(recipe.amax_epsilon), power_2=recipe.power_2_scale)
+        geometry = _per_tensor_geometry(shape)
+        return CastPlan(rule=KernelRule.GIVEN, fmt=fmt, fmax=fmt.max_value, **te, **geometry)
     rule = _rule(recipe)
     if rule is None or (rule["fmt"].packed and shape[-1] % 2):
         return None
@@ -191,7 +196,7 @@ def dequantize_plan(
     recipe: Recipe, layout: Layout, shape: tuple[int, ...], dtype_name: str
 ) -> CastPlan | None:
     """The fused dequantize to ``dtype_name`` of a ScaledTensor of ``recipe``, ``layout`` and logical
-    ``shape``: FP8 data with float32 or E8M0 scales (rule ``per_tensor`` or ``blocks``), or None
+    ``shape``: FP8 data with float32 or E8M0 scales (rule ``PER_TENSOR`` or ``BLOCKS``), or None
     (shared path)."""
     fmt = recipe.element_format
     if fmt.name not in ("E4M3", "E5M2") or recipe.has_global_scale or recipe.zero_point_kind is not None:
@@ -199,8 +204,9 @@ def dequantize_plan(
     if dtype_name not in INPUT_DTYPES or math.prod(shape) == 0 or not shape:
         return None
     if isinstance(layout, PerTensor):
-        return CastPlan(rule="per_tensor", fmt=fmt, **_per_tensor_geometry(shape))
+        return CastPlan(rule=KernelRule.PER_TENSOR, fmt=fmt, **_per_tensor_geometry(shape))
     geometry = _block_geometry(shape, layout)
     if geometry is None:
         return None
-    return CastPlan(rule="blocks", fmt=fmt, scale_e8m0=recipe.scale_format == "E8M0", **geometry)
+    scale_e8m0 = recipe.scale_format == ScaleFormat.E8M0
+    return CastPlan(rule=KernelRule.BLOCKS, fmt=fmt, scale_e8m0=scale_e8m0, **geometry)

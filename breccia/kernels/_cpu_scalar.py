@@ -30,14 +30,24 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from ..formats import E8M0, FLOAT32, LN2_F32
+from ..scaling import DEEPSEEK_AMAX_FLOOR
+
 u32 = np.uint32
-_INF_BITS = u32(0x7F800000)
-_MAGNITUDE = u32(0x7FFFFFFF)
-_TWO_23 = np.float32(2.0**23)
-_TWO_23_BITS = u32(0x4B000000)
-_FLT_MAX = np.float32(np.finfo(np.float32).max)
-_DEEPSEEK_FLOOR = np.float32(1e-4)  # scaling.DEEPSEEK_AMAX_FLOOR as the float32 the rule compares with
+# breccia.formats' float32 fields, as the numba globals (compile-time constants) the functions read
+_MANTISSA = FLOAT32.mantissa_bits  # 23
+_BIAS = FLOAT32.bias  # 127
+_E_MIN = FLOAT32.e_min  # -126
+_INF_BITS = u32(((1 << FLOAT32.exponent_bits) - 1) << _MANTISSA)
+_MAGNITUDE = u32((1 << (FLOAT32.bits - 1)) - 1)
+_MANTISSA_MASK = u32((1 << _MANTISSA) - 1)
+_TWO_23 = np.float32(2.0**_MANTISSA)
+_TWO_23_BITS = u32(_TWO_23.view(np.uint32))
+_FLT_MAX = np.float32(FLOAT32.max_value)
+_DEEPSEEK_FLOOR = np.float32(DEEPSEEK_AMAX_FLOOR)  # the float32 the rule compares with
 _F16_SCALE = np.float32(2.0**112)
+#: E8M0's bias: exponents run over [-E8M0_BIAS, E8M0_BIAS] and are stored as e + E8M0_BIAS
+E8M0_BIAS = E8M0.bias
 
 
 @intrinsic
@@ -130,23 +140,58 @@ def _widen_as(m, h):
 
 @njit
 def floor_log2(a):
-    """``floor(log2 a)`` of a positive finite float32 ``a``, exactly, as an int."""
+    """``floor(log2 a)`` of a positive finite float32 ``a``, exactly, as an int: its exponent field
+    less the bias, or for a subnormal the bit length of its mantissa less 150 (the math:
+    :func:`breccia.formats.floor_log2`; ``docs/numerics.md``)."""
     bits = as_bits(a)
-    exponent = np.int32(bits >> u32(23))
+    exponent = np.int32(bits >> u32(_MANTISSA))
     if exponent > 0:
-        return exponent - 127
-    mantissa = bits & u32(0x7FFFFF)
+        return exponent - _BIAS
+    mantissa = bits & _MANTISSA_MASK
     length = 0
     while mantissa:
         mantissa >>= u32(1)
         length += 1
-    return length - 150
+    return length - (_MANTISSA - _E_MIN + 1)
 
 
 @njit
 def pow2(e):
     """``2**e`` as float32 for an integer ``e`` in [-126, 127] (exact: the exponent field)."""
-    return as_float(u32(u32(e + 127) << u32(23)))
+    return as_float(u32(u32(e + _BIAS) << u32(_MANTISSA)))
+
+
+@njit
+def ceil_log2(v):
+    """Exact ``ceil(log2 v)`` of a positive float32 ``v`` (subnormal included), as an int (the math:
+    :func:`breccia.scaling.ceil_log2`)."""
+    e = floor_log2(v)
+    exact = v == (pow2(e) if e >= _E_MIN else np.float32(2.0**e))
+    return e if exact else e + 1
+
+
+_LN2 = np.float64(LN2_F32)
+_HALF_ULP = _MANTISSA + 1  # half the float32 spacing above 2**j is 2**(j - 24)
+
+
+@njit
+def ceil_f32_log2(s):
+    """``ceil(fl32(log2 s))`` of a normal float32 ``s``, as an int, with ``k`` and ``i`` read from the
+    fields (the math: :func:`breccia.scaling.ceil_f32_log2`).
+
+    There ``k = floor(log2 s)`` and ``i`` is ``s``'s mantissa field; ``s`` keeps ``2**k`` when ``i``
+    is 0 or when ``i * 2**-23 < h * fl32(ln 2)`` (``k != 0``), with ``h = 2**(j - 24)``,
+    ``j = floor(log2 max(|k|, 1))``, halved once more for a negative ``k`` that is a power of two.
+    Both sides are exact float32 values, compared here in float64 (the same comparison).
+    """
+    bits = as_bits(s)
+    k = np.int32(bits >> u32(_MANTISSA)) - _BIAS
+    i = np.float64(bits & _MANTISSA_MASK)
+    a = max(abs(k), 1)
+    j = floor_log2(np.float32(a))
+    h = 2.0 ** (j - (_HALF_ULP + 1) if k < 0 and (1 << j) == a else j - _HALF_ULP)
+    keep = i == 0.0 or (k != 0 and i * 2.0**-_MANTISSA < h * _LN2)
+    return k if keep else k + 1
 
 
 @njit
@@ -180,30 +225,14 @@ def te_multiplier(amax, fmax, eps, power_2):
     return q
 
 
-_LN2 = np.float64(np.float32(np.log(2.0)))
-
-
 @njit
 def deepseek_scale(amax, reciprocal, power_2):
     """DeepSeek's ``s = max(amax, 1e-4) * fl32(1 / max)``, rounded up to a power of two by the float32
-    ``ceil(log2 s)`` of :func:`breccia.scaling._ceil_f32_log2` if ``power_2`` (``s`` is normal).
-
-    There ``k = floor(log2 s)`` and ``i`` is ``s``'s mantissa field; ``s`` keeps ``2**k`` when ``i``
-    is 0 or when ``i * 2**-23 < h * fl32(ln 2)`` (``k != 0``), with ``h = 2**(j - 24)``,
-    ``j = floor(log2 max(|k|, 1))``, halved once more for a negative ``k`` that is a power of two.
-    Both sides are exact float32 values, compared here in float64 (the same comparison).
-    """
+    ``ceil(log2 s)`` (:func:`ceil_f32_log2`) if ``power_2`` (``s`` is normal)."""
     s = max(amax, _DEEPSEEK_FLOOR) * reciprocal
     if not power_2:
         return s
-    bits = as_bits(s)
-    k = np.int32(bits >> u32(23)) - 127
-    i = np.float64(bits & u32(0x7FFFFF))
-    a = max(abs(k), 1)
-    j = floor_log2(np.float32(a))
-    h = 2.0 ** (j - 25 if k < 0 and (1 << j) == a else j - 24)
-    keep = i == 0.0 or (k != 0 and i * 2.0**-23 < h * _LN2)
-    return pow2(k if keep else k + 1)
+    return pow2(ceil_f32_log2(s))
 
 
 @njit
@@ -215,10 +244,8 @@ def mx_exponent(amax, fmax, emax_elem, ceil):
     if ceil:
         v = amax / fmax
         if not v > np.float32(0.0):  # amax / max underflowed: below every E8M0 value
-            return -127
-        e = floor_log2(v)
-        exact = v == (pow2(e) if e >= -126 else np.float32(2.0**e))
-        e = e if exact else e + 1
+            return -E8M0_BIAS
+        e = ceil_log2(v)
     else:
         e = floor_log2(amax) - emax_elem
-    return min(max(e, -127), 127 - emax_elem)
+    return min(max(e, -E8M0_BIAS), E8M0_BIAS - emax_elem)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import Backend
+from ..choices import ScaleFormat
 from ..layouts import PerBlock2D, PerBlockK, PerRow, PerTensor
 from ..tensor import ScaledTensor
 
@@ -48,7 +49,7 @@ def _fp8(st: Any) -> bool:
     return (
         isinstance(st, ScaledTensor)
         and st.recipe.element_format.name in FP8_NAMES
-        and st.recipe.scale_format == "F32"
+        and st.recipe.scale_format == ScaleFormat.F32
         and st.zero_point is None
         and st.global_scale is None
     )

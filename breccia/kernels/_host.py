@@ -33,9 +33,10 @@ import numpy as np
 from ..backends import Backend, get_backend
 from ..backends._base import DLPACK_CPU
 from ..backends.numpy_backend import aligned_empty
-from ..formats import ElementFormat, packed_length
+from ..formats import ElementFormat, encode_constants, packed_length
 from ..layouts import Layout, scale_shape
 from ..recipes import Recipe
+from ..scaling import KernelRule
 from ._cast_plan import CastPlan, cast_plan
 
 __all__ = ["host_cast", "ENABLE"]
@@ -96,22 +97,21 @@ def _launch(kernels: Any, plan: CastPlan, bits: np.ndarray, codes: np.ndarray) -
     nonzero magnitude of the input."""
     f = _encode_fields(plan.fmt)
     fmax = np.float32(plan.fmax)
-    lows = np.empty(plan.scale_rows if plan.rule != "given" else plan.rows, np.float32)
-    if plan.rule == "given":  # per-tensor current scaling: two passes
+    given = plan.rule == KernelRule.GIVEN
+    lows = np.empty(plan.rows if given else plan.scale_rows, np.float32)
+    if given:  # per-tensor current scaling: two passes
         stored = kernels.tensor_cast(bits, codes, lows, fmax, np.float32(plan.eps), plan.power_2, f)
         scale = aligned_empty((1, 1), np.float32)
         scale[...] = stored
-    elif plan.rule.startswith("mx_"):
+    elif plan.scale_e8m0:  # the MX rules
         scale = aligned_empty((plan.rows, plan.scale_cols), np.uint8)
-        rule = kernels.MX_CEIL if plan.rule == "mx_ceil" else kernels.MX_FLOOR
         kernel = kernels.mx4_blocks if plan.packed else kernels.mx_blocks
-        kernel(bits, codes, scale, lows, plan.block_cols, rule, fmax, plan.emax_elem, f)
+        kernel(bits, codes, scale, lows, plan.block_cols, plan.rule.code, fmax, plan.emax_elem, f)
     else:
         scale = aligned_empty((plan.scale_rows, plan.scale_cols), np.float32)
-        rule = kernels.TE if plan.rule == "te" else kernels.DEEPSEEK
         kernels.float8_blocks(
-            bits, codes, scale, lows, plan.block_rows, plan.block_cols, rule, fmax, np.float32(plan.eps),
-            plan.power_2, f,
+            bits, codes, scale, lows, plan.block_rows, plan.block_cols, plan.rule.code, fmax,
+            np.float32(plan.eps), plan.power_2, f,
         )
     return scale, float(lows.min())
 
@@ -157,12 +157,12 @@ def _wrap(backend: Backend, a: np.ndarray, storage: str, device: Any) -> Any:
 
 @functools.cache
 def _encode_fields(fmt: ElementFormat) -> np.ndarray:
-    """The constants of :func:`._cpu_scalar.encode` for ``fmt`` (uint32)."""
-    m = fmt.mantissa_bits
+    """The constants of :func:`._cpu_scalar.encode` for ``fmt``, :func:`breccia.formats.encode_constants`
+    with the float ones as their float32 bit patterns (uint32)."""
+    c = encode_constants(fmt)
 
     def bits(v: float) -> int:
         return int(np.float32(v).view(np.uint32))
 
-    fields = (bits(fmt.max_value), bits(2.0**fmt.e_min), 23 - m, (127 - fmt.bias) << m,
-              bits(2.0 ** (m - fmt.e_min)), fmt.bits - 1)
+    fields = (bits(c.max_value), bits(c.min_normal), c.shift, c.rebias, bits(c.subnormal_scale), c.sign_shift)
     return np.array(fields, np.uint32)

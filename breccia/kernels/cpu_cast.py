@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..scaling import KernelRule
 from ._cpu_scalar import (
+    E8M0_BIAS,
     as_float,
     deepseek_scale,
     encode,
@@ -38,8 +40,11 @@ from ._cpu_scalar import (
     widen_as,
 )
 
-#: the Float8 rules and the MX rules, as the kernels number them
-TE, DEEPSEEK, MX_FLOOR, MX_CEIL = 0, 1, 2, 3
+#: the Float8 rules and the MX rules, numbered by breccia.scaling.KernelRule (plain ints: numba
+#: compiles them as constants)
+TE, DEEPSEEK, MX_FLOOR, MX_CEIL = (
+    rule.code for rule in (KernelRule.TE, KernelRule.DEEPSEEK, KernelRule.MX_FLOOR, KernelRule.MX_CEIL)
+)
 
 
 @njit
@@ -187,7 +192,7 @@ def mx_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
                     v = xr[base + i]
                     code = encode(as_float(widen(v)) * q, f)
                     orow[base + i] = np.uint8(0 if u32(u32(v) & mask) > inf else code)
-            scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
+            scales[r, j] = np.uint8(255) if nan else np.uint8(e + E8M0_BIAS)
         lows[r] = as_float(widen_as(low, xr[0]))
 
 
@@ -227,7 +232,7 @@ def mx4_blocks(x, out, scales, lows, block_cols, rule, fmax, emax_elem, f):
                     orow[half + k] = np.uint8(lo_code | (hi_code << 4))
             else:
                 _encode_packed(xr[base:], orow[base // 2 :], q, f)
-            scales[r, j] = np.uint8(255) if nan else np.uint8(e + 127)
+            scales[r, j] = np.uint8(255) if nan else np.uint8(e + E8M0_BIAS)
         lows[r] = as_float(widen_as(low, xr[0]))
 
 

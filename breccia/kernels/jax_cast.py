@@ -24,7 +24,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from ..scaling import BlockStats, Scales, block_scales
+from ..formats import E2M1, E8M0, FLOAT32, LN2_F32, SUBNORMAL_SHIFT, encode_constants
+from ..scaling import DEEPSEEK_AMAX_FLOOR, BlockStats, KernelRule, Scales, block_scales, ceil_log2
 from ._cast_plan import CastPlan
 
 if TYPE_CHECKING:
@@ -32,7 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
-_FLT_MAX = 3.4028234663852886e38
+_FLT_MAX = FLOAT32.max_value
+_MANTISSA_BITS = FLOAT32.mantissa_bits  # float32's
+_EXPONENT_MASK = (1 << FLOAT32.exponent_bits) - 1
+_MANTISSA_MASK = (1 << _MANTISSA_BITS) - 1
+_SUBNORMAL_BIAS = _MANTISSA_BITS - FLOAT32.e_min  # 2**e is bit e + 149 of a subnormal's pattern
+_E2M1 = encode_constants(E2M1)
 _FP8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
 _OUT = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -80,36 +86,39 @@ class _Ops:
 
     @staticmethod
     def floor_log2(a: Any) -> Any:
-        """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``."""
-        tiny = a < 1.1754943508222875e-38
-        a = jnp.where(tiny, a * 18446744073709551616.0, a)
-        e = ((_bits(a) >> 23) & 255) - 127
-        return jnp.where(tiny, e - 64, e)
+        """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``, from its exponent field
+        (the math: :func:`breccia.formats.floor_log2`; ``docs/numerics.md``)."""
+        tiny = a < 2.0**FLOAT32.e_min
+        a = jnp.where(tiny, a * 2.0**SUBNORMAL_SHIFT, a)
+        e = ((_bits(a) >> _MANTISSA_BITS) & _EXPONENT_MASK) - FLOAT32.bias
+        return jnp.where(tiny, e - SUBNORMAL_SHIFT, e)
 
     @staticmethod
     def pow2(e: Any) -> Any:
-        """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127]."""
-        normal = _float((e + 127) << 23)
-        sub = _float(jnp.left_shift(1, jnp.clip(e + 149, 0, 22)))
-        return jnp.where(e >= -126, normal, sub)
+        """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127], written into the float32 fields."""
+        normal = _float((e + FLOAT32.bias) << _MANTISSA_BITS)
+        sub = _float(jnp.left_shift(1, jnp.clip(e + _SUBNORMAL_BIAS, 0, _MANTISSA_BITS - 1)))
+        return jnp.where(e >= FLOAT32.e_min, normal, sub)
 
     def ceil_log2(self, v: Any) -> Any:
-        e = self.floor_log2(v)
-        return jnp.where(self.pow2(e) < v, e + 1, e)
+        """:func:`breccia.scaling.ceil_log2` with this exponent-field ``floor_log2``."""
+        return ceil_log2(jnp, self.pow2, v, self.floor_log2)
 
     def ceil_f32_log2(self, s: Any) -> Any:
-        """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._ceil_f32_log2``)."""
+        """``ceil(fl32(log2 s))`` of normal float32 ``s``, with ``k`` and ``i`` read from the fields
+        (the math: :func:`breccia.scaling.ceil_f32_log2`)."""
         k = self.floor_log2(s)
-        i = (_bits(s) & 0x7FFFFF).astype(jnp.float32)  # s is normal
+        i = (_bits(s) & _MANTISSA_MASK).astype(jnp.float32)  # s is normal
         a = jnp.maximum(jnp.abs(k), 1)
         j = self.floor_log2(a.astype(jnp.float32))
-        h = self.pow2(jnp.where((k < 0) & (jnp.left_shift(1, j) == a), j - 25, j - 24))
-        keep = (i == 0) | ((k != 0) & (i * jnp.float32(2.0**-23) < h * jnp.float32(0.6931471824645996)))
+        half_ulp = _MANTISSA_BITS + 1  # h = 2**(j - 24)
+        h = self.pow2(jnp.where((k < 0) & (jnp.left_shift(1, j) == a), j - (half_ulp + 1), j - half_ulp))
+        keep = (i == 0) | ((k != 0) & (i * jnp.float32(2.0**-_MANTISSA_BITS) < h * jnp.float32(LN2_F32)))
         return jnp.where(keep, k, k + 1)
 
     def scale_rule(self, plan: CastPlan, amax: Any) -> tuple[Any, Any]:
         """(stored scale, encode factor) per block; the factor divides for deepseek, else multiplies."""
-        if plan.rule == "te":
+        if plan.rule == KernelRule.TE:
             a = jnp.maximum(amax, plan.eps) if plan.eps > 0 else amax
             ok = (a > 0) & (a <= _FLT_MAX)
             q = self.div(plan.fmax, jnp.where(ok, a, 1.0))
@@ -118,40 +127,42 @@ class _Ops:
             if plan.power_2:
                 q = self.pow2(self.floor_log2(q))
             return self.div(1.0, q), q
-        if plan.rule == "deepseek":
-            floored = jnp.maximum(amax, jnp.float32(1e-4))
+        if plan.rule == KernelRule.DEEPSEEK:
+            floored = jnp.maximum(amax, jnp.float32(DEEPSEEK_AMAX_FLOOR))
             s = self.div_deepseek(floored, jnp.full(amax.shape, plan.fmax, jnp.float32))
             if plan.power_2:
                 s = self.pow2(self.ceil_f32_log2(s))
             return s, s
         positive = amax > 0
         am = jnp.where(positive, amax, 1.0)
-        if plan.rule == "mx_floor":
+        if plan.rule == KernelRule.MX_FLOOR:
             e = self.floor_log2(am) - plan.emax_elem
         else:
             e = self.ceil_log2(self.div(am, jnp.full(am.shape, plan.fmax, jnp.float32)))
-        e = jnp.clip(jnp.where(positive, e, 0), -127, 127 - plan.emax_elem)  # max * 2**e finite
-        return (e + 127).astype(jnp.uint8), self.pow2(-e)
+        e = jnp.clip(jnp.where(positive, e, 0), -E8M0.bias, E8M0.bias - plan.emax_elem)  # max * 2**e finite
+        return (e + E8M0.bias).astype(jnp.uint8), self.pow2(-e)
 
     @staticmethod
     def encode(plan: CastPlan, y: Any) -> Any:
         """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
-        if plan.fmt.name == "E2M1":
-            sign = (_bits(y) >> 28) & 8
-            return (_e2m1_magnitude(jnp.minimum(jnp.abs(y), 6.0)) | sign).astype(jnp.uint8)
+        if plan.fmt == E2M1:
+            sign = (_bits(y) >> (FLOAT32.bits - E2M1.bits)) & (1 << _E2M1.sign_shift)
+            return (e2m1_magnitude(jnp.minimum(jnp.abs(y), _E2M1.max_value)) | sign).astype(jnp.uint8)
         y = jnp.clip(y, -plan.fmax, plan.fmax)
         return lax.bitcast_convert_type(y.astype(_FP8[plan.fmt.name]), jnp.uint8)
 
 
-def _e2m1_magnitude(a: Any) -> Any:
+def e2m1_magnitude(a: Any) -> Any:
     """E2M1 code (0..7) of ``a`` in [0, 6], rounded to nearest even, from its float32 bits: at or
     above 1 the exponent and top mantissa bit rounded at bit 22 (half to even), less 252; below 1,
-    ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23`` (see
-    :func:`breccia.kernels.torch_cast._e2m1_magnitude`)."""
+    ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23``. The math is
+    :func:`breccia.formats.encode`'s, the constants :func:`breccia.formats.encode_constants` (E2M1);
+    the same function in Triton: :func:`breccia.kernels.torch_cast.e2m1_magnitude`."""
     b = _bits(a)
-    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
-    small = _bits(a * 2.0 + 8388608.0) & 3
-    return jnp.where(a < 1.0, small, normal)
+    half = (1 << (_E2M1.shift - 1)) - 1
+    normal = ((b + half + ((b >> _E2M1.shift) & 1)) >> _E2M1.shift) - _E2M1.rebias
+    small = _bits(a * _E2M1.subnormal_scale + 2.0**_MANTISSA_BITS) & ((2 << E2M1.mantissa_bits) - 1)
+    return jnp.where(a < _E2M1.min_normal, small, normal)
 
 
 def _tile(plan: CastPlan, reverse: bool = False) -> tuple[Any, Any, Any, Any]:
@@ -181,7 +192,7 @@ def _tile_max(v: Any) -> Any:
 def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: bool = False):
     rows_cols, mask, pm, pk = _tile(plan, reverse)
     shape3 = (plan.tile_rows, plan.tile_blocks, plan.block_pad)
-    whole = plan.block_rows > 1 or plan.rule == "given"  # one block (or one partial amax) per tile
+    whole = plan.block_rows > 1 or plan.rule == KernelRule.GIVEN  # one block (or one partial amax) per tile
     x = pltriton.load(x_ref.at[rows_cols], mask=mask, other=0.0).astype(jnp.float32)
     isnan = jnp.isnan(x)
     magnitude = _finite_abs(x)
@@ -191,7 +202,7 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: b
         amax = jnp.max(magnitude.reshape(shape3), axis=2)
         nans = jnp.max(isnan.astype(jnp.int32).reshape(shape3), axis=2)
     x = jnp.where(isnan, 0.0, x)
-    if plan.rule == "given":
+    if plan.rule == KernelRule.GIVEN:
         given_ref, data_ref, amax_ref, nan_ref = refs
         at = (pl.ds(pm, 1), pl.ds(pk, 1))
         pltriton.store(amax_ref.at[at], amax)
@@ -202,7 +213,7 @@ def _cast_body(plan: CastPlan, ops: _Ops, encode: bool, x_ref, *refs, reverse: b
         return
     data_ref, scale_ref = refs
     stored, factor = ops.scale_rule(plan, amax)
-    divide = plan.rule == "deepseek"
+    divide = plan.rule == KernelRule.DEEPSEEK
     if whole:
         y = ops.div_deepseek(x, jnp.broadcast_to(factor, x.shape)) if divide else x * factor
         codes = ops.encode(plan, y)
@@ -369,7 +380,7 @@ def _dequantize_body(plan: CastPlan, data_ref, scale_ref, out_ref):
     rows_cols, mask, pm, pk = _tile(plan)
     codes = pltriton.load(data_ref.at[rows_cols], mask=mask, other=0)
     v = lax.bitcast_convert_type(codes, _FP8[plan.fmt.name]).astype(jnp.float32)
-    if plan.rule == "per_tensor":
+    if plan.rule == KernelRule.PER_TENSOR:
         y = v * pltriton.load(scale_ref.at[pl.ds(0, 1)]).astype(jnp.float32).reshape(1, 1)
     else:
         groups = plan.tile_rows // plan.block_rows
@@ -398,7 +409,8 @@ def launch_dequantize(
     codes = lax.bitcast_convert_type(data, jnp.uint8).reshape(plan.rows, plan.cols)
     if plan.scale_e8m0:
         scale = lax.bitcast_convert_type(scale, jnp.uint8)
-    scale = scale.reshape(1) if plan.rule == "per_tensor" else scale.reshape(plan.scale_rows, plan.scale_cols)
+    per_tensor = plan.rule == KernelRule.PER_TENSOR
+    scale = scale.reshape(1) if per_tensor else scale.reshape(plan.scale_rows, plan.scale_cols)
     out_shape = jax.ShapeDtypeStruct((plan.rows, plan.cols), _OUT[dtype_name])
     body = functools.partial(_dequantize_body, plan)
     return pl.pallas_call(body, out_shape=out_shape, grid=plan.grid, **_params(plan, interpret))(codes, scale)

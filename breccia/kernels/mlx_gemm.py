@@ -29,6 +29,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..choices import FP8Format, RecipeConvention
 from ..formats import offset_binary_flip
 from ..layouts import PerBlockK
 from ..recipes import Int4Scaling, Int8Scaling, MXFP4BlockScaling, MXFP8BlockScaling, NVFP4BlockScaling
@@ -48,11 +49,11 @@ def mlx_weight(st: ScaledTensor) -> tuple[Any, Any, Any, str, int, int] | None:
     data = st.data
     if isinstance(recipe, MXFP4BlockScaling) and g == 32:
         mode, bits = "mxfp4", 4
-    elif isinstance(recipe, MXFP8BlockScaling) and recipe.fp8_format == "E4M3" and g == 32:
+    elif isinstance(recipe, MXFP8BlockScaling) and recipe.fp8_format == FP8Format.E4M3 and g == 32:
         mode, bits = "mxfp8", 8
     elif isinstance(recipe, NVFP4BlockScaling) and not recipe.global_scale_divides and g == 16:
         mode, bits = "nvfp4", 4
-    elif isinstance(recipe, (Int4Scaling, Int8Scaling)) and recipe.convention == "mlx":
+    elif isinstance(recipe, (Int4Scaling, Int8Scaling)) and recipe.convention == RecipeConvention.MLX:
         mode = "affine"
         bits = recipe.element_format.bits
         data = data.view(mx.uint8) ^ offset_binary_flip(bits)

@@ -13,7 +13,7 @@ encodes and stores data and scales. Exactness, operation by operation against :m
 - ``floor(log2 a)`` and ``2**e`` are read from and written into the exponent bits (subnormals
   scaled by ``2**64`` first), as the reference's corrected ``log2`` computes them;
 - FP8 encodes clamp to ``+-max`` and convert with round-to-nearest-even (``cvt.rn.satfinite``);
-  E2M1 rounds ``min(|y|, 6)`` on its float32 bits (``_e2m1_magnitude``) and writes the sign bit
+  E2M1 rounds ``min(|y|, 6)`` on its float32 bits (``e2m1_magnitude``) and writes the sign bit
   (``-0`` included);
 - there is no multiply-add to contract (and FP fusion is off in every launch).
 
@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..formats import E2M1, E8M0, FLOAT32, LN2_F32, SUBNORMAL_SHIFT, encode_constants
+from ..scaling import DEEPSEEK_AMAX_FLOOR, KernelRule
 from ._cast_plan import CastPlan
 
 if TYPE_CHECKING:
@@ -42,7 +44,40 @@ if TYPE_CHECKING:
 
 __all__ = ["launch_cast", "launch_dequantize", "launch_per_tensor"]
 
-_RULES = {"te": 0, "deepseek": 1, "mx_floor": 2, "mx_ceil": 3, "per_tensor": 5, "blocks": 6}
+# the rules the kernels branch on (their RULE constant), numbered by breccia.scaling.KernelRule
+_TE = tl.constexpr(KernelRule.TE.code)
+_DEEPSEEK = tl.constexpr(KernelRule.DEEPSEEK.code)
+_MX_FLOOR = tl.constexpr(KernelRule.MX_FLOOR.code)
+_MX_CEIL = tl.constexpr(KernelRule.MX_CEIL.code)
+_PER_TENSOR = tl.constexpr(KernelRule.PER_TENSOR.code)
+# breccia.formats' constants, as the globals a Triton kernel may read: float32's fields
+_F32_MANTISSA = tl.constexpr(FLOAT32.mantissa_bits)  # 23
+_F32_MANTISSA_MASK = tl.constexpr((1 << FLOAT32.mantissa_bits) - 1)
+_F32_EXPONENT_MASK = tl.constexpr((1 << FLOAT32.exponent_bits) - 1)
+_F32_BIAS = tl.constexpr(FLOAT32.bias)  # 127
+_F32_E_MIN = tl.constexpr(FLOAT32.e_min)  # -126
+_F32_MIN_NORMAL = tl.constexpr(2.0**FLOAT32.e_min)
+_F32_SUBNORMAL_BIAS = tl.constexpr(FLOAT32.mantissa_bits - FLOAT32.e_min)  # 2**e is bit e + 149
+_F32_HALF_ULP = tl.constexpr(FLOAT32.mantissa_bits + 1)  # half the spacing above 2**j is 2**(j - 24)
+_F32_ULP_1 = tl.constexpr(2.0**-FLOAT32.mantissa_bits)
+_F32_TWO_MANTISSA = tl.constexpr(2.0**FLOAT32.mantissa_bits)
+_FLT_MAX = tl.constexpr(FLOAT32.max_value)
+_LN2 = tl.constexpr(LN2_F32)
+_SHIFT = tl.constexpr(SUBNORMAL_SHIFT)
+_SHIFT_SCALE = tl.constexpr(2.0**SUBNORMAL_SHIFT)
+# E8M0's bias, DeepSeek's amax floor, and E2M1's encode (breccia.formats.encode_constants)
+_E8M0_BIAS = tl.constexpr(E8M0.bias)
+_DEEPSEEK_FLOOR = tl.constexpr(DEEPSEEK_AMAX_FLOOR)
+_E2M1 = encode_constants(E2M1)
+_E2M1_MAX = tl.constexpr(_E2M1.max_value)
+_E2M1_MIN_NORMAL = tl.constexpr(_E2M1.min_normal)
+_E2M1_SHIFT = tl.constexpr(_E2M1.shift)
+_E2M1_HALF = tl.constexpr((1 << (_E2M1.shift - 1)) - 1)
+_E2M1_REBIAS = tl.constexpr(_E2M1.rebias)
+_E2M1_SUBNORMAL_SCALE = tl.constexpr(_E2M1.subnormal_scale)
+_E2M1_SMALL_MASK = tl.constexpr((2 << E2M1.mantissa_bits) - 1)  # the codes up to the first normal
+_E2M1_SIGN_SHIFT = tl.constexpr(FLOAT32.bits - E2M1.bits)  # float32's sign bit to E2M1's
+_E2M1_SIGN = tl.constexpr(1 << _E2M1.sign_shift)
 _FORMATS = {"E4M3": 0, "E5M2": 1, "E2M1": 2}
 _OUT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PAIRS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}  # how a word holds a pair
@@ -66,37 +101,41 @@ def _div_full(a, b):
 
 
 @triton.jit
-def _floor_log2(a):
-    """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``."""
-    tiny = a < 1.1754943508222875e-38
-    a = tl.where(tiny, a * 18446744073709551616.0, a)
-    e = ((a.to(tl.int32, bitcast=True) >> 23) & 255) - 127
-    return tl.where(tiny, e - 64, e)
+def floor_log2(a):
+    """Exact ``floor(log2 a)`` (int32) of positive finite float32 ``a``, from its exponent field
+    (the math: :func:`breccia.formats.floor_log2`; ``docs/numerics.md``)."""
+    tiny = a < _F32_MIN_NORMAL
+    a = tl.where(tiny, a * _SHIFT_SCALE, a)
+    e = ((a.to(tl.int32, bitcast=True) >> _F32_MANTISSA) & _F32_EXPONENT_MASK) - _F32_BIAS
+    return tl.where(tiny, e - _SHIFT, e)
 
 
 @triton.jit
-def _pow2(e):
-    """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127]."""
-    normal = ((e + 127) << 23).to(tl.float32, bitcast=True)
-    sub = (1 << tl.minimum(tl.maximum(e + 149, 0), 22)).to(tl.float32, bitcast=True)
-    return tl.where(e >= -126, normal, sub)
+def pow2(e):
+    """Exact float32 ``2**e`` for int32 ``e`` in [-149, 127], written into the float32 fields."""
+    normal = ((e + _F32_BIAS) << _F32_MANTISSA).to(tl.float32, bitcast=True)
+    bit = tl.minimum(tl.maximum(e + _F32_SUBNORMAL_BIAS, 0), _F32_MANTISSA - 1)
+    sub = (1 << bit).to(tl.float32, bitcast=True)
+    return tl.where(e >= _F32_E_MIN, normal, sub)
 
 
 @triton.jit
-def _ceil_log2(v):
-    e = _floor_log2(v)
-    return tl.where(_pow2(e) < v, e + 1, e)
+def ceil_log2(v):
+    """Exact ``ceil(log2 v)`` (the math: :func:`breccia.scaling.ceil_log2`)."""
+    e = floor_log2(v)
+    return tl.where(pow2(e) < v, e + 1, e)
 
 
 @triton.jit
-def _ceil_f32_log2(s):
-    """``ceil(fl32(log2 s))`` of DeepSeek's UE8M0 scales (see ``scaling._ceil_f32_log2``)."""
-    k = _floor_log2(s)
-    i = (s.to(tl.int32, bitcast=True) & 0x7FFFFF).to(tl.float32)  # s is normal
+def ceil_f32_log2(s):
+    """``ceil(fl32(log2 s))`` of normal float32 ``s``, with ``k`` and ``i`` read from the fields
+    (the math: :func:`breccia.scaling.ceil_f32_log2`)."""
+    k = floor_log2(s)
+    i = (s.to(tl.int32, bitcast=True) & _F32_MANTISSA_MASK).to(tl.float32)  # s is normal
     a = tl.maximum(tl.abs(k), 1)
-    j = _floor_log2(a.to(tl.float32))
-    h = _pow2(tl.where((k < 0) & ((1 << j) == a), j - 25, j - 24))
-    keep = (i == 0) | ((k != 0) & (i * 1.1920928955078125e-07 < h * 0.6931471824645996))
+    j = floor_log2(a.to(tl.float32))
+    h = pow2(tl.where((k < 0) & ((1 << j) == a), j - (_F32_HALF_ULP + 1), j - _F32_HALF_ULP))
+    keep = (i == 0) | ((k != 0) & (i * _F32_ULP_1 < h * _LN2))
     return tl.where(keep, k, k + 1)
 
 
@@ -104,55 +143,58 @@ def _ceil_f32_log2(s):
 def _scale_rule(amax, RULE: tl.constexpr, FMAX: tl.constexpr, EPS: tl.constexpr, POW2: tl.constexpr,
                 EMAX: tl.constexpr):
     """(stored scale, encode factor) of each block; the factor multiplies, or divides for deepseek."""
-    if RULE == 0:  # te: q = max / max(amax, eps)
+    if RULE == _TE:  # q = max / max(amax, eps)
         if EPS > 0:
             a = tl.maximum(amax, EPS)
         else:
             a = amax
-        ok = (a > 0) & (a <= 3.4028234663852886e38)
+        ok = (a > 0) & (a <= _FLT_MAX)
         q = _div_rn(tl.full(a.shape, FMAX, tl.float32), tl.where(ok, a, 1.0))
-        q = tl.where(q > 3.4028234663852886e38, 3.4028234663852886e38, q)
+        q = tl.where(q > _FLT_MAX, _FLT_MAX, q)
         q = tl.where(ok, q, 1.0)
         if POW2:
-            q = _pow2(_floor_log2(q))
+            q = pow2(floor_log2(q))
         return _div_rn(tl.full(q.shape, 1.0, tl.float32), q), q
-    elif RULE == 1:  # deepseek: s = max(amax, 1e-4) / max, divided as DeepSeek's kernel divides
-        s = _div_full(tl.maximum(amax, 1e-4), tl.full(amax.shape, FMAX, tl.float32))
+    elif RULE == _DEEPSEEK:  # s = max(amax, 1e-4) / max, divided as DeepSeek's kernel divides
+        s = _div_full(tl.maximum(amax, _DEEPSEEK_FLOOR), tl.full(amax.shape, FMAX, tl.float32))
         if POW2:
-            s = _pow2(_ceil_f32_log2(s))
+            s = pow2(ceil_f32_log2(s))
         return s, s
     else:  # MX: e = floor(log2 amax) - emax_elem, or ceil(log2(amax / max))
         positive = amax > 0
         am = tl.where(positive, amax, 1.0)
-        if RULE == 2:
-            e = _floor_log2(am) - EMAX
+        if RULE == _MX_FLOOR:
+            e = floor_log2(am) - EMAX
         else:
-            e = _ceil_log2(_div_rn(am, tl.full(am.shape, FMAX, tl.float32)))
-        e = tl.minimum(tl.maximum(tl.where(positive, e, 0), -127), 127 - EMAX)  # max * 2**e finite
-        return (e + 127).to(tl.uint8), _pow2(-e)
+            e = ceil_log2(_div_rn(am, tl.full(am.shape, FMAX, tl.float32)))
+        # clipped to E8M0's range, and to 127 - e_max so that max * 2**e stays finite
+        e = tl.minimum(tl.maximum(tl.where(positive, e, 0), -_E8M0_BIAS), _E8M0_BIAS - EMAX)
+        return (e + _E8M0_BIAS).to(tl.uint8), pow2(-e)
 
 
 @triton.jit
-def _e2m1_magnitude(a):
+def e2m1_magnitude(a):
     """E2M1 code (0..7) of ``a`` in [0, 6], rounded to nearest even, from its float32 bits.
 
     At or above 1 the code is the exponent and top mantissa bit of ``a`` rounded at bit 22 (round
     half to even on the bits), less 252 (the bits of 1.0 shifted right by 22 are 254, code 2). Below
     1 the code is ``2a`` rounded to an integer, read from the low bits of ``2a + 2**23`` (an exact
     ``2a``, then one RNE addition). About a dozen operations, where counting the seven RNE
-    thresholds takes twenty (the MXFP4 cast is bound by arithmetic, not by memory)."""
+    thresholds takes twenty (the MXFP4 cast is bound by arithmetic, not by memory). The math is
+    :func:`breccia.formats.encode`'s, the constants :func:`breccia.formats.encode_constants` (E2M1);
+    the same function in Pallas: :func:`breccia.kernels.jax_cast.e2m1_magnitude`."""
     b = a.to(tl.int32, bitcast=True)
-    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
-    small = (a * 2.0 + 8388608.0).to(tl.int32, bitcast=True) & 3
-    return tl.where(a < 1.0, small, normal)
+    normal = ((b + _E2M1_HALF + ((b >> _E2M1_SHIFT) & 1)) >> _E2M1_SHIFT) - _E2M1_REBIAS
+    small = (a * _E2M1_SUBNORMAL_SCALE + _F32_TWO_MANTISSA).to(tl.int32, bitcast=True) & _E2M1_SMALL_MASK
+    return tl.where(a < _E2M1_MIN_NORMAL, small, normal)
 
 
 @triton.jit
 def _encode(y, FMT: tl.constexpr, FMAX: tl.constexpr):
     """uint8 codes of float32 ``y`` (no NaN): RNE, saturating."""
-    if FMT == 2:  # E2M1: see _e2m1_magnitude
-        sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
-        return (_e2m1_magnitude(tl.minimum(tl.abs(y), 6.0)) | sign).to(tl.uint8)
+    if FMT == 2:  # E2M1: see e2m1_magnitude
+        sign = (y.to(tl.int32, bitcast=True) >> _E2M1_SIGN_SHIFT) & _E2M1_SIGN
+        return (e2m1_magnitude(tl.minimum(tl.abs(y), _E2M1_MAX)) | sign).to(tl.uint8)
     y = tl.minimum(tl.maximum(y, -FMAX), FMAX)
     if FMT == 0:
         return y.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
@@ -162,7 +204,7 @@ def _encode(y, FMT: tl.constexpr, FMAX: tl.constexpr):
 @triton.jit
 def _finite_abs(x):
     m = tl.abs(x)
-    return tl.where(m <= 3.4028234663852886e38, m, 0.0)  # NaN and +-Inf count as 0
+    return tl.where(m <= _FLT_MAX, m, 0.0)  # NaN and +-Inf count as 0
 
 
 @triton.jit
@@ -195,7 +237,7 @@ def _tile_max(v):
 def _store_scale(scale_ptr, stored, nans, pm, pk, scale_rows, scale_cols, RULE: tl.constexpr,
                  TILE_ROWS: tl.constexpr, BLOCK_ROWS: tl.constexpr, TILE_BLOCKS: tl.constexpr):
     """Store the tile's block scales (E8M0 255 or a NaN scale for blocks that held NaN)."""
-    if RULE >= 2:
+    if (RULE == _MX_FLOOR) | (RULE == _MX_CEIL):  # E8M0 scales
         stored = tl.where(nans > 0, 255, stored).to(tl.uint8)
     else:
         nan = tl.full(stored.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
@@ -240,14 +282,14 @@ def _cast_kernel(x_ptr, data_ptr, scale_ptr, rows, cols, scale_rows, scale_cols,
     x = tl.where(isnan, 0.0, x)
     stored, factor = _scale_rule(amax, RULE, FMAX, EPS, POW2, EMAX)
     if BLOCK_ROWS > 1:
-        if RULE == 1:
+        if RULE == _DEEPSEEK:
             y = _div_full(x, tl.broadcast_to(factor, x.shape))
         else:
             y = x * factor
         codes = _encode(y, FMT, FMAX)
     else:
         x3 = tl.reshape(x, (TILE_ROWS, TILE_BLOCKS, BLOCK_PAD))
-        if RULE == 1:
+        if RULE == _DEEPSEEK:
             y3 = _div_full(x3, tl.broadcast_to(factor[:, :, None], x3.shape))
         else:
             y3 = x3 * factor[:, :, None]
@@ -293,7 +335,7 @@ def _tensor_encode_kernel(x_ptr, data_ptr, scale_ptr, work_ptr, rows, cols,
     pm = tl.num_programs(0) - 1 - tl.program_id(0)
     pk = tl.num_programs(1) - 1 - tl.program_id(1)
     x, isnan, offsets, mask = _load_tile(x_ptr, rows, cols, pm, pk * WIDTH, TILE_ROWS, WIDTH)
-    stored, q = _scale_rule(tl.load(work_ptr + first).to(tl.float32, bitcast=True), 0, FMAX, EPS, POW2, 0)
+    stored, q = _scale_rule(tl.load(work_ptr + first).to(tl.float32, bitcast=True), _TE, FMAX, EPS, POW2, 0)
     if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         tl.store(scale_ptr + first, tl.where(tl.load(work_ptr + 1 + first) > 0, _nan_f32(), stored))
     tl.store(data_ptr + offsets, _encode(tl.where(isnan, 0.0, x) * q, FMT, FMAX), mask=mask)
@@ -316,7 +358,7 @@ def _history_rule(history_ptr, length, FMAX: tl.constexpr, MOST_RECENT: tl.const
             nans = tl.maximum(nans, (h != h).to(tl.int32))
         any_nan = tl.max(nans, axis=1, keep_dims=True) > 0
         amax = tl.where(any_nan, _nan_f32(), tl.max(amaxes, axis=1, keep_dims=True))
-    return _scale_rule(amax * MARGIN, 0, FMAX, 0.0, False, 0)
+    return _scale_rule(amax * MARGIN, _TE, FMAX, 0.0, False, 0)
 
 
 @triton.jit
@@ -399,7 +441,7 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, sca
         v = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
     else:
         v = codes.to(tl.float8e5, bitcast=True).to(tl.float32)
-    if RULE == 5:
+    if RULE == _PER_TENSOR:
         y = v * tl.load(scale_ptr).to(tl.float32)
     else:
         GROUPS: tl.constexpr = TILE_ROWS // BLOCK_ROWS
@@ -426,7 +468,7 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, rows, cols, scale_rows, sca
 
 def _constants(plan: CastPlan) -> dict[str, Any]:
     return dict(BLOCK_ROWS=plan.block_rows, BLOCK_COLS=plan.block_cols, BLOCK_PAD=plan.block_pad,
-                TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=_RULES[plan.rule],
+                TILE_ROWS=plan.tile_rows, TILE_BLOCKS=plan.tile_blocks, RULE=plan.rule.code,
                 FMT=_FORMATS[plan.fmt.name], num_warps=plan.num_warps, enable_fp_fusion=False)
 
 
