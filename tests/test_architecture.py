@@ -16,7 +16,7 @@ LAYERS = (
     ("formats", "layouts", "scale_rules", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
-    ("quantize", "matmul", "kernels"),
+    ("quantize", "matmul", "kernels", "sharding"),
     ("bridges",),
     ("checkpoints", "mlx"),
     ("commands", "cli", "demo", "__init__"),
