@@ -18,7 +18,7 @@ LAYERS = (
     ("scaling", "tensor"),
     ("quantize", "matmul", "kernels", "sharding"),
     ("bridges",),
-    ("checkpoints", "mlx"),
+    ("checkpoints", "mlx", "models"),
     ("commands", "cli", "demo", "__init__"),
 )
 #: the upward imports the page documents: (importer, imported) -> why
