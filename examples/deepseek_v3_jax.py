@@ -36,8 +36,9 @@ def main() -> int:
     from jax.sharding import Mesh, PartitionSpec
 
     import breccia as bc
-    from breccia.bridges import load_deepseek_v3, shard_jax
+    from breccia.bridges import load_deepseek_v3
     from breccia.demo.deepseek import TinyV3Config, moe_block, moe_params, write_checkpoint
+    from breccia.sharding import shard_jax
 
     config = TinyV3Config()
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,9 +16,9 @@ LAYERS = (
     ("formats", "layouts", "scale_rules", "choices", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
-    ("quantize", "blockwise", "buffers", "matmul", "kernels"),
+    ("quantize", "blockwise", "buffers", "matmul", "kernels", "sharding"),
     ("bridges",),
-    ("checkpoints", "mlx"),
+    ("checkpoints", "mlx", "models"),
     ("commands", "cli", "demo", "__init__"),
 )
 #: the upward imports the page documents: (importer, imported) -> why

@@ -276,7 +276,8 @@ SHARDING_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import breccia as bc
-    from breccia.bridges._deepseek import deepseek_recipe, shard_jax
+    from breccia.bridges import deepseek_recipe
+    from breccia.sharding import shard_jax
 
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)

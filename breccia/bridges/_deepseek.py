@@ -1,4 +1,4 @@
-"""DeepSeek-V3 FP8: weights, activations, checkpoints, and sharding on a JAX mesh.
+"""DeepSeek-V3 FP8: weights, activations and checkpoints.
 
 DeepSeek-V3 (and R1, V3.1) ship linear weights as ``weight`` float8_e4m3fn ``[out, in]`` with a
 float32 ``weight_scale_inv`` of shape ``[ceil(out/128), ceil(in/128)]``: one scale per 128x128 tile,
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import backend_for, float_dtype_name, get_backend
+from ..choices import ScaleFormat
 from ..errors import DTypeError, FileFormatError, FrameworkError, LayoutError, RecipeError, ShapeError
 from ..layouts import Layout, PerBlock2D, PerBlockK
 from ..quantize import from_buffer
@@ -40,7 +41,6 @@ __all__ = [
     "load_deepseek_v3",
     "DeepSeekV3Checkpoint",
     "SCALE_SUFFIX",
-    "shard_jax",
 ]
 
 SCALE_SUFFIX = "_scale_inv"
@@ -166,7 +166,7 @@ def to_deepseek_v3(st: ScaledTensor) -> tuple[Any, Any]:
         raise DTypeError(f"to_deepseek_v3 needs a ScaledTensor; got {type(st).__name__}")
     recipe, layout = st.recipe, st.layout
     hint = "; requantize with bc.requantize(st, deepseek_recipe('weight'))"
-    if recipe.element_format.name not in ("E4M3", "E5M2") or recipe.scale_format != "F32":
+    if recipe.element_format.name not in ("E4M3", "E5M2") or recipe.scale_format != ScaleFormat.F32:
         raise RecipeError(f"DeepSeek FP8 is fp8 data with float32 scales; {recipe!r} is not{hint}")
     square = isinstance(layout, PerBlock2D) and layout.m == layout.k
     if not (square or isinstance(layout, PerBlockK)) or len(st.shape) < 1:
@@ -401,43 +401,3 @@ def load_deepseek_v3(
         check_scales=check_scales,
     )
 
-
-# --- sharding -------------------------------------------------------------------------------------
-
-
-def shard_jax(st: ScaledTensor, mesh: Any, spec: Any) -> ScaledTensor:
-    """Place a JAX ScaledTensor on ``mesh``, data and scale split by the same ``PartitionSpec``.
-
-    Every sharded axis must split into whole blocks: its per-device length a multiple of the block
-    along it, so each device holds its elements and exactly their scales and dequantizes locally.
-    A spec that would cut a block raises ShapeError. The result is an ordinary ScaledTensor (a JAX
-    pytree), usable inside ``jax.jit`` where XLA's SPMD partitioner handles the rest.
-    """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    if not isinstance(st, ScaledTensor) or not isinstance(st.data, jax.Array):
-        raise DTypeError("shard_jax needs a JAX ScaledTensor; move one with st.to('jax')")
-    spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)
-    if len(spec) > len(st.shape):
-        raise ShapeError(f"PartitionSpec {spec} has more entries than the tensor has axes ({st.shape})")
-    block = st.layout.block_shape(st.shape)
-    for axis, names in enumerate(spec):
-        parts = 1
-        for name in () if names is None else names if isinstance(names, tuple) else (names,):
-            parts *= mesh.shape[name]
-        size = st.shape[axis]
-        if parts > 1 and (size % parts or (size // parts) % block[axis]):
-            raise ShapeError(
-                f"axis {axis} (length {size}, blocks of {block[axis]}) does not split into {parts} "
-                f"whole-block shards; each device needs a multiple of {block[axis]} elements"
-            )
-    sharding = NamedSharding(mesh, spec)
-    data, scale, global_scale, zero_point = st.arrays
-    place = lambda a, s: None if a is None else jax.device_put(a, s)  # noqa: E731
-    return st.replace_arrays(
-        place(data, sharding),
-        place(scale, sharding),
-        place(global_scale, NamedSharding(mesh, PartitionSpec())),
-        place(zero_point, sharding),
-    )

@@ -47,7 +47,13 @@ from ..recipes import (
 )
 from ..tensor import ScaledTensor
 
-__all__ = ["from_torchao", "to_torchao", "from_torchao_state_dict", "to_torchao_state_dict"]
+__all__ = [
+    "from_torchao",
+    "to_torchao",
+    "from_torchao_state_dict",
+    "to_torchao_state_dict",
+    "is_torchao",
+]
 
 
 def _torch() -> Any:
@@ -346,6 +352,13 @@ _UNSUPPORTED = {
     "Int4TilePackedTo4dTensor": "its int4 codes are tile-packed for tinygemm",
     "IntxOpaqueTensor": "its codes are packed for an opaque CPU kernel",
 }
+
+
+def is_torchao(value: Any) -> bool:
+    """Whether ``value`` is an instance of a torchao class (one from the ``torchao`` package in its
+    MRO), known to breccia or not; imports neither torch nor torchao. A state dict's reader asks this
+    before :func:`from_torchao`, which then reads the tensor or says why it cannot."""
+    return any(c.__module__.startswith("torchao") for c in type(value).__mro__)
 
 
 def _torchao_class(x: Any) -> str | None:

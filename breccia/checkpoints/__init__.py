@@ -17,17 +17,22 @@ mlx-lm        MLX's quantized layers, as ``mlx_lm.load`` reads   ``mlx-affine{2,
 
 from __future__ import annotations
 
-from ._directory import ModelDirectory
+from ._directory import INDEX_NAME, ModelDirectory
 from ._engine import convert, convert_tensors
+from ._output import DEFAULT_SHARD_BYTES, OutputDirectory, ShardWriter
 from ._registry import CONVENTIONS, Checkpoint, Convention, open_checkpoint, register
 from ._targets import ConversionReport, Target, parse_target, target_names
 
 __all__ = [
     "CONVENTIONS",
+    "DEFAULT_SHARD_BYTES",
+    "INDEX_NAME",
     "Checkpoint",
     "Convention",
     "ConversionReport",
     "ModelDirectory",
+    "OutputDirectory",
+    "ShardWriter",
     "Target",
     "convert",
     "convert_tensors",

@@ -63,7 +63,9 @@ class OutputDirectory:
             if not os.path.isdir(self.dst):
                 raise FileFormatError(f"{text}: exists and is not a directory")
             if os.listdir(self.dst) and not overwrite:
-                raise FileFormatError(f"{text}: exists and is not empty; pass --overwrite to replace it")
+                raise FileFormatError(
+                    f"{text}: exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+                )
         parent = os.path.dirname(self.dst)
         if not os.path.isdir(parent):
             raise FileFormatError(f"{text}: its parent directory {parent} does not exist")

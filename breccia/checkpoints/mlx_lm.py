@@ -540,7 +540,7 @@ def _parse(text: str) -> Target | None:
             "group size such as mlx-affine4-g32"
         )
     mode = "affine" if match.group(2) else match.group(1)
-    from ..bridges._mlx import MLX_MODES
+    from ..bridges import MLX_MODES
 
     groups, _, default_group, default_bits = MLX_MODES[mode]
     bits = int(match.group(2)) if match.group(2) else default_bits

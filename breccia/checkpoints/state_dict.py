@@ -10,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..bridges import from_torchao, is_torchao
 from ..errors import NotAnArrayError
 from ..tensor import ScaledTensor
 from ._registry import Checkpoint
 
 __all__ = ["StateDictCheckpoint"]
-
-
-def _is_torchao(value: Any) -> bool:
-    return any(c.__module__.startswith("torchao") for c in type(value).__mro__)
 
 
 class StateDictCheckpoint(Checkpoint):
@@ -42,9 +39,7 @@ class StateDictCheckpoint(Checkpoint):
 
     def _read(self, name: str) -> Any:
         value = self.tensors[name]
-        if _is_torchao(value):
-            from ..bridges import from_torchao
-
+        if is_torchao(value):
             value = from_torchao(value)
         if isinstance(value, ScaledTensor):
             return value.to("numpy")

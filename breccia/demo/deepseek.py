@@ -4,10 +4,11 @@
 and ``model.safetensors.index.json``, FP8 ``weight`` + float32 ``weight_scale_inv`` (each scale in
 another shard than its weight), a ragged MLA projection (``kv_a_proj_with_mqa``, 576 rows: a 5-row
 scale grid), routed and shared MoE experts, bf16 norms/embeddings/router ``gate.weight`` and a
-float32 ``e_score_correction_bias``. :func:`moe_block` is DeepSeek-V3's MoE MLP (sigmoid router with
-the correction bias for the choice only, top-k weights renormalized and scaled, SwiGLU experts) with
-every expert linear run as DeepSeek runs it: activations 1x128-quantized by ``act_quant``'s rule,
-weights FP8, through ``bc.linear``.
+float32 ``e_score_correction_bias``; with ``attention=True`` also MLA's ``q_proj`` (or, with
+``q_lora_rank``, ``q_a_proj``, its norm and ``q_b_proj``), ``kv_b_proj`` and ``o_proj``.
+:func:`moe_block` is DeepSeek-V3's MoE MLP (sigmoid router with the correction bias for the choice
+only, top-k weights renormalized and scaled, SwiGLU experts) with every expert linear run as DeepSeek
+runs it: activations 1x128-quantized by ``act_quant``'s rule, weights FP8, through ``bc.linear``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class TinyV3Config:
     routed_scaling_factor: float = 2.5
     kv_lora_rank: int = 512
     qk_rope_head_dim: int = 64  # kv_a_proj_with_mqa: 512 + 64 = 576 rows, like the real one
+    #: also write MLA's query, ``kv_b_proj`` and ``o_proj`` weights (what :mod:`breccia.models` runs);
+    #: off by default, so the demo and the conversion tests keep the checkpoint without them
+    attention: bool = False
+    n_heads: int = 4  # MLA: q_proj 4 x (64 + 64) rows, kv_b_proj 4 x (64 + 64), o_proj from 4 x 64
+    qk_nope_head_dim: int = 64
+    v_head_dim: int = 64
+    q_lora_rank: int | None = None  # None: one q_proj (DeepSeek-V2-Lite); else q_a_proj + q_b_proj (V3)
     vocab: int = 64
     rms_norm_eps: float = 1e-6
 
@@ -76,6 +84,20 @@ def master_weights(config: TinyV3Config = TinyV3Config(), seed: int = 0) -> dict
         weights[gate] = linear(inter, c.hidden)
         weights[up] = linear(inter, c.hidden)
         weights[down] = linear(c.hidden, inter)
+    if not c.attention:
+        return weights
+    # MLA's other projections, after the rest so that the tensors above keep their values per seed
+    attention = f"{layer}.self_attn"
+    q_rows = c.n_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim)
+    kv_rows = c.n_heads * (c.qk_nope_head_dim + c.v_head_dim)
+    if c.q_lora_rank is None:
+        weights[f"{attention}.q_proj.weight"] = linear(q_rows, c.hidden)
+    else:
+        weights[f"{attention}.q_a_proj.weight"] = linear(c.q_lora_rank, c.hidden)
+        weights[f"{attention}.q_a_layernorm.weight"] = vector(c.q_lora_rank, 1.0, 0.1)
+        weights[f"{attention}.q_b_proj.weight"] = linear(q_rows, c.q_lora_rank)
+    weights[f"{attention}.kv_b_proj.weight"] = linear(kv_rows, c.kv_lora_rank)
+    weights[f"{attention}.o_proj.weight"] = linear(c.hidden, c.n_heads * c.v_head_dim)
     return weights
 
 
@@ -132,7 +154,12 @@ def write_checkpoint(
                 "num_experts_per_tok": config.top_k,
                 "routed_scaling_factor": config.routed_scaling_factor,
                 "kv_lora_rank": config.kv_lora_rank,
+                "q_lora_rank": config.q_lora_rank,
                 "qk_rope_head_dim": config.qk_rope_head_dim,
+                "qk_nope_head_dim": config.qk_nope_head_dim,
+                "v_head_dim": config.v_head_dim,
+                "num_attention_heads": config.n_heads,
+                "rms_norm_eps": config.rms_norm_eps,
                 "vocab_size": config.vocab,
                 "torch_dtype": "bfloat16",
                 "quantization_config": quant,
