@@ -21,7 +21,9 @@ Timing: median over samples of calls back to back (GEMM_BATCH GEMMs, GPU_BATCH c
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,9 @@ import numpy as np
 from _timing import GPU_BATCH, median_seconds
 
 import breccia as bc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from peers import load_transformer_engine_first
 
 #: GEMMs back to back per timing sample: one 8192^3 FP8 GEMM takes ~1 ms, so the fixed host and
 #: wait overhead of a sample is ~0.5% of 10 (casts take ~0.15 ms each and use _timing.GPU_BATCH)
@@ -329,6 +334,7 @@ def main() -> None:
     if args.device == "cuda":
         import torch
 
+        load_transformer_engine_first()  # before JAX loads its cuDNN (TE's library then fails to link)
         name = torch.cuda.get_device_name()
         n = 2048 if args.quick else 8192
         shape = (2048, 1024) if args.quick else (16384, 8192)

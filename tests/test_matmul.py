@@ -231,10 +231,13 @@ def _cuda_operands(framework: str, xr: str, wr: str, dtype: str, m: int = 200, k
 @requires_cuda
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("pair", CUDA_PAIRS, ids=["-".join(p) for p in CUDA_PAIRS])
-def test_torch_cuda_scaled_mm(pair, dtype):
+@pytest.mark.parametrize("m", [200, 1, 4, 17], ids=lambda m: f"m{m}")
+def test_torch_cuda_scaled_mm(pair, dtype, m):
+    """Every scaled-GEMM kind, at a prefill size and at decode sizes (a few tokens: one row is the
+    edge where a K-major scale's strides are ambiguous and cuBLAS has no block-wise kernel)."""
     from breccia.kernels import torch_gemm
 
-    x, w = _cuda_operands("torch", *pair, dtype)
+    x, w = _cuda_operands("torch", *pair, dtype, m=m)
     fast = torch_gemm.fast_matmul(mm._operand(x, "x"), mm._operand(w, "w"), dtype, transpose_b=True)
     assert fast is not None, "the scaled-GEMM fast path was not taken"
     y = bc.linear(x, w)

@@ -50,8 +50,31 @@ def _scaled_mm(a: Any, b: Any, sa: Any, ra: str, sb: Any, rb: str, out: torch.dt
 
 
 def _k_major(s: Any) -> Any:
-    """The same ``[rows, K/128]`` values stored K-major (stride ``(1, rows)``), as cuBLASLt reads them."""
-    return s.t().contiguous().t()
+    """The same ``[rows, K/128]`` values stored K-major (stride ``(1, rows)``), as cuBLASLt reads them.
+    Copied into a fresh ``[K/128, rows]`` buffer: ``s.t().contiguous()`` would keep a one-row scale's
+    strides ``(1, K/128)``, which ``scaled_mm`` refuses."""
+    out = torch.empty(tuple(s.shape[::-1]), dtype=s.dtype, device=s.device).t()
+    out.copy_(s)
+    return out
+
+
+#: cuBLASLt's block-wise FP8 GEMMs take ``M`` in multiples of this many rows (one row, as at decode,
+#: gets CUBLAS_STATUS_NOT_SUPPORTED on an H200): a smaller ``M`` is padded with zero rows of scale 1.
+_BLOCKWISE_ROWS = 16
+
+
+def _pad_rows(data: Any, scale: Any) -> tuple[Any, Any]:
+    """``data [M, K]`` and its 1x128 ``scale [M, K/128]`` grown to ``M`` rounded up to
+    :data:`_BLOCKWISE_ROWS` (zero codes, unit scales: the extra output rows are 0 and are dropped)."""
+    pad = -data.shape[0] % _BLOCKWISE_ROWS
+    if not pad:
+        return data, scale
+    rows = data.shape[0]
+    grown = data.new_zeros((rows + pad, data.shape[1]))
+    grown[:rows] = data
+    grown_scale = scale.new_ones((rows + pad, scale.shape[1]))
+    grown_scale[:rows] = scale
+    return grown, grown_scale
 
 
 def _pad_128x128(s: Any) -> Any:
@@ -87,7 +110,9 @@ def scaled_gemm(a: Side, b: Side, out_dtype: str) -> Any | None:
         sb, rb = _pad_128x128(b.scale), "BlockWise128x128"
     else:
         sb, rb = _k_major(b.scale), "BlockWise1x128"
-    return _scaled_mm(mat_a, mat_b, _k_major(a.scale), "BlockWise1x128", sb, rb, out)
+    mat_a, scale_a = _pad_rows(mat_a, a.scale)
+    y = _scaled_mm(mat_a, mat_b, _k_major(scale_a), "BlockWise1x128", sb, rb, out)
+    return y[: a.rows]
 
 
 def fast_matmul(a: Any, b: Any, out_dtype: str, transpose_b: bool) -> Any | None:
