@@ -22,7 +22,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import FRAMEWORKS, requires_cuda, to_framework, to_numpy
+from conftest import FRAMEWORKS, assert_same_bits, requires_cuda, to_framework, to_numpy
 
 import breccia as bc
 from breccia.backends import get_backend
@@ -308,3 +308,48 @@ def test_cuda_cast_bits_equal_cpu(framework, recipe):
             assert np.array_equal(a, b), f"{field}: {np.count_nonzero(a != b)} of {a.size} bytes differ"
     back = _f64(got.dequantize("float32"))
     assert np.array_equal(np.isnan(back), np.isnan(_f64(ref)))
+
+
+GRAPH_RECIPES = {
+    "deepseek-1x128": bc.Float8BlockScaling(convention="deepseek"),
+    "mxfp8": bc.MXFP8BlockScaling(),
+    "fp8-tensor": bc.Float8CurrentScaling(),
+}
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("name", list(GRAPH_RECIPES))
+def test_cast_and_linear_replay_from_a_cuda_graph(name):
+    """``bc.cast`` then ``bc.linear`` captured in one ``torch.cuda.graph``: a replay gives the eager
+    call's bits, and a replay after new values are copied into the input gives the new input's bits."""
+    import torch
+
+    recipe = GRAPH_RECIPES[name]
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn((4, 512), generator=gen, device="cuda", dtype=torch.bfloat16)
+    weight = bc.Float8BlockScaling(block_m=128, convention="deepseek") if name == "deepseek-1x128" else recipe
+    w = bc.cast(torch.randn((256, 512), generator=gen, device="cuda", dtype=torch.bfloat16), weight)
+    fp8_pair = name != "mxfp8"  # MX products have no cuBLAS path on torch: only the cast is captured
+
+    def step():
+        st = bc.cast(x, recipe)
+        return st, (bc.linear(st, w) if fp8_pair else None)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graph asks
+        step()
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured, captured_y = step()
+    for values in (x.clone(), torch.randn(x.shape, generator=gen, device="cuda", dtype=torch.bfloat16)):
+        x.copy_(values)
+        graph.replay()
+        torch.cuda.synchronize()
+        eager, eager_y = step()
+        assert_same_bits(captured, eager)
+        if fp8_pair:
+            assert torch.equal(captured_y, eager_y)
