@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import backend_for, float_dtype_name, get_backend
+from ..backends import Backend, backend_for, float_dtype_name, get_backend
 from ..choices import ScaleFormat
 from ..errors import DTypeError, FileFormatError, FrameworkError, LayoutError, RecipeError, ShapeError
 from ..layouts import Layout, PerBlock2D, PerBlockK
@@ -142,7 +142,7 @@ def from_deepseek_v3(
     return from_buffer(data, scale, recipe, layout, dtype=dtype)
 
 
-def _float_scale(backend: Any, scale: Any) -> Any:
+def _float_scale(backend: Backend, scale: Any) -> Any:
     """``scale`` as float32/bf16/fp16 values; E8M0 (V3.2-style ue8m0 bytes in native dtype) widened."""
     if backend_for(scale, "scale").name != backend.name:
         raise FrameworkError(f"scale must be a {backend.name} array like data")
