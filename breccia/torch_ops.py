@@ -105,13 +105,12 @@ def _cast_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``bc.cast`` (``bc.cast_with_history`` when ``history`` is given) of ``x``, eagerly."""
     r, lay = _recipe(recipe), _layout(layout)
+    given = None if history is None else AmaxHistory(history)
     if isinstance(r, DelayedScaling):
-        st, next_history = cast_with_history(
-            x, r, lay, history=None if history is None else AmaxHistory(history)
-        )
+        st, next_history = cast_with_history(x, r, lay, history=given)
         new = next_history.amax
-    else:
-        st, new = cast(x, r, lay), _absent(x)
+    else:  # a history given to another recipe raises there, as in an eager call
+        st, new = cast(x, r, lay, history=given), _absent(x)
     out = [a if a is not None else _absent(x) for a in (st.data, st.scale, st.global_scale, st.zero_point)]
     return out[0], out[1], out[2], out[3], new
 

@@ -148,11 +148,26 @@ def test_a_layout_that_changes_between_calls_recompiles_with_its_value():
         assert_same_tensor(call(x, bc.PerBlockK(k)), bc.cast(x, recipe, bc.PerBlockK(k)))
 
 
+def test_dynamic_shapes_compile_one_graph():
+    recipe = bc.MXFP4BlockScaling()
+    graph = torch.compile(lambda x: bc.cast(x, recipe), fullgraph=True, backend="aot_eager", dynamic=True)
+    for width in (64, 96, 130):
+        x = _input((3, width), torch.float32)
+        st = graph(x)
+        assert all(type(d) is int for d in st.shape)
+        assert_same_tensor(st, bc.cast(x, recipe))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_the_eager_checks_still_raise_under_compile():
     x = _input()
     x[0, 0] = float("inf")
     call, _ = compiled(lambda x: bc.cast(x, bc.Int8Scaling(group_size=32, convention="ggml")))
     with pytest.raises(bc.RecipeError, match="ggml"):
+        call(x)
+    history = bc.AmaxHistory(torch.zeros(4))
+    call, _ = compiled(lambda x: bc.cast(x, bc.Float8CurrentScaling(), history=history))
+    with pytest.raises(bc.RecipeError, match="history= is DelayedScaling's state"):
         call(x)
 
 
