@@ -1,21 +1,25 @@
-"""``bc.cast`` and ``bc.dequantize`` as torch custom ops, so ``torch.compile(fullgraph=True)`` captures them.
+"""``bc.cast``, ``bc.dequantize`` and ``bc.matmul``/``bc.linear`` as torch custom ops, so that
+``torch.compile(fullgraph=True)`` captures them.
 
 Dynamo (torch.compile's tracer) cannot trace all of breccia's eager path: the backend lookup imports
 modules, the NaN/Inf and range checks read values (``Tensor.item()``), the kernel plan is an
 ``lru_cache``, and ScaledTensor's constructor keeps an identity-keyed cache. So under torch.compile
-:func:`breccia.quantize.cast` and :func:`~breccia.quantize.dequantize` hand a torch tensor to this
-module, which calls one opaque op each:
+:func:`breccia.quantize.cast`, :func:`~breccia.quantize.dequantize`, :func:`breccia.matmul.matmul`
+and :func:`~breccia.matmul.linear` hand torch tensors to this module, which calls one opaque op each:
 
 - ``breccia::cast(x, recipe, layout, history?) -> (data, scale, global_scale, zero_point, history)``
 - ``breccia::dequantize(data, scale, global_scale?, zero_point?, recipe, layout, shape, dtype, out_dtype)``
+- ``breccia::matmul(a side, b side, transpose_b) -> y``, a side being a tensor, or a ScaledTensor's
+  arrays and description as for dequantize
 
-Their eager implementations run the normal eager path (``bc.cast``, ``bc.dequantize``) on real
+Their eager implementations run the normal eager path (``bc.cast``, ``bc.dequantize``, ...) on real
 tensors, so the bits are those of an uncompiled call by construction, and every check (NaN/Inf rules,
 float64 range, ggml's finite input, the amax history's shape) still runs, at run time. The fake
 implementations, which torch.compile runs on shapes alone, compute the outputs' shapes and dtypes from
 the recipe and layout: data ``(*shape[:-1], ceil(shape[-1] / 2))`` for packed 4-bit formats, else
 ``shape``; scales ``ceil(dim / block)`` per axis (:func:`~breccia.layouts.scale_shape`); the storage
-dtypes of the torch backend. An output a recipe lacks (global scale, zero point, history) comes back
+dtypes of the torch backend (a product: the product of placeholders of the operands' logical shapes,
+in the wider logical dtype). An output a recipe lacks (global scale, zero point, history) comes back
 as an empty float32 tensor and is dropped again by the caller, so the op's schema is fixed.
 
 Recipes and layouts cross the op boundary as strings, ``Name(field=value, ...)`` with each value a
@@ -26,8 +30,9 @@ recipe by :func:`~breccia.recipes.recipe_from_dict` / :func:`~breccia.layouts.la
 The ScaledTensor is then built without the constructor's checks: the eager op built and checked the
 same arrays, and the fake implementation gives them the shapes and dtypes those checks demand.
 
-The ops are registered once, when this module is first imported: by :mod:`breccia.quantize` inside a
-trace (torch is loaded by then), never by ``import breccia``.
+The ops are registered once, when this module is first imported: by :mod:`breccia.quantize` or
+:mod:`breccia.matmul` inside a trace (torch is loaded by then), never by ``import breccia``. It
+imports both, so it sits beside them rather than in :mod:`breccia.kernels` (which never calls back).
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ from .buffers import check_recipe, checked_layout
 from .errors import LayoutError, RecipeError
 from .formats import packed_length
 from .layouts import Layout, layout_from_dict, scale_shape
+from .matmul import linear, matmul, result_dtype
 from .quantize import cast, cast_with_history, dequantize
 from .recipes import RECIPE_SCHEMA_VERSION, DelayedScaling, Recipe, recipe_from_dict
 from .tensor import AmaxHistory, ScaledTensor
 
-__all__ = ["compiled_cast", "compiled_dequantize", "spec"]
+__all__ = ["compiled_cast", "compiled_dequantize", "compiled_matmul", "spec"]
 
 
 def spec(obj: Recipe | Layout) -> str:
@@ -215,3 +221,89 @@ def compiled_dequantize(st: ScaledTensor, dtype_name: str) -> torch.Tensor:
         st.dtype_name,
         dtype_name,
     )
+
+
+def _side(v: Any) -> tuple:
+    """One operand of a product as the op's arguments: ``(data or array, scale, global_scale,
+    zero_point, recipe spec, layout spec, logical shape, logical dtype)``; a plain tensor has no
+    scales and empty specs."""
+    if isinstance(v, ScaledTensor):
+        return (*v.arrays, spec(v.recipe), spec(v.layout), list(v.shape), v.dtype_name)
+    return v, None, None, None, "", "", list(v.shape), str(v.dtype).removeprefix("torch.")
+
+
+def _operand(data, scale, global_scale, zero_point, recipe, layout, shape, dtype) -> Any:
+    """The operand :func:`_side` described: the tensor, or the ScaledTensor (constructor-checked)."""
+    if not recipe:
+        return data
+    return ScaledTensor(
+        data=data,
+        scale=scale,
+        recipe=_recipe(recipe),
+        layout=_layout(layout),
+        shape=tuple(shape),
+        dtype_name=dtype,
+        framework=backend_for(data).name,
+        global_scale=global_scale,
+        zero_point=zero_point,
+    )
+
+
+@torch.library.custom_op("breccia::matmul", mutates_args=())
+def _matmul_op(
+    a: torch.Tensor,
+    a_scale: torch.Tensor | None,
+    a_global_scale: torch.Tensor | None,
+    a_zero_point: torch.Tensor | None,
+    a_recipe: str,
+    a_layout: str,
+    a_shape: list[int],
+    a_dtype: str,
+    b: torch.Tensor,
+    b_scale: torch.Tensor | None,
+    b_global_scale: torch.Tensor | None,
+    b_zero_point: torch.Tensor | None,
+    b_recipe: str,
+    b_layout: str,
+    b_shape: list[int],
+    b_dtype: str,
+    transpose_b: bool,
+) -> torch.Tensor:
+    """``bc.linear(a, b)`` (``transpose_b``) or ``bc.matmul(a, b)``, eagerly; each side a tensor or
+    the ScaledTensor its arrays and descriptions make."""
+    left = _operand(a, a_scale, a_global_scale, a_zero_point, a_recipe, a_layout, a_shape, a_dtype)
+    right = _operand(b, b_scale, b_global_scale, b_zero_point, b_recipe, b_layout, b_shape, b_dtype)
+    return linear(left, right) if transpose_b else matmul(left, right)
+
+
+@_matmul_op.register_fake
+def _matmul_fake(
+    a,
+    a_scale,
+    a_global_scale,
+    a_zero_point,
+    a_recipe,
+    a_layout,
+    a_shape,
+    a_dtype,
+    b,
+    b_scale,
+    b_global_scale,
+    b_zero_point,
+    b_recipe,
+    b_layout,
+    b_shape,
+    b_dtype,
+    transpose_b,
+):
+    # the product of logical-shape placeholders gives the result's shape (and torch's shape errors)
+    left = a.new_empty(tuple(a_shape), dtype=torch.float32)
+    right = b.new_empty(tuple(b_shape), dtype=torch.float32)
+    y = left @ (right.T if transpose_b else right)
+    return y.to(backend_for(a).dtype(result_dtype(a_dtype, b_dtype)))
+
+
+def compiled_matmul(a: Any, b: Any, transpose_b: bool) -> torch.Tensor:
+    """``bc.linear(a, b)`` (``transpose_b``) or ``bc.matmul(a, b)`` of operands being traced by
+    torch.compile, through ``breccia::matmul``."""
+    return torch.ops.breccia.matmul(*_side(a), *_side(b), transpose_b)

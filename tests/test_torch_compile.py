@@ -1,5 +1,6 @@
-"""bc.cast and bc.dequantize under torch.compile(fullgraph=True): no graph break, no Dynamo warning,
-no recompile on a repeat call, and the bits of the eager call (breccia/torch_ops.py)."""
+"""bc.cast, bc.dequantize, bc.matmul and bc.linear under torch.compile(fullgraph=True): no graph
+break, no Dynamo warning, no recompile on a repeat call, and the bits of the eager call
+(breccia/torch_ops.py)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,28 @@ def test_dequantize_of_a_scaled_tensor_argument(recipe, layout):
         np.testing.assert_array_equal(_bits(call(st)), _bits(bc.dequantize(st)))
     assert counters["stats"]["unique_graphs"] == 1
     assert_quiet(seen)
+
+
+@pytest.mark.parametrize("recipe, layout", [RECIPES[3], RECIPES[6], RECIPES[7], RECIPES[9]])
+def test_linear_and_matmul_compile_to_the_eager_bits(recipe, layout):
+    x = _input((8, 160))
+    w = bc.cast(_input((40, 160)), recipe, layout)
+    call, seen = compiled(
+        lambda x, w: (bc.linear(x, w), bc.matmul(bc.cast(x, bc.MXFP8BlockScaling()), bc.dequantize(w).T))
+    )
+    y, z = call(x, w)
+    np.testing.assert_array_equal(_bits(y), _bits(bc.linear(x, w)))
+    want = bc.matmul(bc.cast(x, bc.MXFP8BlockScaling()), bc.dequantize(w).T)
+    np.testing.assert_array_equal(_bits(z), _bits(want))
+    assert (y.dtype, z.dtype) == (torch.bfloat16, torch.bfloat16)
+    call(x.neg(), bc.cast(_input((40, 160)).neg(), recipe, layout))
+    assert counters["stats"]["unique_graphs"] == 1
+    assert_quiet(seen)
+    args = (x, None, None, None, "", "", [8, 160], "bfloat16")
+    side = (*w.arrays, spec(w.recipe), spec(w.layout), list(w.shape), w.dtype_name)
+    torch.library.opcheck(
+        torch.ops.breccia.matmul.default, (*args, *side, True), test_utils="test_faketensor"
+    )
 
 
 @pytest.mark.parametrize("shape", [(), (0, 32), (7,), (3, 5, 33)], ids=str)
