@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import Backend, backend_for, get_backend
+from .backends import Backend, backend_for, get_backend, torch_compiling
 from .errors import FrameworkError, ShapeError
 from .tensor import ScaledTensor
 
@@ -69,6 +69,12 @@ def _operand(x: Any, what: str) -> Operand:
     return Operand(backend, x, backend.check_float_input(x), tuple(int(d) for d in x.shape))
 
 
+def _traced_by_torch(a: Any, b: Any) -> bool:
+    """Whether torch.compile traces this product: then one custom op runs the eager path
+    (:mod:`breccia.torch_ops`), as Dynamo cannot trace the backend lookup or the kernel choice."""
+    return any(torch_compiling(v.data if isinstance(v, ScaledTensor) else v) for v in (a, b))
+
+
 def result_dtype(a: str, b: str) -> str:
     """The wider logical dtype; float16 with bfloat16 gives float32 (neither holds the other)."""
     if a == b:
@@ -90,6 +96,10 @@ def matmul(a: Any, b: Any) -> Any:
     Shapes follow the array API's ``matmul``: ``a`` is ``[..., M, K]`` or ``[K]``, ``b`` is
     ``[..., K, N]`` or ``[K]``. See the module docstring for the paths and their error bounds.
     """
+    if _traced_by_torch(a, b):
+        from .torch_ops import compiled_matmul
+
+        return compiled_matmul(a, b, transpose_b=False)
     oa, ob = _operand(a, "matmul's a"), _operand(b, "matmul's b")
     _same_framework(oa, ob, "matmul")
     if not oa.shape or not ob.shape:
@@ -119,6 +129,10 @@ def linear(x: Any, w: Any) -> Any:
 
     ``x`` is ``[..., in]``; the result is ``[..., out]``. See the module docstring for the paths.
     """
+    if _traced_by_torch(x, w):
+        from .torch_ops import compiled_matmul
+
+        return compiled_matmul(x, w, transpose_b=True)
     ow = _operand(w, "linear's w")
     if len(ow.shape) != 2:
         raise ShapeError(f"linear's weight must be 2-D [out, in]; got shape {ow.shape}")

@@ -12,6 +12,8 @@ rule) and then computed by the first of these that takes it, all giving the same
    (:meth:`Backend.by_platform`).
 
 dequantize chooses likewise between :func:`breccia.kernels.fused_dequantize` and the shared code.
+Under ``torch.compile`` both hand a torch tensor, before anything Dynamo cannot trace, to one custom
+op that runs this eager path (:mod:`breccia.torch_ops`).
 The backend, device and framework of the input are kept; the output's logical dtype is the input's.
 :func:`~breccia.buffers.from_buffer` (wrapping existing arrays) is re-exported here.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .backends import Backend, backend_for, float_dtype_name
+from .backends import Backend, backend_for, float_dtype_name, torch_compiling
 from .blockwise import as_float32, cast_arrays, dequantize_arrays
 from .buffers import check_recipe, checked_layout, from_buffer
 from .errors import DTypeError, NotAnArrayError, RecipeError, ShapeError
@@ -166,6 +168,10 @@ def _cast(
     x: Any, recipe: Recipe, layout: Layout | None, history: AmaxHistory | None
 ) -> tuple[ScaledTensor, AmaxHistory | None]:
     """The cast of ``x`` and, under DelayedScaling, the next amax history (else None)."""
+    if torch_compiling(x):
+        from .torch_ops import compiled_cast
+
+        return compiled_cast(x, recipe, layout, history)
     recipe = check_recipe(recipe)
     backend = backend_for(x, "cast input")
     _check_dense(x)
@@ -308,6 +314,10 @@ def dequantize(st: ScaledTensor, dtype: Any = None) -> Any:
     """
     if not isinstance(st, ScaledTensor):
         raise DTypeError(f"dequantize needs a ScaledTensor; got {type(st).__name__}")
+    if torch_compiling(st.data):
+        from .torch_ops import compiled_dequantize
+
+        return compiled_dequantize(st, st.dtype_name if dtype is None else float_dtype_name(dtype))
     from .backends import get_backend
 
     backend = get_backend(st.framework)

@@ -103,10 +103,16 @@ class ScaledTensor:
 
     @classmethod
     def _unchecked(cls, data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point):
-        """A ScaledTensor built without the constructor's checks: JAX's unflatten only (its leaves
-        may be placeholders, or carry a vmap batch axis)."""
+        """A ScaledTensor built without the constructor's checks: JAX's unflatten (its leaves may be
+        placeholders, or carry a vmap batch axis) and the cast that torch.compile traces (its arrays
+        are those the eager cast checked; see :mod:`breccia.torch_ops`).
+
+        The fields are written by ``object.__setattr__``, which passes over ``__setattr__`` (it refuses
+        every assignment) and which Dynamo traces, unlike a slot's own ``__set__`` (``_set``, faster)."""
         st = object.__new__(cls)
-        st._set(data, scale, recipe, layout, shape, dtype_name, framework, global_scale, zero_point)
+        values = (data, scale, recipe, layout, tuple(shape), dtype_name, framework, global_scale, zero_point)
+        for name, value in zip(_FIELDS, values):
+            object.__setattr__(st, name, value)
         return st
 
     def __setattr__(self, name: str, value: Any) -> None:

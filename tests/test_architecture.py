@@ -16,7 +16,7 @@ LAYERS = (
     ("formats", "layouts", "scale_rules", "choices", "recipes"),
     ("backends",),
     ("scaling", "tensor"),
-    ("quantize", "blockwise", "buffers", "matmul", "kernels", "sharding"),
+    ("quantize", "blockwise", "buffers", "matmul", "kernels", "sharding", "torch_ops"),
     ("bridges",),
     ("checkpoints", "mlx", "models"),
     ("commands", "cli", "demo", "__init__"),

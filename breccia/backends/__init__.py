@@ -24,6 +24,7 @@ __all__ = [
     "canonical_dtype_name",
     "float_dtype_name",
     "host_array",
+    "torch_compiling",
 ]
 
 FRAMEWORKS = ("numpy", "jax", "mlx", "torch")
@@ -87,6 +88,13 @@ def backend_for(x: Any, what: str = "input") -> Backend:
     raise NotAnArrayError(
         f"{what} must be a numpy, jax, mlx or torch array; got {type(x).__module__}.{type(x).__qualname__}"
     )
+
+
+def torch_compiling(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor that torch.compile (Dynamo) is tracing now. Never imports torch
+    (a torch tensor exists only once torch is imported), and Dynamo traces the check itself."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor) and torch.compiler.is_compiling()
 
 
 def host_array(x: Any) -> Any:
