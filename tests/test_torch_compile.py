@@ -226,3 +226,25 @@ def test_inductor_compiles_cast_and_dequantize_around_other_ops():
     want = bc.dequantize(bc.cast(x * 2, recipe), torch.float32) + 1
     np.testing.assert_array_equal(_bits(call(x)), _bits(want))
     assert_quiet(seen)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("recipe, layout", [RECIPES[2], RECIPES[4], RECIPES[5], RECIPES[7]])
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_inductor_compiles_to_the_eager_bits(recipe, layout, mode):
+    """On the GPU, with inductor, and with ``reduce-overhead`` (CUDA graphs): the ops run breccia's
+    fused kernels inside the compiled program and give the eager call's bits, call after call."""
+    from conftest import assert_same_bits
+
+    fn = lambda x: (st := bc.cast(x, recipe, layout), bc.dequantize(st, torch.float32))  # noqa: E731
+    call, seen = compiled(fn, "inductor") if mode == "default" else (
+        torch.compile(fn, fullgraph=True, mode=mode), [])
+    for seed in (0, 1, 2):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn((256, 512), generator=g, device="cuda", dtype=torch.bfloat16) * 3
+        st, y = call(x)
+        want = bc.cast(x, recipe, layout)
+        assert_same_bits(st, want)
+        np.testing.assert_array_equal(_bits(y.cpu()), _bits(bc.dequantize(want, torch.float32).cpu()))
+    assert_quiet(seen)
