@@ -230,11 +230,16 @@ def test_inductor_compiles_cast_and_dequantize_around_other_ops():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("recipe, layout", [RECIPES[2], RECIPES[4], RECIPES[5], RECIPES[7]])
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize(
+    "recipe, layout, mode",
+    [(*p.values, mode) for p in (RECIPES[2], RECIPES[4], RECIPES[5], RECIPES[7]) for mode in ("default",)]
+    + [(*p.values, "reduce-overhead") for p in (RECIPES[2], RECIPES[4], RECIPES[5])],
+)
 def test_cuda_inductor_compiles_to_the_eager_bits(recipe, layout, mode):
-    """On the GPU, with inductor, and with ``reduce-overhead`` (CUDA graphs): the ops run breccia's
-    fused kernels inside the compiled program and give the eager call's bits, call after call."""
+    """On the GPU, with inductor, and with ``reduce-overhead`` (CUDA graphs) for the recipes that have
+    a fused CUDA kernel: the ops run breccia's kernels inside the compiled program and give the eager
+    call's bits, call after call. NVFP4 and the integer recipes take the shared path on CUDA, which
+    reads values back to the host and copies host constants, so a CUDA graph cannot hold them yet."""
     from conftest import assert_same_bits
 
     fn = lambda x: (st := bc.cast(x, recipe, layout), bc.dequantize(st, torch.float32))  # noqa: E731
